@@ -1,0 +1,38 @@
+"""CPUDriver: torch on the host CPU."""
+from __future__ import annotations
+
+import platform
+
+import psutil
+import torch
+
+from llmos.drivers.driver import DeviceInfo
+from llmos.drivers.torch_driver import TorchDriver
+
+
+class CPUDriver(TorchDriver):
+    """Runs models on the CPU with a configurable number of intra-op threads."""
+
+    kind = "cpu"
+
+    def __init__(self, threads: int | None = None) -> None:
+        super().__init__(torch.device("cpu"))
+        if threads:
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+
+    def describe(self) -> DeviceInfo:
+        mem = psutil.virtual_memory()
+        return DeviceInfo(name=_cpu_name(), kind="cpu", index=0, total_memory=mem.total, free_memory=mem.available,
+                          utilization=psutil.cpu_percent(interval=None), threads=self.threads)
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"

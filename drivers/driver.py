@@ -1,0 +1,94 @@
+"""The driver interface: what the kernel asks of a device.
+
+Everything that crosses it is plain data (ints, floats, strings, lists), so a driver can
+live in another process or on another machine behind a msgpack or RPC transport.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class SamplingParams:
+    """How to pick the next token. temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class SeqSlice:
+    """One process's share of a step: the new tokens to run and where their KV lives."""
+
+    seq_id: int
+    token_ids: list[int]
+    start_pos: int  # sequence position of token_ids[0]
+    page_table: list[int]
+    sample: bool  # whether to sample a token after the last of token_ids
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+
+
+@dataclass
+class StepInput:
+    """One forward pass: page moves to apply first, then the packed slices."""
+
+    seqs: list[SeqSlice]
+    moves: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class DeviceInfo:
+    """Telemetry of one device."""
+
+    name: str
+    kind: str  # "cpu" | "cuda"
+    index: int
+    total_memory: int
+    free_memory: int
+    utilization: float | None = None  # percent
+    temperature: float | None = None  # degrees C
+    threads: int | None = None
+
+
+@dataclass
+class ModelInfo:
+    """What the kernel needs to know about a loaded model."""
+
+    name: str
+    architecture: str
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_context: int
+    dtype: str
+    num_parameters: int
+    weight_bytes: int
+
+    def kv_bytes_per_page(self, page_size: int, dtype_bytes: int) -> int:
+        return 2 * self.num_layers * page_size * self.kv_heads * self.head_dim * dtype_bytes
+
+
+class Driver(Protocol):
+    """A device: describe it, load weights, allocate the KV pool, run steps, release."""
+
+    kind: str
+
+    def describe(self) -> DeviceInfo: ...
+
+    def load(self, name: str, path: str, dtype: str) -> ModelInfo: ...
+
+    def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int: ...
+
+    def step(self, name: str, batch: StepInput) -> dict[int, int]: ...
+
+    def unload(self, name: str) -> None: ...
+
+    def release(self) -> None: ...

@@ -1,0 +1,104 @@
+"""ModelRunner: turns a scheduled step into tensors (positions, slot mapping, page tables),
+runs the model once over the packed tokens, and samples."""
+from __future__ import annotations
+
+import torch
+
+from llmos.drivers.attention import PagedBatch, PrefillSlice
+from llmos.drivers.driver import StepInput
+from llmos.drivers.sampler import sample
+
+
+class ModelRunner:
+    """One loaded model on one device, with its KV pool and host swap space."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        cfg = model.config
+        self.num_layers = cfg.num_hidden_layers
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        self.dtype = next(model.parameters()).dtype
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.swap: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.page_size = 0
+
+    def alloc_kv(self, num_pages: int, page_size: int, swap_pages: int) -> int:
+        """Allocate the pool; returns its size in bytes."""
+        self.page_size = page_size
+        shape = (num_pages, page_size, self.kv_heads, self.head_dim)
+        sshape = (swap_pages, page_size, self.kv_heads, self.head_dim)
+        pin = self.device.type == "cuda"
+        self.kv = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                    torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(self.num_layers)]
+        self.swap = [(torch.zeros(sshape, dtype=self.dtype, pin_memory=pin),
+                      torch.zeros(sshape, dtype=self.dtype, pin_memory=pin)) for _ in range(self.num_layers)]
+        return sum(k.numel() * k.element_size() * 2 for k, _ in self.kv)
+
+    def apply_moves(self, moves: list[tuple[str, int, int]]) -> None:
+        """Copy-on-write copies and swap traffic, in the order the memory manager decided them."""
+        for kind, src, dst in moves:
+            for (k, v), (sk, sv) in zip(self.kv, self.swap):
+                if kind == "copy":
+                    k[dst].copy_(k[src]); v[dst].copy_(v[src])
+                elif kind == "out":
+                    sk[dst].copy_(k[src]); sv[dst].copy_(v[src])
+                else:
+                    k[dst].copy_(sk[src]); v[dst].copy_(sv[src])
+
+    @torch.inference_mode()
+    def step(self, batch: StepInput) -> dict[int, int]:
+        """Run one forward pass; return the sampled token of each slice that asked for one."""
+        self.apply_moves(batch.moves)
+        if not batch.seqs:
+            return {}
+        meta, ids, pos, keep = self._prepare(batch)
+        dev = self.device
+        out = self.model(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
+                         use_cache=False, logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev),
+                         llmos_batch=meta)
+        sampled = [s for s in batch.seqs if s.sample]
+        if not sampled:
+            return {}
+        tokens = sample(out.logits[0], [s.sampling for s in sampled],
+                        [s.start_pos + len(s.token_ids) for s in sampled])
+        return {s.seq_id: t for s, t in zip(sampled, tokens)}
+
+    def _prepare(self, batch: StepInput) -> tuple[PagedBatch, list[int], list[int], list[int]]:
+        size, dev = self.page_size, self.device
+        ids: list[int] = []
+        pos: list[int] = []
+        slots: list[int] = []
+        keep: list[int] = []
+        d_rows: list[int] = []
+        d_tables: list[list[int]] = []
+        d_lens: list[int] = []
+        prefills: list[PrefillSlice] = []
+        for s in batch.seqs:
+            row, n, table = len(ids), len(s.token_ids), s.page_table
+            ids.extend(s.token_ids)
+            span = range(s.start_pos, s.start_pos + n)
+            pos.extend(span)
+            slots.extend(table[p // size] * size + p % size for p in span)
+            end_pos = s.start_pos + n
+            if n == 1:
+                d_rows.append(row)
+                d_tables.append(table[:-(-end_pos // size)])
+                d_lens.append(end_pos)
+            else:
+                pages = torch.tensor(table[:-(-end_pos // size)], dtype=torch.long, device=dev)
+                prefills.append(PrefillSlice(row, row + n, s.start_pos, pages))
+            if s.sample:
+                keep.append(row + n - 1)
+        decode_rows = decode_pages = decode_lens = None
+        if d_rows:
+            width = max(len(t) for t in d_tables)
+            padded = [t + [0] * (width - len(t)) for t in d_tables]
+            decode_rows = torch.tensor(d_rows, dtype=torch.long, device=dev)
+            decode_pages = torch.tensor(padded, dtype=torch.long, device=dev)
+            decode_lens = torch.tensor(d_lens, dtype=torch.long, device=dev)
+        meta = PagedBatch(kv=self.kv, slot_mapping=torch.tensor(slots, dtype=torch.long, device=dev),
+                          decode_rows=decode_rows, decode_pages=decode_pages, decode_lens=decode_lens,
+                          prefills=prefills)
+        return meta, ids, pos, keep

@@ -1,0 +1,39 @@
+"""Token sampling: greedy, temperature, top-k and top-p.
+
+Seeded sampling is stateless: the generator for each token is seeded from the process's
+seed and the token's position, so a process that is swapped, recomputed or replayed from
+a journal draws exactly the same tokens.
+"""
+from __future__ import annotations
+
+import torch
+
+from llmos.drivers.driver import SamplingParams
+
+
+def sample(logits: torch.Tensor, params: list[SamplingParams], positions: list[int]) -> list[int]:
+    """logits [B, V] → one token per row."""
+    out = logits.argmax(dim=-1).tolist()
+    for i, p in enumerate(params):
+        if not p.greedy:
+            out[i] = _sample_row(logits[i].float(), p, positions[i])
+    return out
+
+
+def _sample_row(logits: torch.Tensor, p: SamplingParams, position: int) -> int:
+    logits = logits / p.temperature
+    if 0 < p.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, p.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest set reaching top_p
+        logits = logits.scatter(0, order, sorted_logits.masked_fill(drop, float("-inf")))
+    probs = logits.softmax(-1).cpu()
+    gen = torch.Generator()
+    if p.seed is not None:
+        gen.manual_seed((p.seed * 1_000_003 + position) & 0x7FFF_FFFF_FFFF_FFFF)
+    else:
+        gen.seed()
+    return int(torch.multinomial(probs, 1, generator=gen).item())

@@ -1,0 +1,65 @@
+"""TorchDriver: what the CPU and CUDA drivers share, a transformers model run by torch."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from llmos.drivers import attention
+from llmos.drivers.driver import DeviceInfo, ModelInfo, StepInput
+from llmos.drivers.runner import ModelRunner
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+
+
+class TorchDriver:
+    """Loads transformers models onto one torch device and runs paged steps on them."""
+
+    kind = "torch"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.runners: dict[str, ModelRunner] = {}
+        attention.register()
+
+    def describe(self) -> DeviceInfo:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def load(self, name: str, path: str, dtype: str = "float32") -> ModelInfo:
+        """Load weights from a local transformers directory."""
+        if dtype not in DTYPES:
+            raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attention.ATTN_NAME)
+        return self.adopt(name, model)
+
+    def adopt(self, name: str, model: PreTrainedModel) -> ModelInfo:
+        """Take an already-built model (on any device) and serve it under `name`."""
+        model = model.to(self.device).eval()
+        model.set_attn_implementation(attention.ATTN_NAME)
+        runner = ModelRunner(model, self.device)
+        self.runners[name] = runner
+        cfg = model.config
+        nparams = sum(p.numel() for p in model.parameters())
+        return ModelInfo(
+            name=name, architecture=(cfg.architectures or [type(model).__name__])[0],
+            num_layers=runner.num_layers, kv_heads=runner.kv_heads, head_dim=runner.head_dim,
+            vocab_size=cfg.vocab_size, max_context=int(getattr(cfg, "max_position_embeddings", 2048)),
+            dtype=str(runner.dtype).removeprefix("torch."), num_parameters=nparams,
+            weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+
+    def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int:
+        return self.runners[name].alloc_kv(num_pages, page_size, swap_pages)
+
+    def step(self, name: str, batch: StepInput) -> dict[int, int]:
+        return self.runners[name].step(batch)
+
+    def unload(self, name: str) -> None:
+        self.runners.pop(name, None)
+        self._empty_cache()
+
+    def release(self) -> None:
+        self.runners.clear()
+        self._empty_cache()
+
+    def _empty_cache(self) -> None:
+        pass

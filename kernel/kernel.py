@@ -1,0 +1,316 @@
+"""Kernel: owns the process table, the loaded models with their KV memory and schedulers,
+and runs the step loop. It is single-threaded: callers that live on other threads go
+through llmos.kernel.thread.KernelThread."""
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from llmos.drivers.driver import Driver, SamplingParams, SeqSlice, StepInput
+from llmos.kernel import loader
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from llmos.kernel.memory import MemInfo
+from llmos.kernel.models import ModelStore
+from llmos.kernel.proc import Limits, Process, Signal, State, StopRules
+from llmos.kernel.sched import SchedConfig
+from llmos.kernel.text import Detokenizer
+
+MAX_STOP_STRINGS, MAX_STOP_LEN = 16, 256
+
+
+@dataclass
+class KernelConfig:
+    """Kernel-wide settings."""
+
+    page_size: int = 16
+    kv_memory: int = 1 << 30       # bytes of KV pool per loaded model
+    kv_pages: int | None = None    # overrides kv_memory when set
+    swap_pages: int | None = None  # host swap slots per model; default: as many as the pool
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    max_procs: int = 4096
+    dmesg_lines: int = 2000
+
+
+class Kernel:
+    """The process table, models and step loop of one llmos instance."""
+
+    def __init__(self, driver: Driver, config: KernelConfig | None = None, store: ModelStore | None = None) -> None:
+        self.driver = driver
+        self.config = config or KernelConfig()
+        self.store = store
+        self.procs: dict[int, Process] = {}
+        self.models: dict[str, loader.LoadedModel] = {}
+        self.ring: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=self.config.dmesg_lines)
+        self.listeners: list[Callable[[set[int]], None]] = []
+        self._detok: dict[int, Detokenizer] = {}
+        self._next_pid = 1
+        self.steps = 0
+
+    # --- logging ---------------------------------------------------------------------------
+    def log(self, msg: str, level: str = "info") -> None:
+        self.ring.append((time.time(), level, msg))
+
+    # --- models ----------------------------------------------------------------------------
+    def load_model(self, ref: str, name: str | None = None, dtype: str = "float32") -> loader.LoadedModel:
+        if self.store is None:
+            raise FailedPrecondition("this kernel has no model store to load from")
+        name = name or ref
+        if name in self.models:
+            return self.models[name]
+        m = loader.load(self, ref, name, dtype)
+        self.models[name] = m
+        return m
+
+    def adopt_model(self, name: str, model, tokenizer) -> loader.LoadedModel:
+        """Serve an already-built transformers model (tests and in-process use)."""
+        m = loader.adopt(self, name, model, tokenizer)
+        self.models[name] = m
+        return m
+
+    def unload_model(self, name: str) -> None:
+        m = self._model(name)
+        live = [p.pid for p in self.procs.values() if p.model == name and not p.state.done]
+        if live:
+            raise FailedPrecondition(f"model {name!r} is in use by {len(live)} live process(es), e.g. pid {live[0]}")
+        self.driver.unload(name)
+        del self.models[name]
+        self.log(f"unloaded model {name}")
+
+    def meminfo(self, model: str) -> MemInfo:
+        return self._model(model).memory.meminfo()
+
+    # --- processes ---------------------------------------------------------------------------
+    def spawn(self, model: str, prompt: str | None = None, messages: list[dict] | None = None,
+              tokens: list[int] | None = None, sampling: SamplingParams | None = None,
+              stop: StopRules | None = None, limits: Limits | None = None, priority: int = 0,
+              owner: str = "root", interactive: bool = False, ppid: int = 0) -> Process:
+        m = self._model(model)
+        if sum(1 for p in [prompt, messages, tokens] if p is not None) != 1:
+            raise InvalidArgument("give exactly one of prompt, messages or tokens")
+        if messages is not None:
+            ids = m.codec.encode_chat(_check_messages(messages))
+        elif prompt is not None:
+            ids = m.codec.encode(prompt)
+        else:
+            ids = list(tokens)
+        stop = stop or StopRules()
+        p = Process(pid=0, model=model, tokens=ids, ppid=ppid, owner=owner, priority=priority,
+                    sampling=sampling or SamplingParams(), stop=stop, limits=limits or Limits(),
+                    interactive=interactive)
+        self._check_spawn(m, p)
+        return self._admit(p)
+
+    def fork(self, pid: int, text: str | None = None, sampling: SamplingParams | None = None,
+             max_tokens: int | None = None) -> Process:
+        """A child that shares the parent's KV pages copy-on-write and goes on from its tokens."""
+        parent = self._proc(pid)
+        if parent.state.done:
+            raise FailedPrecondition(f"pid {pid} has already {parent.state.value}; only a live process can fork")
+        m = self._model(parent.model)
+        child = Process(pid=0, model=parent.model, tokens=list(parent.tokens), ppid=pid, owner=parent.owner,
+                        priority=parent.priority, sampling=sampling or parent.sampling,
+                        stop=StopRules(max_tokens if max_tokens is not None else parent.stop.max_tokens,
+                                       list(parent.stop.stop), parent.stop.ignore_eos),
+                        limits=parent.limits, interactive=parent.interactive)
+        if text and parent.interactive:
+            child.tokens += m.codec.user_turn(text, after_eos=child.tokens[-1] in m.codec.eos)
+        elif text:
+            child.tokens += m.codec.encode_more(text)
+        self._check_spawn(m, child)
+        self._admit(child)
+        if parent.pid in m.memory.tables:
+            m.memory.fork(parent.pid, child.pid)
+            child.num_computed = parent.num_computed
+            child.usage.cached_tokens = parent.num_computed
+        self.log(f"pid {pid} forked pid {child.pid}")
+        return child
+
+    def write(self, pid: int, text: str) -> None:
+        """Append a user turn to an interactive process's stdin."""
+        p = self._proc(pid)
+        if not p.interactive:
+            raise FailedPrecondition(f"pid {pid} is not interactive; spawn it with interactive=true to write to it")
+        if p.state.done:
+            raise FailedPrecondition(f"pid {pid} has already {p.state.value}")
+        if p.state != State.BLOCKED:
+            raise FailedPrecondition(f"pid {pid} is still answering (state {p.state.value}); wait for it to block")
+        m = self._model(p.model)
+        new = m.codec.user_turn(text, after_eos=bool(p.tokens) and p.tokens[-1] in m.codec.eos)
+        if len(p.tokens) + len(new) + 1 > m.info.max_context:
+            raise ResourceExhausted(f"pid {pid}: the conversation would exceed the context window "
+                                    f"({len(p.tokens) + len(new)} of {m.info.max_context} tokens)")
+        p.tokens += new
+        p.turn_tokens = 0
+        p.turn_text_start = len(p.stdout)
+        p.state = State.READY
+        self._notify({pid})
+
+    def signal(self, pid: int, sig: Signal | str) -> Process:
+        p = self._proc(pid)
+        try:
+            sig = Signal(sig)
+        except ValueError:
+            raise InvalidArgument(f"unknown signal {sig!r}; use TERM, KILL, STOP or CONT") from None
+        if p.state.done:
+            return p
+        if sig in (Signal.TERM, Signal.KILL):
+            self._exit(p, State.KILLED, f"signal {sig.value}")
+        elif sig == Signal.STOP:
+            p.resume_state = p.state if p.state != State.RUNNING else State.READY
+            p.state = State.STOPPED
+        elif p.state == State.STOPPED:
+            p.state = p.resume_state
+        self._notify({pid})
+        return p
+
+    def reap(self, pid: int) -> Process:
+        """Forget a finished process (its output stays readable until then)."""
+        p = self._proc(pid)
+        if not p.state.done:
+            raise FailedPrecondition(f"pid {pid} is still {p.state.value}")
+        del self.procs[pid]
+        return p
+
+    def has_work(self) -> bool:
+        return any(p.runnable and p.owed > 0 for p in self.procs.values())
+
+    # --- the step loop ---------------------------------------------------------------------------
+    def step(self) -> int:
+        """One scheduling round over every model; returns the number of tokens computed."""
+        now = time.monotonic()
+        changed: set[int] = set()
+        for p in list(self.procs.values()):
+            if p.limits.max_wall_s is not None and not p.state.done and now - p.created > p.limits.max_wall_s:
+                self._exit(p, State.KILLED, f"limit: wall time over {p.limits.max_wall_s:g} s")
+                changed.add(p.pid)
+        total = 0
+        for m in list(self.models.values()):
+            total += self._step_model(m, now, changed)
+        self.steps += 1
+        if changed:
+            self._notify(changed)
+        return total
+
+    def run_until_idle(self, max_steps: int = 1_000_000) -> None:
+        for _ in range(max_steps):
+            if not self.has_work():
+                return
+            self.step()
+
+    def _step_model(self, m: loader.LoadedModel, now: float, changed: set[int]) -> int:
+        live = [p for p in self.procs.values() if p.model == m.name and not p.state.done]
+        if not live:
+            return 0
+        plan = m.scheduler.schedule(live, now)
+        for p in plan.over_quota:
+            self._exit(p, State.KILLED, f"limit: KV pages over max_pages={p.limits.max_pages}")
+            changed.add(p.pid)
+        seqs = []
+        for p, n in plan.runs:
+            p.state = State.RUNNING
+            p.admitted = p.admitted or now
+            start = p.num_computed
+            seqs.append(SeqSlice(p.pid, p.tokens[start:start + n], start, m.memory.page_table(p.pid),
+                                 start + n == len(p.tokens), p.sampling))
+        moves = m.memory.ops.take()
+        if not seqs and not moves:
+            return 0
+        sampled = self.driver.step(m.name, StepInput(seqs, moves))
+        for p, n in plan.runs:
+            p.num_computed += n
+            p.last_run = now
+            m.memory.publish(p.pid, p.tokens, p.num_computed)
+            m.scheduler.account(p.owner, n)
+            if p.state == State.RUNNING:
+                p.state = State.READY
+            if p.pid in sampled:
+                self._emit(m, p, sampled[p.pid])
+                changed.add(p.pid)
+            if not p.state.done:
+                p.usage.pages_held = m.memory.pages_held(p.pid)
+        return sum(n for _, n in plan.runs)
+
+    def _emit(self, m: loader.LoadedModel, p: Process, token: int) -> None:
+        """Append a sampled token: output text, stop rules, end of turn."""
+        p.tokens.append(token)
+        p.out_tokens.append(token)
+        p.turn_tokens += 1
+        p.usage.generated_tokens += 1
+        if p.usage.ttft_s is None:
+            p.usage.ttft_s = time.monotonic() - p.created
+        eos = token in m.codec.eos and not p.stop.ignore_eos
+        if not eos:
+            before = len(p.stdout)
+            p.stdout += self._detok.setdefault(p.pid, Detokenizer(m.codec)).step(p.out_tokens)
+            if p.stop.stop and len(p.stdout) > before and self._cut_stop(p, before):
+                return self._end_turn(p, "stop")
+        if eos:
+            self._end_turn(p, "eos")
+        elif p.turn_tokens >= p.stop.max_tokens:
+            self._end_turn(p, "length")
+        elif len(p.tokens) >= m.info.max_context:
+            self._end_turn(p, "context window full")
+
+    def _cut_stop(self, p: Process, before: int) -> bool:
+        start = max(p.turn_text_start, before - max(len(s) for s in p.stop.stop))
+        hits = [i for i in (p.stdout.find(s, start) for s in p.stop.stop) if i >= 0]
+        if hits:
+            p.stdout = p.stdout[:min(hits)]
+        return bool(hits)
+
+    def _end_turn(self, p: Process, reason: str) -> None:
+        if p.interactive and reason != "context window full":
+            p.state, p.reason = State.BLOCKED, reason
+        else:
+            self._exit(p, State.EXITED, reason)
+
+    def _exit(self, p: Process, state: State, reason: str) -> None:
+        p.exit(state, reason)
+        m = self.models.get(p.model)
+        if m is not None:
+            m.memory.free(p.pid)
+        p.usage.pages_held = 0
+        self._detok.pop(p.pid, None)
+        self.log(f"pid {p.pid} {state.value}: {reason}")
+
+    def _admit(self, p: Process) -> Process:
+        live = sum(1 for q in self.procs.values() if not q.state.done)
+        if live >= self.config.max_procs:
+            raise ResourceExhausted(f"process table full: {live} live processes (max_procs={self.config.max_procs})")
+        p.pid = self._next_pid
+        self._next_pid += 1
+        p.usage.prompt_tokens = len(p.tokens)
+        p.state = State.READY
+        self.procs[p.pid] = p
+        self._notify({p.pid})
+        return p
+
+    def _check_spawn(self, m: loader.LoadedModel, p: Process) -> None:
+        loader.check_request(m, p, self.config)
+
+    def _notify(self, pids: set[int]) -> None:
+        for fn in self.listeners:
+            fn(pids)
+
+    def _model(self, name: str) -> loader.LoadedModel:
+        if name not in self.models:
+            loaded = ", ".join(sorted(self.models)) or "none"
+            raise NotFound(f"model {name!r} is not loaded (loaded: {loaded})")
+        return self.models[name]
+
+    def _proc(self, pid: int) -> Process:
+        if pid not in self.procs:
+            raise NotFound(f"no process with pid {pid}")
+        return self.procs[pid]
+
+
+def _check_messages(messages: list[dict]) -> list[dict]:
+    if not messages:
+        raise InvalidArgument("messages is empty; give at least one message")
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str) or \
+                msg.get("role") not in ("system", "user", "assistant", "tool"):
+            raise InvalidArgument(f"message {i} needs a role (system, user, assistant or tool) and string content")
+    return messages

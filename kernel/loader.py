@@ -1,0 +1,114 @@
+"""Loading a model into the kernel: weights through the driver, a KV pool sized from memory,
+and the scheduler and text codec that go with it."""
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from llmos.drivers.driver import ModelInfo
+from llmos.kernel.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from llmos.kernel.memory import MemoryManager
+from llmos.kernel.models import ModelNotFound, ModelUnavailable
+from llmos.kernel.proc import Process
+from llmos.kernel.sched import Scheduler
+from llmos.kernel.text import TextCodec
+
+if TYPE_CHECKING:
+    from llmos.kernel.kernel import Kernel, KernelConfig
+
+MAX_TEMPERATURE = 100.0
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model resident on the kernel's device with its own KV pool and scheduler."""
+
+    name: str
+    info: ModelInfo
+    codec: TextCodec
+    memory: MemoryManager
+    scheduler: Scheduler
+    source: str = ""
+    loaded_at: float = field(default_factory=time.time)
+    kv_bytes: int = 0
+
+
+def load(kernel: "Kernel", ref: str, name: str, dtype: str) -> LoadedModel:
+    from transformers import AutoTokenizer, GenerationConfig
+
+    try:
+        path = kernel.store.resolve(ref, log=kernel.log)
+    except ModelNotFound as e:
+        raise NotFound(str(e)) from None
+    except ModelUnavailable as e:
+        raise Unavailable(str(e)) from None
+    t0 = time.monotonic()
+    info = kernel.driver.load(name, str(path), dtype)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    try:
+        eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
+    except OSError:
+        eos = None
+    m = _install(kernel, name, info, tok, eos, source=ref)
+    kernel.log(f"loaded model {name} from {path} in {time.monotonic() - t0:.1f}s "
+               f"({info.num_parameters / 1e6:.1f}M parameters, {m.memory.pool.num_pages} KV pages)")
+    return m
+
+
+def adopt(kernel: "Kernel", name: str, model, tokenizer) -> LoadedModel:
+    info = kernel.driver.adopt(name, model)
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    return _install(kernel, name, info, tokenizer, eos, source="in-process")
+
+
+def _install(kernel: "Kernel", name: str, info: ModelInfo, tok, eos, source: str) -> LoadedModel:
+    cfg = kernel.config
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    dtype_bytes = {"float32": 4, "float64": 8}.get(info.dtype, 2)
+    page_bytes = info.kv_bytes_per_page(cfg.page_size, dtype_bytes)
+    pages = cfg.kv_pages or max(1, cfg.kv_memory // page_bytes)
+    swap = cfg.swap_pages if cfg.swap_pages is not None else pages
+    kv_bytes = kernel.driver.alloc_kv(name, pages, cfg.page_size, swap)
+    memory = MemoryManager(pages, cfg.page_size, swap, salt=zlib.crc32(name.encode()))
+    return LoadedModel(name=name, info=info, codec=TextCodec(tok, eos_ids), memory=memory,
+                       scheduler=Scheduler(cfg.sched, memory), source=source, kv_bytes=kv_bytes)
+
+
+def check_request(m: LoadedModel, p: Process, cfg: "KernelConfig") -> None:
+    """Refuse, with the limit named, what could never run."""
+    s, stop = p.sampling, p.stop
+    if not p.tokens:
+        raise InvalidArgument("the prompt is empty")
+    if stop.max_tokens <= 0:
+        raise InvalidArgument(f"max_tokens must be at least 1, got {stop.max_tokens}")
+    if not 0 <= s.temperature <= MAX_TEMPERATURE:
+        raise InvalidArgument(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {s.temperature}")
+    if not 0 < s.top_p <= 1:
+        raise InvalidArgument(f"top_p must be in (0, 1], got {s.top_p}")
+    if s.top_k < 0:
+        raise InvalidArgument(f"top_k must be 0 (off) or positive, got {s.top_k}")
+    if not -20 <= p.priority <= 19:
+        raise InvalidArgument(f"priority (nice) must be in [-20, 19], got {p.priority}")
+    if len(stop.stop) > 16 or any(not x or len(x) > 256 for x in stop.stop):
+        raise InvalidArgument("stop strings: at most 16, each 1 to 256 characters")
+    bad = [t for t in p.tokens if not 0 <= t < m.info.vocab_size]
+    if bad:
+        raise InvalidArgument(f"token id {bad[0]} is outside the vocabulary [0, {m.info.vocab_size})")
+    ctx = m.info.max_context
+    if len(p.tokens) >= ctx:
+        raise InvalidArgument(f"the prompt is {len(p.tokens)} tokens; the context window of {m.name} is {ctx}")
+    if p.limits.max_pages is not None and p.limits.max_pages < 1:
+        raise InvalidArgument(f"max_pages must be at least 1, got {p.limits.max_pages}")
+    if p.limits.max_wall_s is not None and p.limits.max_wall_s <= 0:
+        raise InvalidArgument(f"max_wall_s must be positive, got {p.limits.max_wall_s}")
+    pool = m.memory.pool
+    need = -(-min(len(p.tokens) + stop.max_tokens, ctx) // pool.page_size)
+    if need > pool.num_pages:
+        raise ResourceExhausted(f"the process needs up to {need} KV pages ({len(p.tokens)} prompt + "
+                                f"{stop.max_tokens} new tokens), but the pool holds only {pool.num_pages} "
+                                f"pages of {pool.page_size} tokens")
+    if p.limits.max_pages is not None and -(-len(p.tokens) // pool.page_size) > p.limits.max_pages:
+        raise ResourceExhausted(f"the prompt alone needs {-(-len(p.tokens) // pool.page_size)} KV pages; "
+                                f"max_pages is {p.limits.max_pages}")

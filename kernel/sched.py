@@ -1,0 +1,186 @@
+"""The scheduler: each step, the tokens owed to each process under one budget.
+
+There are no prefill and decode phases. A process is owed `len(tokens) - num_computed`
+tokens; a long prompt is simply paid in chunks across steps while others decode beside
+it. When KV pages run out, the lowest-priority, newest process is preempted: its pages go
+to swap (default) or are dropped and recomputed later.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from llmos.kernel.memory import MemoryManager
+from llmos.kernel.proc import Process, State
+
+POLICIES = ("fcfs", "priority", "fair")
+
+
+@dataclass
+class SchedConfig:
+    """Scheduler knobs."""
+
+    policy: str = "fcfs"
+    token_budget: int = 256  # tokens per step, all processes together
+    max_seqs: int = 64       # processes per step
+    preempt: str = "swap"    # swap | recompute
+    aging_s: float = 2.0     # waiting this long is worth one nice level
+    fair_halflife_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.preempt not in ("swap", "recompute"):
+            raise ValueError(f"unknown preemption mode {self.preempt!r}; choose swap or recompute")
+        if self.token_budget < 1 or self.max_seqs < 1:
+            raise ValueError("token_budget and max_seqs must be at least 1")
+
+
+@dataclass
+class Schedule:
+    """The scheduler's decision for one step."""
+
+    runs: list[tuple[Process, int]] = field(default_factory=list)  # process, tokens to compute
+    preempted: list[Process] = field(default_factory=list)
+    over_quota: list[Process] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(n for _, n in self.runs)
+
+
+class Scheduler:
+    """Orders processes by policy and hands out tokens and pages under the step budget."""
+
+    def __init__(self, config: SchedConfig, memory: MemoryManager) -> None:
+        self.config = config
+        self.memory = memory
+        self.owner_usage: dict[str, float] = {}
+        self._usage_at = time.monotonic()
+
+    def account(self, owner: str, tokens: int) -> None:
+        """Charge tokens to an owner, for fair share."""
+        now = time.monotonic()
+        decay = 0.5 ** ((now - self._usage_at) / self.config.fair_halflife_s)
+        self._usage_at = now
+        for k in self.owner_usage:
+            self.owner_usage[k] *= decay
+        self.owner_usage[owner] = self.owner_usage.get(owner, 0.0) + tokens
+
+    def order(self, procs: list[Process], now: float) -> list[Process]:
+        """Processes best-first under the policy. Aging lifts whoever has waited."""
+        def aged(p: Process) -> float:
+            return p.priority - (now - max(p.last_run, p.created)) / self.config.aging_s
+
+        if self.config.policy == "fcfs":
+            key = lambda p: (p.created, p.pid)  # noqa: E731
+        elif self.config.policy == "priority":
+            key = lambda p: (aged(p), p.created, p.pid)  # noqa: E731
+        else:
+            key = lambda p: (self.owner_usage.get(p.owner, 0.0), aged(p), p.created, p.pid)  # noqa: E731
+        return sorted(procs, key=key)
+
+    def schedule(self, procs: list[Process], now: float | None = None) -> Schedule:
+        """Decide this step. `procs` is every live process; those that hold pages but
+        cannot run (blocked, stopped) are the first to give pages back under pressure."""
+        now = time.monotonic() if now is None else now
+        mem, out = self.memory, Schedule()
+        ready = self.order([p for p in procs if p.runnable and p.owed > 0], now)
+        idle = [p for p in procs if not p.runnable and not p.state.done and p.pid in mem.tables]
+        budget, seats = self.config.token_budget, self.config.max_seqs
+        admitting = True
+        for i, p in enumerate(ready):
+            if budget == 0 or seats == 0:
+                break
+            resident = p.pid in mem.tables
+            fresh = not resident and not mem.is_swapped(p.pid)
+            if not resident and not admitting:
+                continue
+            victims = idle + [q for q in reversed(ready[i + 1:]) if q.pid in mem.tables]
+            if not self._make_resident(p, victims, out):
+                admitting = False  # head-of-line: later arrivals wait behind this one
+                continue
+            n = min(p.owed, budget)
+            if p.limits.max_pages is not None:
+                total = -(-(p.num_computed + n) // mem.page_size)
+                if total > p.limits.max_pages:
+                    out.over_quota.append(p)
+                    continue
+            n = self._fit(p, n, victims, out)
+            if n == 0:
+                if fresh:
+                    self._unadmit(p)
+                else:
+                    self._preempt(p, out)  # not even one token fits: give way to those ahead
+                admitting = admitting and resident
+                continue
+            out.runs.append((p, n))
+            budget -= n
+            seats -= 1
+        return out
+
+    def _make_resident(self, p: Process, victims: list[Process], out: Schedule) -> bool:
+        mem = self.memory
+        if p.pid in mem.tables:
+            return True
+        if mem.is_swapped(p.pid):
+            while not mem.swap_in(p.pid):
+                if not self._evict_one(victims, out):
+                    return False
+            p.usage.swaps += 1
+            return True
+        cached = mem.match_prefix(p.pid, p.tokens)
+        if cached > p.num_computed:
+            p.usage.cached_tokens += cached - p.num_computed
+            p.num_computed = cached
+        return True
+
+    def _fit(self, p: Process, n: int, victims: list[Process], out: Schedule) -> int:
+        """Allocate pages for n tokens, evicting victims or shrinking the chunk as needed."""
+        mem = self.memory
+        while not mem.allocate(p.pid, p.num_computed, p.num_computed + n):
+            if self._evict_one(victims, out):
+                continue
+            n = min(n - 1, self._tokens_fitting(p))  # no one left to evict: a smaller chunk
+            if n <= 0:
+                return 0
+        return n
+
+    def _tokens_fitting(self, p: Process) -> int:
+        mem = self.memory
+        lo, hi = 0, p.owed
+        while lo < hi:  # largest n whose pages fit
+            mid = (lo + hi + 1) // 2
+            if mem.pages_needed(p.pid, p.num_computed, p.num_computed + mid) <= mem.pool.num_free:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _unadmit(self, p: Process) -> None:
+        """Undo a fresh admission that found no room (its prefix-cache hits included)."""
+        p.usage.cached_tokens -= p.num_computed
+        p.num_computed = 0
+        self.memory.free(p.pid)
+
+    def _evict_one(self, victims: list[Process], out: Schedule) -> bool:
+        while victims:
+            v = victims.pop(0)
+            if v.pid in self.memory.tables:
+                self._preempt(v, out)
+                return True
+        return False
+
+    def _preempt(self, p: Process, out: Schedule) -> None:
+        mem = self.memory
+        if p.pid not in mem.tables:
+            return
+        if self.config.preempt == "swap" and mem.swap_out(p.pid):
+            pass
+        else:
+            mem.free(p.pid)
+            p.num_computed = 0  # recompute: the whole sequence is owed again
+        p.usage.preemptions += 1
+        if p.state == State.RUNNING:
+            p.state = State.READY
+        out.preempted.append(p)
