@@ -86,7 +86,10 @@ class Scheduler:
         now = time.monotonic() if now is None else now
         mem, out = self.memory, Schedule()
         ready = self.order([p for p in procs if p.runnable and p.owed > 0], now)
-        idle = [p for p in procs if not p.runnable and not p.state.done and p.pid in mem.tables]
+        # Victims under page pressure, worst first: blocked and stopped processes, then the
+        # lowest-priority, newest of those that owe nothing this step.
+        idle = [p for p in procs if not (p.runnable and p.owed > 0) and not p.state.done and p.pid in mem.tables]
+        idle = sorted(reversed(self.order(idle, now)), key=lambda p: p.runnable)
         budget, seats = self.config.token_budget, self.config.max_seqs
         admitting = True
         for i, p in enumerate(ready):

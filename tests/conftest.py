@@ -1,0 +1,49 @@
+import copy
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+from tiny import tiny_model, tiny_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return tiny_tokenizer()
+
+
+class Reference:
+    """transformers' own generate() on a private copy of the model: the correctness bar."""
+
+    def __init__(self, model):
+        self.model = copy.deepcopy(model)
+        self.model.generation_config.eos_token_id = None
+        self.model.generation_config.pad_token_id = 0
+
+    def greedy(self, tokens: list[int], n: int) -> list[int]:
+        with torch.no_grad():
+            out = self.model.generate(torch.tensor([tokens]), attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
+                                      max_new_tokens=n, do_sample=False)
+        return out[0, len(tokens):].tolist()
+
+
+@pytest.fixture
+def make_kernel(tokenizer):
+    """A kernel serving a fresh tiny model, with its transformers reference."""
+    from llmos.drivers.cpu import CPUDriver
+    from llmos.kernel import Kernel, KernelConfig, SchedConfig
+
+    def make(family="llama", pages=64, page_size=4, budget=64, swap=None, preempt="swap", policy="fcfs",
+             dtype=torch.float32, **over):
+        model = tiny_model(family, dtype=dtype, **over)
+        ref = Reference(model)
+        cfg = KernelConfig(page_size=page_size, kv_pages=pages, swap_pages=swap,
+                           sched=SchedConfig(policy=policy, token_budget=budget, preempt=preempt))
+        k = Kernel(CPUDriver(), cfg)
+        k.adopt_model("tiny", model, tokenizer)
+        return k, ref
+    return make

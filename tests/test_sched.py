@@ -1,0 +1,125 @@
+"""The scheduler as plain Python: budgets, chunked prefill, policies, aging, preemption."""
+import pytest
+
+from llmos.kernel.memory import MemoryManager
+from llmos.kernel.proc import Process, State
+from llmos.kernel.sched import SchedConfig, Scheduler
+
+
+def proc(pid, n_tokens, created=0.0, priority=0, owner="root", computed=0):
+    p = Process(pid=pid, model="m", tokens=list(range(n_tokens)), priority=priority, owner=owner, created=created)
+    p.state, p.num_computed = State.READY, computed
+    return p
+
+
+def run(sched, plan):
+    """Pretend the step ran: mark tokens computed, like the kernel does."""
+    for p, n in plan.runs:
+        p.num_computed += n
+        p.last_run = 0.0
+
+
+def test_chunked_prefill_shares_the_budget_with_decode():
+    mm = MemoryManager(64, page_size=4)
+    s = Scheduler(SchedConfig(token_budget=10), mm)
+    decoder = proc(1, 5, created=0)
+    mm.allocate(1, 0, 4)
+    decoder.num_computed = 4  # owes one token
+    long = proc(2, 25, created=1)
+    plan = s.schedule([decoder, long], now=2)
+    assert [(p.pid, n) for p, n in plan.runs] == [(1, 1), (2, 9)]
+    run(s, plan)
+    plan = s.schedule([decoder, long], now=3)  # decoder owes nothing now; the prompt continues
+    assert [(p.pid, n) for p, n in plan.runs] == [(2, 10)]
+
+
+def test_fcfs_orders_by_arrival_and_priority_by_nice():
+    mm = MemoryManager(64, page_size=4)
+    a, b = proc(1, 4, created=0, priority=10), proc(2, 4, created=1, priority=-5)
+    assert [p.pid for p in Scheduler(SchedConfig("fcfs"), mm).order([b, a], now=1)] == [1, 2]
+    assert [p.pid for p in Scheduler(SchedConfig("priority"), mm).order([a, b], now=1)] == [2, 1]
+
+
+def test_aging_lifts_a_starving_low_priority_process():
+    mm = MemoryManager(64, page_size=4)
+    s = Scheduler(SchedConfig("priority", aging_s=1.0), mm)
+    old, fresh = proc(1, 4, created=0, priority=19), proc(2, 4, created=29, priority=0)
+    old.last_run = 0
+    fresh.last_run = 29
+    assert [p.pid for p in s.order([fresh, old], now=30)] == [1, 2]  # waited 30 s: 19 - 30 < 0 - 1
+
+
+def test_fair_share_prefers_the_owner_served_least():
+    mm = MemoryManager(64, page_size=4)
+    s = Scheduler(SchedConfig("fair"), mm)
+    s.account("alice", 1000)
+    a, b = proc(1, 4, created=0, owner="alice"), proc(2, 4, created=5, owner="bob")
+    assert [p.pid for p in s.order([a, b], now=5)] == [2, 1]
+
+
+def test_out_of_pages_preempts_lowest_priority_newest_by_swap():
+    mm = MemoryManager(4, page_size=4, swap_pages=8)
+    s = Scheduler(SchedConfig("priority", token_budget=64, aging_s=1e9), mm)
+    hi, lo_old, lo_new = proc(1, 8, 0, -5), proc(2, 4, 1, 5), proc(3, 4, 2, 5)
+    plan = s.schedule([hi, lo_old, lo_new], now=3)
+    run(s, plan)
+    assert mm.pool.num_free == 0
+    hi.tokens += [1] * 4  # hi now needs a page more
+    plan = s.schedule([hi, lo_old, lo_new], now=4)
+    assert [p.pid for p in plan.preempted] == [3]  # lowest priority, newest
+    assert mm.is_swapped(3) and [p.pid for p, _ in plan.runs] == [1]
+    assert [m[0] for m in mm.ops.take()][-1] == "out"
+
+
+def test_recompute_mode_drops_pages_and_resets_progress():
+    mm = MemoryManager(2, page_size=4)
+    s = Scheduler(SchedConfig(token_budget=64, preempt="recompute"), mm)
+    a, b = proc(1, 4, 0), proc(2, 4, 1)
+    run(s, s.schedule([a, b], now=2))
+    a.tokens += [9]
+    plan = s.schedule([a, b], now=3)
+    assert [p.pid for p in plan.preempted] == [2]
+    assert b.num_computed == 0 and b.pid not in mm.tables and not mm.is_swapped(2)
+
+
+def test_swapped_process_comes_back_when_pages_free_up():
+    mm = MemoryManager(2, page_size=4, swap_pages=4)
+    s = Scheduler(SchedConfig(token_budget=64), mm)
+    a, b = proc(1, 4, 0), proc(2, 4, 1)
+    run(s, s.schedule([a, b], now=2))
+    a.tokens += [9]
+    run(s, s.schedule([a, b], now=3))
+    assert mm.is_swapped(2)
+    a.state = State.EXITED
+    mm.free(1)
+    b.tokens += [9]
+    plan = s.schedule([b], now=4)
+    assert [(p.pid, n) for p, n in plan.runs] == [(2, 1)] and not mm.is_swapped(2)
+    assert b.usage.swaps == 1
+
+
+def test_blocked_and_stopped_processes_give_pages_back_first():
+    mm = MemoryManager(2, page_size=4, swap_pages=4)
+    s = Scheduler(SchedConfig(token_budget=64), mm)
+    idle, busy = proc(1, 4, 0), proc(2, 4, 1)
+    run(s, s.schedule([idle, busy], now=2))
+    idle.state = State.BLOCKED
+    busy.tokens += [1]
+    plan = s.schedule([idle, busy], now=3)
+    assert [p.pid for p in plan.preempted] == [1] and [p.pid for p, _ in plan.runs] == [2]
+
+
+def test_page_quota_is_reported():
+    mm = MemoryManager(16, page_size=4)
+    s = Scheduler(SchedConfig(token_budget=64), mm)
+    p = proc(1, 9)
+    p.limits.max_pages = 2
+    plan = s.schedule([p], now=1)
+    assert plan.over_quota == [p] and plan.runs == []
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="unknown policy"):
+        SchedConfig(policy="lottery")
+    with pytest.raises(ValueError, match="preemption"):
+        SchedConfig(preempt="drop")
