@@ -261,6 +261,8 @@ class Kernel:
         return bool(hits)
 
     def _end_turn(self, p: Process, reason: str) -> None:
+        if reason != "stop" and p.pid in self._detok:
+            p.stdout += self._detok[p.pid].step(p.out_tokens, final=True)
         if p.interactive and reason != "context window full":
             p.state, p.reason = State.BLOCKED, reason
         else:

@@ -66,10 +66,11 @@ class Detokenizer:
         self.prefix = 0  # tokens before this were fully emitted and only give context
         self.read = 0    # tokens before this have been emitted
 
-    def step(self, tokens: list[int]) -> str:
+    def step(self, tokens: list[int], final: bool = False) -> str:
+        """New text since the last call; `final` also gives a trailing partial character."""
         before = self.codec.decode(tokens[self.prefix:self.read])
         now = self.codec.decode(tokens[self.prefix:])
-        if len(now) <= len(before) or now.endswith("\ufffd"):
+        if len(now) <= len(before) or (now.endswith("\ufffd") and not final):
             return ""
         self.prefix, self.read = self.read, len(tokens)
         return now[len(before):]

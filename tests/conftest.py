@@ -47,3 +47,17 @@ def make_kernel(tokenizer):
         k.adopt_model("tiny", model, tokenizer)
         return k, ref
     return make
+
+
+@pytest.fixture(scope="session")
+def model_store():
+    """The model store shared by every test that uses the real default model.
+
+    It lives under the repo's .pytest_cache (or LLMOS_TEST_STORE), so the GGUF is
+    converted once per checkout, not once per test run.
+    """
+    from llmos.kernel.models import ModelStore
+
+    root = os.environ.get("LLMOS_TEST_STORE") or os.path.join(os.path.dirname(__file__), "..", ".pytest_cache",
+                                                               "llmos-models")
+    return ModelStore(root)

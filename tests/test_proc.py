@@ -1,0 +1,162 @@
+"""Processes as users see them: chat, stop rules, interactive turns, signals, limits, bad input."""
+import time
+
+import pytest
+
+from llmos.drivers.driver import SamplingParams
+from llmos.kernel import (FailedPrecondition, InvalidArgument, Limits, NotFound, ResourceExhausted, Signal, State,
+                          StopRules)
+
+
+def test_chat_prompt_uses_the_template(make_kernel, tokenizer):
+    k, ref = make_kernel()
+    msgs = [{"role": "user", "content": "Hello world"}]
+    p = k.spawn("tiny", messages=msgs, stop=StopRules(max_tokens=5, ignore_eos=True))
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert p.tokens == tokenizer(text, add_special_tokens=False)["input_ids"]
+    k.run_until_idle()
+    assert p.out_tokens == ref.greedy(p.tokens[:p.usage.prompt_tokens], 5)
+    assert p.stdout == tokenizer.decode(p.out_tokens, skip_special_tokens=True)
+
+
+def test_eos_ends_the_process(make_kernel):
+    k, ref = make_kernel()
+    prompt = list(range(10, 20))
+    expect = ref.greedy(prompt, 30)
+    eos = expect[3]  # pretend the fourth greedy token is end-of-sequence
+    k.models["tiny"].codec.eos = {eos}
+    p = k.spawn("tiny", tokens=prompt, stop=StopRules(max_tokens=30))
+    k.run_until_idle()
+    assert p.out_tokens == expect[:expect.index(eos) + 1]
+    assert (p.state, p.reason) == (State.EXITED, "eos")
+    assert k.meminfo("tiny").used == 0
+
+
+def test_stop_string_cuts_the_output(make_kernel, tokenizer):
+    k, ref = make_kernel()
+    prompt = tokenizer("The quick brown fox")["input_ids"]
+    full = tokenizer.decode(ref.greedy(prompt, 20), skip_special_tokens=True)
+    stop = full[5:8]
+    p = k.spawn("tiny", tokens=prompt, stop=StopRules(max_tokens=20, stop=[stop], ignore_eos=True))
+    k.run_until_idle()
+    assert p.reason == "stop" and p.stdout == full[:full.index(stop)]
+
+
+def test_interactive_turns_keep_their_pages(make_kernel, tokenizer):
+    k, ref = make_kernel()
+    p = k.spawn("tiny", messages=[{"role": "user", "content": "Hello"}], interactive=True,
+                stop=StopRules(max_tokens=6, ignore_eos=True))
+    k.run_until_idle()
+    assert p.state == State.BLOCKED and p.reason == "length"
+    held = k.meminfo("tiny").used
+    assert held > 0
+    before = list(p.tokens)
+    k.write(p.pid, "Tell me more")
+    assert p.state == State.READY and p.tokens[:len(before)] == before
+    k.run_until_idle()
+    # The second answer continues the same sequence; only the new tokens were computed.
+    assert p.out_tokens[6:] == ref.greedy(p.tokens[:len(p.tokens) - 6], 6)
+    assert p.usage.generated_tokens == 12 and p.state == State.BLOCKED
+    k.signal(p.pid, "TERM")
+    assert p.state == State.KILLED and k.meminfo("tiny").used == 0
+
+
+def test_write_needs_an_interactive_blocked_process(make_kernel):
+    k, _ = make_kernel()
+    p = k.spawn("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=3))
+    with pytest.raises(FailedPrecondition, match="not interactive"):
+        k.write(p.pid, "hi")
+    q = k.spawn("tiny", tokens=[5, 6, 7], interactive=True, stop=StopRules(max_tokens=3))
+    with pytest.raises(FailedPrecondition, match="still answering"):
+        k.write(q.pid, "hi")
+
+
+def test_stop_and_cont(make_kernel):
+    k, ref = make_kernel()
+    a = k.spawn("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=8, ignore_eos=True))
+    b = k.spawn("tiny", tokens=[8, 9], stop=StopRules(max_tokens=8, ignore_eos=True))
+    k.step()
+    k.signal(a.pid, Signal.STOP)
+    for _ in range(3):
+        k.step()
+    assert a.state == State.STOPPED and len(a.out_tokens) == 1 and len(b.out_tokens) == 4
+    k.signal(a.pid, "CONT")
+    k.run_until_idle()
+    assert a.out_tokens == ref.greedy([5, 6, 7], 8) and b.out_tokens == ref.greedy([8, 9], 8)
+
+
+def test_kill_frees_pages_and_leaves_others_alone(make_kernel):
+    k, ref = make_kernel()
+    a = k.spawn("tiny", tokens=list(range(5, 30)), stop=StopRules(max_tokens=8, ignore_eos=True))
+    b = k.spawn("tiny", tokens=[8, 9], stop=StopRules(max_tokens=8, ignore_eos=True))
+    k.step()
+    k.signal(a.pid, "KILL")
+    assert (a.state, a.reason) == (State.KILLED, "signal KILL")
+    k.run_until_idle()
+    assert b.out_tokens == ref.greedy([8, 9], 8) and k.meminfo("tiny").used == 0
+
+
+def test_wall_time_limit(make_kernel):
+    k, _ = make_kernel()
+    p = k.spawn("tiny", tokens=[5, 6], limits=Limits(max_wall_s=0.05), stop=StopRules(max_tokens=200, ignore_eos=True))
+    time.sleep(0.06)
+    k.step()
+    assert p.state == State.KILLED and "wall time" in p.reason
+
+
+def test_page_quota_kills_with_the_limit_named(make_kernel):
+    k, _ = make_kernel(page_size=4)
+    p = k.spawn("tiny", tokens=[5, 6, 7], limits=Limits(max_pages=2), stop=StopRules(max_tokens=30, ignore_eos=True))
+    k.run_until_idle()
+    assert p.state == State.KILLED and "max_pages=2" in p.reason
+    assert len(p.out_tokens) == 2 * 4 - 3 + 1  # every token whose KV fits in two pages, plus the last sample
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(make_kernel):
+    k, _ = make_kernel()
+    s = SamplingParams(temperature=0.9, top_k=50, top_p=0.9, seed=1234)
+    alone = k.spawn("tiny", tokens=[5, 6, 7], sampling=s, stop=StopRules(max_tokens=12, ignore_eos=True))
+    k.run_until_idle()
+    crowd = [k.spawn("tiny", tokens=t, stop=StopRules(max_tokens=12, ignore_eos=True)) for t in ([9] * 7, [11, 12])]
+    again = k.spawn("tiny", tokens=[5, 6, 7], sampling=s, stop=StopRules(max_tokens=12, ignore_eos=True))
+    other = k.spawn("tiny", tokens=[5, 6, 7], sampling=SamplingParams(temperature=0.9, seed=99),
+                    stop=StopRules(max_tokens=12, ignore_eos=True))
+    k.run_until_idle()
+    assert again.out_tokens == alone.out_tokens != other.out_tokens
+    assert all(c.state == State.EXITED for c in crowd)
+
+
+@pytest.mark.parametrize("kwargs, error, words", [
+    (dict(model="nope", tokens=[1]), NotFound, "not loaded"),
+    (dict(tokens=list(range(3, 300)) * 2), InvalidArgument, "context window"),
+    (dict(tokens=[5], stop=StopRules(max_tokens=0)), InvalidArgument, "max_tokens must be at least 1"),
+    (dict(tokens=[5], stop=StopRules(max_tokens=-3)), InvalidArgument, "max_tokens"),
+    (dict(tokens=[5], stop=StopRules(max_tokens=400)), ResourceExhausted, "pool holds only 64 pages"),
+    (dict(tokens=list(range(3, 40)), limits=Limits(max_pages=2)), ResourceExhausted, "max_pages is 2"),
+    (dict(tokens=[]), InvalidArgument, "empty"),
+    (dict(tokens=[99999]), InvalidArgument, "outside the vocabulary"),
+    (dict(tokens=[5], sampling=SamplingParams(temperature=-1)), InvalidArgument, "temperature"),
+    (dict(tokens=[5], priority=40), InvalidArgument, "priority"),
+    (dict(messages=[]), InvalidArgument, "messages is empty"),
+    (dict(messages=[{"role": "wizard", "content": "x"}]), InvalidArgument, "role"),
+])
+def test_bad_input_is_refused_with_the_limit_named(make_kernel, kwargs, error, words):
+    k, ref = make_kernel(page_size=4)
+    ok = k.spawn("tiny", tokens=[7, 8, 9], stop=StopRules(max_tokens=4, ignore_eos=True))
+    kwargs = dict(kwargs)
+    kwargs.setdefault("stop", StopRules(max_tokens=4))
+    with pytest.raises(error, match=words):
+        k.spawn(kwargs.pop("model", "tiny"), **kwargs)
+    k.run_until_idle()
+    assert ok.out_tokens == ref.greedy([7, 8, 9], 4)  # nobody else was harmed
+
+
+def test_signals_and_lookups_name_what_is_wrong(make_kernel):
+    k, _ = make_kernel()
+    with pytest.raises(NotFound, match="no process with pid 42"):
+        k.signal(42, "TERM")
+    p = k.spawn("tiny", tokens=[5], stop=StopRules(max_tokens=2))
+    with pytest.raises(InvalidArgument, match="unknown signal"):
+        k.signal(p.pid, "HUP")
+    with pytest.raises(FailedPrecondition, match="in use"):
+        k.unload_model("tiny")

