@@ -26,7 +26,9 @@ class Reference:
 
     def greedy(self, tokens: list[int], n: int) -> list[int]:
         with torch.no_grad():
-            out = self.model.generate(torch.tensor([tokens]), attention_mask=torch.ones(1, len(tokens), dtype=torch.long),
+            dev = self.model.device
+            out = self.model.generate(torch.tensor([tokens], device=dev),
+                                      attention_mask=torch.ones(1, len(tokens), dtype=torch.long, device=dev),
                                       max_new_tokens=n, do_sample=False)
         return out[0, len(tokens):].tolist()
 

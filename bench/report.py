@@ -1,0 +1,175 @@
+"""Printing and saving benchmark results: rich tables, ratios, targets and the JSON file."""
+from __future__ import annotations
+
+import json
+import platform
+import resource
+from pathlib import Path
+from statistics import mean
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import MODEL, RunResult
+
+BASELINE = "llmos"
+TARGETS = [  # (name, llmos concurrency, peer system, minimum llmos/peer tok/s)
+    ("llmos ≥ 1.2× hf_static_batch at 16 processes", 16, "hf_static_batch", 1.2),
+    ("llmos ≥ 0.95× hf_generate at 1 process", 1, "hf_generate", 0.95),
+]
+MEMORY_TARGET = 1.3
+
+
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None else f"{x:,.{digits}f}"
+
+
+def print_setup(console: Console, args, bench) -> None:
+    counts = [len(p) for p in bench.prompt_ids]
+    console.print(f"[bold]llmos throughput[/] · model {MODEL} ({bench.path}) · torch {torch.__version__} · "
+                  f"{args.threads} threads · {platform.processor() or platform.machine()}")
+    console.print(f"systems: {', '.join(args.systems)} · concurrency {args.concurrency} × {args.new_tokens} "
+                  "new tokens (greedy, EOS ignored)")
+    console.print(f"prompt tokens of the {len(counts)} chat requests: min {min(counts)}, mean {mean(counts):.1f}, "
+                  f"max {max(counts)}: {counts}")
+    for n in args.concurrency:
+        batch = [counts[i] for i in bench.batch(n)]
+        console.print(f"  N={n}: {sum(batch)} prompt tokens (min {min(batch)}, max {max(batch)})")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _find(results: list[RunResult], system: str, n: int) -> RunResult | None:
+    return next((r for r in results if r.system == system and r.concurrency == n), None)
+
+
+def ratios(results: list[RunResult]) -> list[dict]:
+    """llmos / each peer at each concurrency: tok/s (higher is better) and TTFT p50 (lower is better)."""
+    out = []
+    for r in results:
+        base = _find(results, BASELINE, r.concurrency)
+        if r.system != BASELINE and base is not None:
+            out.append({"concurrency": r.concurrency, "peer": r.system, "tok_s_ratio": ratio(base.tok_s, r.tok_s),
+                        "ttft_p50_ratio": ratio(base.ttft_p50_ms, r.ttft_p50_ms)})
+    return out
+
+
+def print_results(console: Console, results: list[RunResult]) -> None:
+    t = Table(title="Throughput (N requests arriving together, each generating new_tokens)")
+    for col in ("system", "N", "new", "tok/s", "TTFT p50 ms", "TTFT p99 ms", "wall s", "llmos/this tok/s"):
+        t.add_column(col, justify="left" if col == "system" else "right")
+    for r in sorted(results, key=lambda r: (r.concurrency, r.system != BASELINE)):
+        base = _find(results, BASELINE, r.concurrency)
+        rel = ratio(base.tok_s, r.tok_s) if base else None
+        t.add_row(r.system, str(r.concurrency), str(r.new_tokens), _fmt(r.tok_s), _fmt(r.ttft_p50_ms, 0),
+                  _fmt(r.ttft_p99_ms, 0), _fmt(r.wall_s, 2), "" if r.system == BASELINE else _fmt(rel, 2) + "×")
+    console.print(t)
+    rs = ratios(results)
+    if rs:
+        t = Table(title="llmos / peer (tok/s: higher is better for llmos; TTFT p50: lower is better for llmos)")
+        for col in ("N", "peer", "tok/s ratio", "TTFT p50 ratio"):
+            t.add_column(col, justify="right")
+        for x in rs:
+            t.add_row(str(x["concurrency"]), x["peer"], _fmt(x["tok_s_ratio"], 2) + "×",
+                      _fmt(x["ttft_p50_ratio"], 2) + "×")
+        console.print(t)
+    for r in results:
+        for note in r.notes:
+            console.print(f"[yellow]note[/] {r.system} × {r.concurrency}: {note}")
+
+
+def memory_summary(*, n: int, new_tokens: int, page_size: int, page_bytes: int, pool_pages: int,
+                   system_tokens: int, one: dict, many: dict, prompts: list[list[int]], peak_rss: int) -> dict:
+    """Measured pages for 1 vs n processes, beside the least that page granularity allows."""
+    lcp = _common_prefix(prompts)
+    shared = lcp // page_size  # full pages identical in every prompt
+    # The last sampled token never has its KV computed, hence new_tokens - 1.
+    need = [-(-(len(p) + new_tokens - 1) // page_size) for p in prompts]
+    ideal_many = shared + sum(x - shared for x in need)
+    return {
+        "processes": n, "new_tokens": new_tokens, "system_prompt_tokens": system_tokens,
+        "common_prefix_tokens": lcp, "page_size": page_size, "page_bytes": page_bytes, "pool_pages": pool_pages,
+        "pages_1": one["peak_pages"], f"pages_{n}": many["peak_pages"],
+        "ratio": ratio(many["peak_pages"], one["peak_pages"]), "target_ratio": MEMORY_TARGET,
+        "ideal_pages_1": need[0], f"ideal_pages_{n}": ideal_many, "ideal_ratio": ratio(ideal_many, need[0]),
+        "unshared_pages": sum(need), f"peak_shared_pages_{n}": many["peak_shared_pages"],
+        f"prefix_cached_tokens_{n}": many["prefix_cached_tokens"],
+        "prompt_tokens": many["prompt_tokens"],
+        "kv_bytes_1": one["peak_pages"] * page_bytes, f"kv_bytes_{n}": many["peak_pages"] * page_bytes,
+        "peak_rss_bytes": peak_rss,
+        "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(len(s) for s in seqs)
+    for i in range(n):
+        if any(s[i] != seqs[0][i] for s in seqs):
+            return i
+    return n
+
+
+def print_memory(console: Console, m: dict) -> None:
+    n = m["processes"]
+    t = Table(title=f"KV memory: {n} processes sharing a {m['system_prompt_tokens']}-token system prompt "
+                    f"({m['new_tokens']} new tokens each)")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    mib = 1 << 20
+    rows = [
+        ("page size (tokens) / bytes per page", f"{m['page_size']} / {m['page_bytes']:,}"),
+        ("pool pages", f"{m['pool_pages']:,}"),
+        ("prompt tokens (common prefix)", f"{min(m['prompt_tokens'])}–{max(m['prompt_tokens'])} "
+                                          f"({m['common_prefix_tokens']})"),
+        ("peak pages, 1 process", f"{m['pages_1']} ({m['kv_bytes_1'] / mib:.1f} MiB)"),
+        (f"peak pages, {n} processes", f"{m[f'pages_{n}']} ({m[f'kv_bytes_{n}'] / mib:.1f} MiB)"),
+        (f"ratio {n}/1 (target ≤ {m['target_ratio']})", _fmt(m["ratio"], 2) + "×"),
+        (f"least possible at this page size: pages 1 / {n} / ratio",
+         f"{m['ideal_pages_1']} / {m[f'ideal_pages_{n}']} / {_fmt(m['ideal_ratio'], 2)}×"),
+        (f"pages without any sharing ({n} × private)", str(m["unshared_pages"])),
+        (f"peak shared pages / prefix-cache hits ({n} processes)",
+         f"{m[f'peak_shared_pages_{n}']} / {m[f'prefix_cached_tokens_{n}']:,} tokens"),
+        ("peak RSS (psutil, sampled) / max RSS (getrusage)",
+         f"{m['peak_rss_bytes'] / mib:,.0f} MiB / {m['max_rss_bytes'] / mib:,.0f} MiB"),
+    ]
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+
+
+def check_targets(results: list[RunResult], memory: dict) -> list[dict]:
+    out = []
+    for name, n, peer, need in TARGETS:
+        a, b = _find(results, BASELINE, n), _find(results, peer, n)
+        value = ratio(a.tok_s, b.tok_s) if a and b else None
+        out.append({"target": name, "value": value, "need": f"≥ {need}", "met": None if value is None else value >= need})
+    value = memory.get("ratio")
+    out.append({"target": f"memory: {memory.get('processes', 16)} sharing processes ≤ {MEMORY_TARGET}× one",
+                "value": value, "need": f"≤ {MEMORY_TARGET}", "met": None if value is None else value <= MEMORY_TARGET})
+    return out
+
+
+def print_targets(console: Console, targets: list[dict]) -> None:
+    t = Table(title="Targets")
+    for col in ("target", "measured", "needed", "met"):
+        t.add_column(col)
+    for x in targets:
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "[dim]not measured[/]"}[x["met"]]
+        t.add_row(x["target"], _fmt(x["value"], 2), x["need"], met)
+    console.print(t)
+
+
+def write_json(path: Path, args, results: list[RunResult], memory: dict, targets: list[dict]) -> None:
+    data = {
+        "runs": [r.as_json() for r in results],
+        "ratios": ratios(results),
+        "memory": memory,
+        "targets": targets,
+        "config": {"model": MODEL, "threads": args.threads, "new_tokens": args.new_tokens,
+                   "concurrency": args.concurrency, "systems": args.systems, "torch": torch.__version__},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,298 @@
+"""Throughput benchmark: llmos in-process against transformers on the default model.
+
+For each concurrency N, N distinct chat requests arrive together and each generates exactly
+--new-tokens tokens (greedy, EOS ignored). Every system gets one untimed warm-up. Then a
+memory check: 16 processes sharing one long system prompt against one such process.
+
+    python bench/throughput.py                       # 1,4,16,32 × 128 tokens, all systems
+    python bench/throughput.py --quick               # smoke run: 1,4 × 16 tokens
+    python bench/throughput.py --systems llmos,hf_static_batch --json bench/results/tp.json
+
+More llmos front ends (a `llmos_daemon` row going through gRPC, say) are added as one more
+entry in SYSTEMS: a function (bench, n, new_tokens, tick) -> RunResult.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
+
+from bench import report  # noqa: E402
+from bench.common import (MODEL, QUESTIONS, FirstTokenStreamer, RssSampler, RunResult, Tick, chat,  # noqa: E402
+                          default_store, encode_chat, long_system_prompt, result)
+
+
+class Bench:
+    """What every system shares: the store, the prompts, and lazily loaded engines."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from transformers import AutoTokenizer
+        from llmos.kernel.models import ModelStore
+
+        self.args = args
+        self.store = ModelStore(args.store)
+        self.path = self.store.resolve(MODEL)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        self.requests = [chat(q) for q in QUESTIONS]
+        self.prompt_ids = [encode_chat(self.tokenizer, r) for r in self.requests]
+        self.rss = RssSampler()
+        self.notes: list[str] = []
+        self._kernel = None
+        self._hf: dict[str, torch.nn.Module] = {}
+
+    def batch(self, n: int) -> list[int]:
+        """Indices of the n requests of a run (the question list is cycled past its end)."""
+        return [i % len(self.requests) for i in range(n)]
+
+    def kernel(self):
+        if self._kernel is None:
+            from llmos.drivers import open_driver
+            from llmos.kernel import Kernel, KernelConfig
+
+            k = Kernel(open_driver("cpu", threads=self.args.threads), KernelConfig(), self.store)
+            m = k.load_model(MODEL)
+            if m.codec.encode_chat(self.requests[0]) != self.prompt_ids[0]:
+                self.notes.append("the kernel tokenizes the chat prompts differently from the HF baselines")
+            self._kernel = k
+            self.rss.sample()
+        return self._kernel
+
+    def hf(self, system: str) -> torch.nn.Module:
+        """A private transformers model per HF system (generate_batch reconfigures its model)."""
+        if system not in self._hf:
+            from transformers import AutoModelForCausalLM
+
+            self._hf[system] = AutoModelForCausalLM.from_pretrained(
+                str(self.path), dtype=torch.float32, attn_implementation="sdpa").eval()
+            self.rss.sample()
+        return self._hf[system]
+
+
+# --- llmos ------------------------------------------------------------------------------------
+def run_kernel(k, bench: Bench, idx: list[int], new_tokens: int, tick: Tick, system: str = "llmos") -> RunResult:
+    """Spawn every request at once on kernel k, step it until idle, reap the processes."""
+    from llmos.kernel import StopRules
+
+    t0 = time.perf_counter()
+    procs = [k.spawn(MODEL, messages=bench.requests[i], stop=StopRules(max_tokens=new_tokens, ignore_eos=True))
+             for i in idx]
+    done = 0
+    while k.has_work():
+        k.step()
+        now = sum(p.usage.generated_tokens for p in procs)
+        tick(now - done)
+        done = now
+    wall = time.perf_counter() - t0
+    bench.rss.sample()
+    for p in procs:
+        k.reap(p.pid)
+    return result(system, len(idx), new_tokens, wall, done, [p.usage.ttft_s for p in procs])
+
+
+def run_llmos(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    return run_kernel(bench.kernel(), bench, bench.batch(n), new_tokens, tick)
+
+
+# --- transformers -------------------------------------------------------------------------------
+def _gen_config(bench: Bench, new_tokens: int, **over):
+    from transformers import GenerationConfig
+
+    tok = bench.tokenizer
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+              eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id)
+    kw.update(over)
+    return GenerationConfig(**kw)
+
+
+@torch.inference_mode()
+def run_hf_generate(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    """generate() one request at a time; all arrive at t0, so request i waits for those before it."""
+    model, cfg = bench.hf("hf_generate"), _gen_config(bench, new_tokens)
+    ttfts, generated = [], 0
+    t0 = time.perf_counter()
+    for i in bench.batch(n):
+        ids = torch.tensor([bench.prompt_ids[i]])
+        streamer = FirstTokenStreamer(tick)
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg, streamer=streamer)
+        generated += out.shape[1] - ids.shape[1]
+        ttfts.append(streamer.first - t0 if streamer.first else None)
+    wall = time.perf_counter() - t0
+    bench.rss.sample()
+    return result("hf_generate", n, new_tokens, wall, generated, ttfts)
+
+
+@torch.inference_mode()
+def run_hf_static_batch(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    """One generate() over all n requests, left-padded to the longest prompt."""
+    model, cfg = bench.hf("hf_static_batch"), _gen_config(bench, new_tokens)
+    prompts = [bench.prompt_ids[i] for i in bench.batch(n)]
+    t0 = time.perf_counter()
+    width, pad = max(len(p) for p in prompts), bench.tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    streamer = FirstTokenStreamer(tick)
+    out = model.generate(ids, attention_mask=mask, generation_config=cfg, streamer=streamer)
+    wall = time.perf_counter() - t0
+    bench.rss.sample()
+    ttft = streamer.first - t0 if streamer.first else None
+    return result("hf_static_batch", n, new_tokens, wall, n * (out.shape[1] - width), [ttft] * n)
+
+
+@torch.inference_mode()
+def run_hf_generate_batch(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    """transformers' continuous batching. Timed from the first request's arrival to the last
+    request's end (the manager's own start-up is left out); TTFT from per-token timestamps."""
+    model = bench.hf("hf_generate_batch")
+    cfg = _gen_config(bench, new_tokens, min_new_tokens=None, eos_token_id=-1)  # -1: no EOS, exactly n tokens
+    prompts = [bench.prompt_ids[i] for i in bench.batch(n)]
+    outs = list(model.generate_batch(inputs=prompts, generation_config=copy.deepcopy(cfg),
+                                     record_timestamps=True, progress_bar=False).values())
+    bench.rss.sample()
+    notes = [f"{o.request_id}: {o.error}" for o in outs if o.error]
+    if len(outs) != n:
+        notes.append(f"{len(outs)} of {n} requests came back")
+    start = min((o.created_time for o in outs), default=0.0)
+    end = max((o.lifespan[1] for o in outs), default=0.0)
+    generated = sum(len(o.generated_tokens) for o in outs)
+    tick(generated)
+    ttfts = [o.timestamps[0] - start if o.timestamps else None for o in outs]
+    return result("hf_generate_batch", n, new_tokens, end - start, generated, ttfts, notes)
+
+
+@dataclass(frozen=True)
+class System:
+    run: Callable[[Bench, int, int, Tick], RunResult]
+    about: str
+
+
+SYSTEMS: dict[str, System] = {
+    "llmos": System(run_llmos, "the llmos kernel in-process: all N spawned at once, stepped until idle"),
+    "hf_generate": System(run_hf_generate, "transformers generate(), one request at a time"),
+    "hf_static_batch": System(run_hf_static_batch, "transformers generate() on a left-padded batch of N"),
+    "hf_generate_batch": System(run_hf_generate_batch, "transformers generate_batch() (continuous batching)"),
+}
+
+
+# --- memory: 16 processes sharing a long system prompt ------------------------------------------
+def measure_pages(bench: Bench, system_prompt: str, n: int, new_tokens: int, tick: Tick) -> dict:
+    """Peak KV pages used (sampled after every step) while n processes share one system prompt."""
+    from llmos.kernel import StopRules
+
+    k = bench.kernel()
+    base = k.meminfo(MODEL).used
+    procs = [k.spawn(MODEL, messages=chat(QUESTIONS[i % len(QUESTIONS)], system_prompt),
+                     stop=StopRules(max_tokens=new_tokens, ignore_eos=True)) for i in range(n)]
+    peak = shared = done = 0
+    while k.has_work():
+        k.step()
+        info = k.meminfo(MODEL)
+        peak, shared = max(peak, info.used - base), max(shared, info.shared)
+        bench.rss.sample()
+        now = sum(p.usage.generated_tokens for p in procs)
+        tick(now - done)
+        done = now
+    out = {"peak_pages": peak, "peak_shared_pages": shared, "prompt_tokens": [len(p.tokens) - len(p.out_tokens)
+                                                                              for p in procs],
+           "prefix_cached_tokens": sum(p.usage.cached_tokens for p in procs)}
+    for p in procs:
+        k.reap(p.pid)
+    return out
+
+
+def run_memory(bench: Bench, n: int, new_tokens: int, tick: Tick) -> dict:
+    tok = bench.tokenizer
+    system_prompt = long_system_prompt(tok, bench.args.system_tokens)
+    k = bench.kernel()
+    m = k.models[MODEL]
+    one = measure_pages(bench, system_prompt, 1, new_tokens, tick)
+    many = measure_pages(bench, system_prompt, n, new_tokens, tick)
+    page = m.memory.page_size
+    return report.memory_summary(
+        n=n, new_tokens=new_tokens, page_size=page, page_bytes=m.kv_bytes // m.memory.pool.num_pages,
+        pool_pages=m.memory.pool.num_pages, system_tokens=len(tok(system_prompt, add_special_tokens=False)["input_ids"]),
+        one=one, many=many, prompts=[encode_chat(tok, chat(QUESTIONS[i % len(QUESTIONS)], system_prompt))
+                                     for i in range(n)],
+        peak_rss=bench.rss.peak)
+
+
+# --- driver -------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--concurrency", default="1,4,16,32", help="comma-separated process counts")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--store", type=Path, default=default_store(), help="model store dir (default: %(default)s)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: concurrency 1,4 × 16 tokens, short memory check")
+    ap.add_argument("--memory-procs", type=int, default=16)
+    ap.add_argument("--memory-new-tokens", type=int, default=16, help="tokens each process generates in the memory check")
+    ap.add_argument("--system-tokens", type=int, default=512, help="minimum length of the shared system prompt")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory check")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.concurrency, args.new_tokens, args.memory_new_tokens = "1,4", 16, 4
+    args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c]
+    args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = [s for s in args.systems if s not in SYSTEMS]
+    if unknown:
+        ap.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import transformers
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    console = Console()
+    bench = Bench(args)
+    report.print_setup(console, args, bench)
+    results: list[RunResult] = []
+    memory: dict = {}
+    do_memory = "llmos" in args.systems and not args.no_memory
+    total = sum(args.concurrency) * args.new_tokens * len(args.systems)
+    total += (1 + args.memory_procs) * args.memory_new_tokens if do_memory else 0
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, refresh_per_second=2) as bar:
+        task = bar.add_task("warm-up", total=total)
+        tick: Tick = lambda n: bar.advance(task, n)  # noqa: E731
+        for name in args.systems:  # one untimed warm-up per system
+            bar.update(task, description=f"warm-up {name}")
+            SYSTEMS[name].run(bench, 2, 4, lambda _: None)
+        for n in args.concurrency:  # interleaved, so that ratios compare runs taken close in time
+            for name in args.systems:
+                bar.update(task, description=f"{name} × {n}")
+                results.append(SYSTEMS[name].run(bench, n, args.new_tokens, tick))
+        if do_memory:
+            bar.update(task, description=f"memory: 1 vs {args.memory_procs} processes")
+            memory = run_memory(bench, args.memory_procs, args.memory_new_tokens, tick)
+    report.print_results(console, results)
+    if memory:
+        report.print_memory(console, memory)
+    targets = report.check_targets(results, memory)
+    report.print_targets(console, targets)
+    for note in bench.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if args.json:
+        report.write_json(args.json, args, results, memory, targets)
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
