@@ -284,7 +284,7 @@ class Kernel:
         p.pid = self._next_pid
         self._next_pid += 1
         p.usage.prompt_tokens = len(p.tokens)
-        p.state = State.READY
+        p.state = State.NEW  # until the scheduler first gives it tokens
         self.procs[p.pid] = p
         self._notify({p.pid})
         return p
