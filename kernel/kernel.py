@@ -56,7 +56,7 @@ class Kernel:
     def load_model(self, ref: str, name: str | None = None, dtype: str = "float32") -> loader.LoadedModel:
         if self.store is None:
             raise FailedPrecondition("this kernel has no model store to load from")
-        name = name or ref
+        name = name or loader.default_name(ref)
         if name in self.models:
             return self.models[name]
         m = loader.load(self, ref, name, dtype)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,14 @@ class LoadedModel:
     source: str = ""
     loaded_at: float = field(default_factory=time.time)
     kv_bytes: int = 0
+
+
+def default_name(ref: str) -> str:
+    """A model's name when none is given: a path's last component, else the reference itself."""
+    path = Path(ref).expanduser()
+    if ref.startswith((".", "/", "~")) or path.exists():
+        return path.stem if path.suffix == ".gguf" else path.name
+    return ref
 
 
 def load(kernel: "Kernel", ref: str, name: str, dtype: str) -> LoadedModel:
