@@ -78,14 +78,13 @@ def chat(question: str, system: str | None = None) -> list[dict]:
 
 
 def long_system_prompt(tokenizer, min_tokens: int = 512) -> str:
-    """A realistic system message of at least min_tokens tokens (the policy, repeated in numbered sections)."""
-    parts: list[str] = []
-    section = 0
-    while len(tokenizer("\n".join(parts), add_special_tokens=False)["input_ids"]) < min_tokens:
-        section += 1
-        parts.append(f"Section {section}.")
-        parts.extend(f"{section}.{i + 1} {rule}" for i, rule in enumerate(_POLICY))
-    return "\n".join(parts)
+    """A realistic system message of at least min_tokens tokens: the policy, rule by rule, repeated as needed."""
+    lines: list[str] = []
+    i = 0
+    while len(tokenizer("\n".join(lines), add_special_tokens=False)["input_ids"]) < min_tokens:
+        lines.append(f"{i + 1}. {_POLICY[i % len(_POLICY)]}")
+        i += 1
+    return "\n".join(lines)
 
 
 def encode_chat(tokenizer, messages: list[dict]) -> list[int]:

@@ -1,8 +1,8 @@
 """Throughput benchmark: llmos in-process against transformers on the default model.
 
 For each concurrency N, N distinct chat requests arrive together and each generates exactly
---new-tokens tokens (greedy, EOS ignored). Every system gets one untimed warm-up. Then a
-memory check: 16 processes sharing one long system prompt against one such process.
+--new-tokens tokens (greedy, EOS ignored). Every system gets one untimed warm-up. A memory
+check runs first (bench/memory.py): 16 processes sharing one long system prompt against one.
 
     python bench/throughput.py                       # 1,4,16,32 × 128 tokens, all systems
     python bench/throughput.py --quick               # smoke run: 1,4 × 16 tokens
@@ -31,8 +31,9 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
 from bench import report  # noqa: E402
-from bench.common import (MODEL, QUESTIONS, FirstTokenStreamer, RssSampler, RunResult, Tick, chat,  # noqa: E402
-                          default_store, encode_chat, long_system_prompt, result)
+from bench.common import (MODEL, QUESTIONS, FirstTokenStreamer, RunResult, Tick, chat, default_store,  # noqa: E402
+                          encode_chat, result)
+from bench.memory import run_memory  # noqa: E402
 
 
 class Bench:
@@ -48,7 +49,6 @@ class Bench:
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
         self.requests = [chat(q) for q in QUESTIONS]
         self.prompt_ids = [encode_chat(self.tokenizer, r) for r in self.requests]
-        self.rss = RssSampler()
         self.notes: list[str] = []
         self._kernel = None
         self._hf: dict[str, torch.nn.Module] = {}
@@ -67,7 +67,6 @@ class Bench:
             if m.codec.encode_chat(self.requests[0]) != self.prompt_ids[0]:
                 self.notes.append("the kernel tokenizes the chat prompts differently from the HF baselines")
             self._kernel = k
-            self.rss.sample()
         return self._kernel
 
     def hf(self, system: str) -> torch.nn.Module:
@@ -77,7 +76,6 @@ class Bench:
 
             self._hf[system] = AutoModelForCausalLM.from_pretrained(
                 str(self.path), dtype=torch.float32, attn_implementation="sdpa").eval()
-            self.rss.sample()
         return self._hf[system]
 
 
@@ -96,7 +94,6 @@ def run_kernel(k, bench: Bench, idx: list[int], new_tokens: int, tick: Tick, sys
         tick(now - done)
         done = now
     wall = time.perf_counter() - t0
-    bench.rss.sample()
     for p in procs:
         k.reap(p.pid)
     return result(system, len(idx), new_tokens, wall, done, [p.usage.ttft_s for p in procs])
@@ -130,7 +127,6 @@ def run_hf_generate(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunRes
         generated += out.shape[1] - ids.shape[1]
         ttfts.append(streamer.first - t0 if streamer.first else None)
     wall = time.perf_counter() - t0
-    bench.rss.sample()
     return result("hf_generate", n, new_tokens, wall, generated, ttfts)
 
 
@@ -146,21 +142,20 @@ def run_hf_static_batch(bench: Bench, n: int, new_tokens: int, tick: Tick) -> Ru
     streamer = FirstTokenStreamer(tick)
     out = model.generate(ids, attention_mask=mask, generation_config=cfg, streamer=streamer)
     wall = time.perf_counter() - t0
-    bench.rss.sample()
     ttft = streamer.first - t0 if streamer.first else None
     return result("hf_static_batch", n, new_tokens, wall, n * (out.shape[1] - width), [ttft] * n)
 
 
-@torch.inference_mode()
 def run_hf_generate_batch(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
     """transformers' continuous batching. Timed from the first request's arrival to the last
-    request's end (the manager's own start-up is left out); TTFT from per-token timestamps."""
+    request's end (the manager's own start-up is left out); TTFT from per-token timestamps.
+    No inference_mode here: the manager's worker thread writes to tensors made on this thread."""
     model = bench.hf("hf_generate_batch")
     cfg = _gen_config(bench, new_tokens, min_new_tokens=None, eos_token_id=-1)  # -1: no EOS, exactly n tokens
     prompts = [bench.prompt_ids[i] for i in bench.batch(n)]
     outs = list(model.generate_batch(inputs=prompts, generation_config=copy.deepcopy(cfg),
+                                     continuous_batching_config=_cb_config(prompts, new_tokens),
                                      record_timestamps=True, progress_bar=False).values())
-    bench.rss.sample()
     notes = [f"{o.request_id}: {o.error}" for o in outs if o.error]
     if len(outs) != n:
         notes.append(f"{len(outs)} of {n} requests came back")
@@ -170,6 +165,16 @@ def run_hf_generate_batch(bench: Bench, n: int, new_tokens: int, tick: Tick) -> 
     tick(generated)
     ttfts = [o.timestamps[0] - start if o.timestamps else None for o in outs]
     return result("hf_generate_batch", n, new_tokens, end - start, generated, ttfts, notes)
+
+
+def _cb_config(prompts: list[list[int]], new_tokens: int):
+    """A KV cache sized for the workload with room to spare. Left to itself on a CPU, the manager
+    sizes it from free host memory: gigabytes, and ~12 s of start-up per call, for the same speed."""
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    block = ContinuousBatchingConfig().page_size
+    blocks = sum(-(-(len(p) + new_tokens) // block) for p in prompts)
+    return ContinuousBatchingConfig(num_blocks=2 * blocks + 16)
 
 
 @dataclass(frozen=True)
@@ -184,48 +189,6 @@ SYSTEMS: dict[str, System] = {
     "hf_static_batch": System(run_hf_static_batch, "transformers generate() on a left-padded batch of N"),
     "hf_generate_batch": System(run_hf_generate_batch, "transformers generate_batch() (continuous batching)"),
 }
-
-
-# --- memory: 16 processes sharing a long system prompt ------------------------------------------
-def measure_pages(bench: Bench, system_prompt: str, n: int, new_tokens: int, tick: Tick) -> dict:
-    """Peak KV pages used (sampled after every step) while n processes share one system prompt."""
-    from llmos.kernel import StopRules
-
-    k = bench.kernel()
-    base = k.meminfo(MODEL).used
-    procs = [k.spawn(MODEL, messages=chat(QUESTIONS[i % len(QUESTIONS)], system_prompt),
-                     stop=StopRules(max_tokens=new_tokens, ignore_eos=True)) for i in range(n)]
-    peak = shared = done = 0
-    while k.has_work():
-        k.step()
-        info = k.meminfo(MODEL)
-        peak, shared = max(peak, info.used - base), max(shared, info.shared)
-        bench.rss.sample()
-        now = sum(p.usage.generated_tokens for p in procs)
-        tick(now - done)
-        done = now
-    out = {"peak_pages": peak, "peak_shared_pages": shared, "prompt_tokens": [len(p.tokens) - len(p.out_tokens)
-                                                                              for p in procs],
-           "prefix_cached_tokens": sum(p.usage.cached_tokens for p in procs)}
-    for p in procs:
-        k.reap(p.pid)
-    return out
-
-
-def run_memory(bench: Bench, n: int, new_tokens: int, tick: Tick) -> dict:
-    tok = bench.tokenizer
-    system_prompt = long_system_prompt(tok, bench.args.system_tokens)
-    k = bench.kernel()
-    m = k.models[MODEL]
-    one = measure_pages(bench, system_prompt, 1, new_tokens, tick)
-    many = measure_pages(bench, system_prompt, n, new_tokens, tick)
-    page = m.memory.page_size
-    return report.memory_summary(
-        n=n, new_tokens=new_tokens, page_size=page, page_bytes=m.kv_bytes // m.memory.pool.num_pages,
-        pool_pages=m.memory.pool.num_pages, system_tokens=len(tok(system_prompt, add_special_tokens=False)["input_ids"]),
-        one=one, many=many, prompts=[encode_chat(tok, chat(QUESTIONS[i % len(QUESTIONS)], system_prompt))
-                                     for i in range(n)],
-        peak_rss=bench.rss.peak)
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -266,11 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     memory: dict = {}
     do_memory = "llmos" in args.systems and not args.no_memory
     total = sum(args.concurrency) * args.new_tokens * len(args.systems)
-    total += (1 + args.memory_procs) * args.memory_new_tokens if do_memory else 0
+    total += (1 + 2 * args.memory_procs) * args.memory_new_tokens if do_memory else 0
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, refresh_per_second=2) as bar:
-        task = bar.add_task("warm-up", total=total)
+        task = bar.add_task("starting", total=total)
         tick: Tick = lambda n: bar.advance(task, n)  # noqa: E731
+        if do_memory:  # first, while only the kernel is loaded, so that its RSS is the kernel's own
+            bar.update(task, description=f"memory: 1 vs {args.memory_procs} processes")
+            memory = run_memory(bench.kernel(), MODEL, bench.tokenizer, args.memory_procs, args.memory_new_tokens,
+                                args.system_tokens, tick)
         for name in args.systems:  # one untimed warm-up per system
             bar.update(task, description=f"warm-up {name}")
             SYSTEMS[name].run(bench, 2, 4, lambda _: None)
@@ -278,9 +245,6 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.systems:
                 bar.update(task, description=f"{name} × {n}")
                 results.append(SYSTEMS[name].run(bench, n, args.new_tokens, tick))
-        if do_memory:
-            bar.update(task, description=f"memory: 1 vs {args.memory_procs} processes")
-            memory = run_memory(bench, args.memory_procs, args.memory_new_tokens, tick)
     report.print_results(console, results)
     if memory:
         report.print_memory(console, memory)

@@ -63,3 +63,6 @@ def model_store():
     root = os.environ.get("LLMOS_TEST_STORE") or os.path.join(os.path.dirname(__file__), "..", ".pytest_cache",
                                                                "llmos-models")
     return ModelStore(root)
+
+
+from daemon import llmosd, tiny_model_dir  # noqa: E402,F401  (the session's daemon, for the syscall and shell tests)

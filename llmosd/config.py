@@ -1,0 +1,184 @@
+"""llmosd's configuration: one Config, filled from defaults, a TOML file, LLMOS_* environment
+variables and command-line flags, each overriding the one before.
+
+This module imports nothing heavy: the client SDK uses it to find the default socket.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m"
+SOCKET_NAME = "llmosd.sock"
+POLICIES = ("fcfs", "priority", "fair")
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
+          "g": 1000**3, "gb": 1000**3, "gib": 1 << 30, "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used, named with where it came from."""
+
+
+def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
+    """$LLMOS_STATE_DIR, else $XDG_STATE_HOME/llmos, else ~/.local/state/llmos."""
+    env = os.environ if env is None else env
+    if env.get("LLMOS_STATE_DIR"):
+        return Path(env["LLMOS_STATE_DIR"]).expanduser()
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "llmos"
+
+
+def default_socket(env: Mapping[str, str] | None = None) -> Path:
+    """Where the daemon listens and clients connect unless told otherwise."""
+    env = os.environ if env is None else env
+    return Path(env["LLMOS_SOCKET"]).expanduser() if env.get("LLMOS_SOCKET") else default_state_dir(env) / SOCKET_NAME
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from 1073741824, '1GiB', '512 MiB', '2g'."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 1GiB, 512MiB or a number of bytes)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(v: Any) -> Any:
+        x = kind(v)
+        if x <= 0:
+            raise ValueError(f"must be positive, got {v!r}")
+        return x
+    return parse
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(v: Any) -> str:
+        if str(v) not in options:
+            raise ValueError(f"{v!r} is not one of {', '.join(options)}")
+        return str(v)
+    return parse
+
+
+def _device(v: Any) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(v)):
+        raise ValueError(f"{v!r} is not a device: use auto, cpu or cuda:N")
+    return str(v)
+
+
+def _path(v: Any) -> Path:
+    return Path(str(v)).expanduser()
+
+
+def _nonneg_float(v: Any) -> float:
+    x = float(v)
+    if not x >= 0:
+        raise ValueError(f"must be 0 or more, got {v!r}")
+    return x
+
+
+@dataclass
+class Config:
+    """Everything llmosd needs to boot."""
+
+    state_dir: Path = dataclasses.field(default_factory=default_state_dir)
+    socket: Path | None = None      # default: <state_dir>/llmosd.sock
+    listen: str | None = None       # also serve TCP on HOST:PORT
+    store: Path | None = None       # model store; default: <state_dir>/models
+    model: str = DEFAULT_MODEL      # loaded at start; "" or "none" for no model
+    device: str = "auto"
+    threads: int | None = None
+    dtype: str = "float32"
+    kv_memory: int = 1 << 30
+    kv_pages: int | None = None
+    page_size: int = 16
+    policy: str = "fcfs"
+    token_budget: int = 256
+    max_procs: int = 4096
+    grace: float = 30.0             # seconds running processes get to finish at shutdown
+    max_message: int = 16 << 20     # largest gRPC message accepted, bytes
+    log_format: str = "text"
+    log_level: str = "info"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.socket or self.state_dir / SOCKET_NAME
+
+    @property
+    def store_path(self) -> Path:
+        return self.store or self.state_dir / "models"
+
+
+# field -> (parser, help). Every field can come from a flag, LLMOS_<FIELD> and the file.
+FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
+    "state_dir": (_path, "state directory (socket, history, model store)"),
+    "socket": (_path, "unix socket to listen on (default <state-dir>/llmosd.sock)"),
+    "listen": (str, "also listen on TCP HOST:PORT, e.g. 127.0.0.1:7070"),
+    "store": (_path, "model store directory (default <state-dir>/models)"),
+    "model": (str, f"model loaded at start (default {DEFAULT_MODEL}; 'none' for none)"),
+    "device": (_device, "auto, cpu or cuda:N"),
+    "threads": (_positive(int), "CPU threads for the driver"),
+    "dtype": (_choice("float32", "bfloat16", "float16"), "weights dtype"),
+    "kv_memory": (_positive(parse_size), "KV pool size per model, e.g. 1GiB"),
+    "kv_pages": (_positive(int), "KV pool size in pages (overrides --kv-memory)"),
+    "page_size": (_positive(int), "tokens per KV page"),
+    "policy": (_choice(*POLICIES), "scheduler policy"),
+    "token_budget": (_positive(int), "tokens per step, all processes together"),
+    "max_procs": (_positive(int), "most live processes"),
+    "grace": (_nonneg_float, "seconds running processes get to finish on shutdown"),
+    "max_message": (_positive(parse_size), "largest gRPC message accepted"),
+    "log_format": (_choice("text", "json"), "log lines as key=value text or JSON"),
+    "log_level": (_choice("debug", "info", "warning", "error"), "least level logged"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llmosd", description="The llmos daemon: serves the syscalls over gRPC.",
+                                 epilog="Every flag can also be set as LLMOS_<NAME> in the environment "
+                                        "(e.g. LLMOS_KV_MEMORY=2GiB) or as a key in the --config TOML file.")
+    ap.add_argument("--config", type=Path, help="TOML config file (keys as the flags, with underscores)")
+    for name, (_, text) in FIELDS.items():
+        ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(), help=text)
+    return ap
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Build the Config: defaults < config file < environment < flags."""
+    env = os.environ if env is None else env
+    args = parser().parse_args(argv)
+    values: dict[str, tuple[Any, str]] = {}
+    file = args.config or (Path(env["LLMOS_CONFIG"]) if env.get("LLMOS_CONFIG") else None)
+    if file is not None:
+        try:
+            data = tomllib.loads(Path(file).expanduser().read_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"config file {file}: {e}") from None
+        for key, v in data.items():
+            name = key.replace("-", "_")
+            if name not in FIELDS:
+                raise ConfigError(f"config file {file}: unknown key {key!r}")
+            values[name] = (v, f"{key} in {file}")
+    for name in FIELDS:
+        if env.get("LLMOS_" + name.upper()):
+            values[name] = (env["LLMOS_" + name.upper()], "LLMOS_" + name.upper())
+        if getattr(args, name) is not None:
+            values[name] = (getattr(args, name), "--" + name.replace("_", "-"))
+    cfg = Config(state_dir=default_state_dir(env))
+    for name, (v, origin) in values.items():
+        try:
+            setattr(cfg, name, FIELDS[name][0](v))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{origin}: {e}") from None
+    if cfg.model.lower() == "none":
+        cfg.model = ""
+    if cfg.listen and not re.fullmatch(r"[\w.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", cfg.listen):
+        raise ConfigError(f"--listen: {cfg.listen!r} is not HOST:PORT")
+    return cfg

@@ -1,0 +1,211 @@
+"""`llmosd`: parse the config, boot the kernel, serve the syscalls over gRPC, shut down on a signal."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from llmos import config as configuration
+from llmos import logs
+
+SERVICE = "llmos.v1.Syscalls"
+
+
+class BootError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+class Daemon:
+    """One running llmosd: kernel thread, gRPC server, and the way down."""
+
+    def __init__(self, cfg: configuration.Config, log: logging.Logger) -> None:
+        self.cfg = cfg
+        self.log = log
+        self.stopping = asyncio.Event()
+        self.hurry = asyncio.Event()  # a second signal: no more grace
+        self.grace = cfg.grace
+
+    def request_stop(self, grace: float | None = None) -> None:
+        if self.stopping.is_set():
+            self.hurry.set()
+            return
+        if grace is not None:
+            self.grace = grace
+        self.log.info("shutting down", extra={"fields": {"grace_s": self.grace}})
+        self.stopping.set()
+
+    def boot(self):
+        """Open the device, make the kernel, load the default model."""
+        from llmos.drivers import open_driver
+        from llmos.kernel import Kernel, KernelConfig, KernelError, SchedConfig
+        from llmos.kernel.models import ModelStore
+
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # progress bars are not log lines
+        cfg = self.cfg
+        try:
+            driver = open_driver(cfg.device, cfg.threads)
+        except (ValueError, RuntimeError) as e:
+            raise BootError(f"device {cfg.device}: {e}") from None
+        kcfg = KernelConfig(page_size=cfg.page_size, kv_memory=cfg.kv_memory, kv_pages=cfg.kv_pages,
+                            max_procs=cfg.max_procs,
+                            sched=SchedConfig(policy=cfg.policy, token_budget=cfg.token_budget))
+        kernel = Kernel(driver, kcfg, ModelStore(cfg.store_path))
+        d = driver.describe()
+        self.log.info("device opened", extra={"fields": {"device": d.name, "kind": d.kind, "threads": d.threads}})
+        if cfg.model:
+            t0 = time.monotonic()
+            try:
+                m = kernel.load_model(cfg.model, dtype=cfg.dtype)
+            except (KernelError, ValueError, OSError) as e:
+                raise BootError(f"cannot load the model {cfg.model!r}: {e}") from None
+            self.model_name = m.name
+            self.log.info("model loaded", extra={"fields": {"model": m.name, "s": round(time.monotonic() - t0, 1),
+                                                             "kv_pages": m.memory.pool.num_pages}})
+        return kernel
+
+    async def serve(self) -> int:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+        from grpc_health.v1._async import HealthServicer
+        from grpc_reflection.v1alpha import reflection
+
+        from llmos.kernel.thread import KernelThread
+        from llmos.syscalls.mirror import ProcMirror
+        from llmos.syscalls.server import SyscallServer
+        from llmos.syscalls.v1 import syscalls_pb2, syscalls_pb2_grpc
+
+        cfg, loop = self.cfg, asyncio.get_running_loop()
+        path = cfg.socket_path
+        _prepare_socket(cfg.state_dir, path)
+        self.model_name = ""
+        kernel = await asyncio.to_thread(self.boot)
+        kt = KernelThread(kernel, on_log=_kernel_log)
+        mirror = ProcMirror(kernel, loop)
+        kernel.listeners.append(mirror.listener)
+        kt.start()
+        servicer = SyscallServer(kt, mirror, on_shutdown=lambda grace: loop.call_soon(self.request_stop, grace))
+        opts = [("grpc.max_receive_message_length", cfg.max_message), ("grpc.max_send_message_length", 64 << 20)]
+        server = grpc.aio.server(options=opts)
+        syscalls_pb2_grpc.add_SyscallsServicer_to_server(servicer, server)
+        health = HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health, server)
+        reflection.enable_server_reflection([syscalls_pb2.DESCRIPTOR.services_by_name["Syscalls"].full_name,
+                                             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                                             reflection.SERVICE_NAME], server)
+        old = os.umask(0o177)  # the socket is born 0600: only its owner may talk to the kernel
+        try:
+            server.add_insecure_port(f"unix:{path}")
+        finally:
+            os.umask(old)
+        targets = [f"unix:{path}"]
+        if cfg.listen:
+            try:
+                bound = server.add_insecure_port(cfg.listen)
+            except RuntimeError as e:
+                raise BootError(f"cannot listen on {cfg.listen}: {e}") from None
+            if bound == 0:
+                raise BootError(f"cannot listen on {cfg.listen}")
+            targets.append(cfg.listen)
+        await server.start()
+        os.chmod(path, 0o600)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        for name in ("", SERVICE):
+            await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        model = f"model {self.model_name}" if self.model_name else "no model loaded"
+        print(f"llmosd: serving on {', '.join(targets)} ({model})", flush=True)
+        self.log.info("serving", extra={"fields": {"socket": str(path), "listen": cfg.listen or "",
+                                                   "model": self.model_name}})
+        await self.stopping.wait()
+
+        servicer.accepting = False
+        await health.enter_graceful_shutdown()
+        await self._drain(kt)
+        await server.stop(grace=2.0)
+        kt.stop()
+        kernel.driver.release()
+        path.unlink(missing_ok=True)
+        self.log.info("stopped")
+        return 0
+
+    async def _drain(self, kt) -> None:
+        """Let running processes finish within the grace period, then end the rest."""
+        from llmos.kernel import Signal
+
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline and not self.hurry.is_set():
+            if not await asyncio.wrap_future(kt.submit(lambda k: k.has_work())):
+                break
+            try:
+                await asyncio.wait_for(self.hurry.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
+
+        def end_all(k) -> int:
+            live = [p.pid for p in k.procs.values() if not p.state.done]
+            for pid in live:
+                k.signal(pid, Signal.TERM)
+            return len(live)
+        ended = await asyncio.wrap_future(kt.submit(end_all))
+        if ended:
+            self.log.info("ended live processes at shutdown", extra={"fields": {"count": ended}})
+            await asyncio.sleep(0.1)  # let their readers see the end
+
+
+def _kernel_log(lines: list[tuple[float, str, str]]) -> None:
+    """Kernel log lines (also readable with Dmesg) into the daemon's log."""
+    klog = logging.getLogger("llmos.kernel")
+    for _, level, msg in lines:
+        klog.log(getattr(logging, level.upper(), logging.INFO), msg)
+
+
+def _prepare_socket(state_dir: Path, path: Path) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if len(str(path).encode()) > 100:
+        raise BootError(f"socket path too long for a unix socket ({len(str(path))} bytes): {path}; use --socket")
+    if path.exists() or path.is_symlink():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # stale: left by a daemon that died
+        else:
+            raise BootError(f"another llmosd is already serving on unix:{path}")
+        finally:
+            probe.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `llmosd`."""
+    try:
+        cfg = configuration.load(argv)
+    except configuration.ConfigError as e:
+        print(f"llmosd: error: {e}", file=sys.stderr)
+        return 2
+    log = logs.setup(cfg.log_format, cfg.log_level)
+    warnings.filterwarnings("ignore", message="The pynvml package is deprecated")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars (GGUF conversion) are not log lines
+    daemon = Daemon(cfg, log)
+    try:
+        import uvloop
+        return uvloop.run(daemon.serve())
+    except BootError as e:
+        log.error(str(e))
+        print(f"llmosd: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

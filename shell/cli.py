@@ -1,0 +1,135 @@
+"""`llmos`: the shell. With no command it opens the REPL; otherwise it runs one command.
+
+    llmos run MODEL PROMPT [--max-tokens N] [--temperature T] [--json]
+    llmos chat MODEL        llmos ps [--json]     llmos top       llmos kill PID [-s SIG]
+    llmos stop|cont|fork|wait|attach PID          llmos free|lsdev|models [--json]
+    llmos load MODEL        llmos unload MODEL    llmos dmesg
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from llmos.syscalls.messages import DaemonNotRunning, SyscallError
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message is one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-tokens", "-n", type=int, default=None, help="most new tokens (per turn)")
+    p.add_argument("--temperature", "-t", type=float, default=None, help="0 = greedy (the default)")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", action="append", metavar="TEXT", help="stop string (repeatable)")
+    p.add_argument("--nice", type=int, default=0, help="priority, -20 (first) .. 19")
+    p.add_argument("--max-pages", type=int, default=None, help="KV page limit")
+    p.add_argument("--max-wall", type=float, default=None, metavar="SECONDS", help="wall-time limit")
+    p.add_argument("--ignore-eos", action="store_true", help="go on past the end-of-sequence token")
+
+
+def build_parser() -> Parser:
+    ap = Parser(prog="llmos", description="The llmos shell. With no command, an interactive prompt.")
+    ap.add_argument("--socket", "-S", default=None, help="daemon address: a unix socket path or HOST:PORT "
+                                                           "(default $LLMOS_SOCKET, else the default socket)")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
+
+    p = sub.add_parser("run", help="run a prompt and stream its output")
+    p.add_argument("model")
+    p.add_argument("prompt")
+    _sampling_flags(p)
+    p.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+
+    p = sub.add_parser("chat", help="an interactive multi-turn conversation")
+    p.add_argument("model")
+    p.add_argument("--system", default=None, help="system prompt")
+    _sampling_flags(p)
+
+    for name, text in (("ps", "the process table"), ("free", "KV memory"), ("lsdev", "devices"),
+                       ("models", "loaded and stored models")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--json", action="store_true")
+        if name in ("ps", "free"):
+            p.add_argument("--model", default=None)
+        if name == "ps":
+            p.add_argument("--live", action="store_true", help="leave out exited and killed processes")
+
+    p = sub.add_parser("top", help="a live view of processes and memory")
+    p.add_argument("--delay", "-d", type=float, default=1.0)
+    p.add_argument("--iterations", "-i", type=int, default=0, help="frames to show (0 = until Ctrl-C)")
+
+    p = sub.add_parser("kill", help="send a signal (default TERM)")
+    p.add_argument("pid", type=int)
+    p.add_argument("-s", "--signal", default="TERM", help="TERM, KILL, STOP or CONT")
+    for name, text in (("stop", "pause a process (SIGSTOP)"), ("cont", "resume a stopped process"),
+                       ("wait", "wait for a process to end and print its output"),
+                       ("attach", "stream a process's output (Ctrl-C detaches)"), ("fork", "fork a process")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("pid", type=int)
+        if name == "fork":
+            p.add_argument("--text", default=None, help="extra input for the child")
+            p.add_argument("--max-tokens", type=int, default=None)
+        if name == "wait":
+            p.add_argument("--json", action="store_true")
+        if name == "attach":
+            p.add_argument("--offset", type=int, default=0)
+
+    p = sub.add_parser("load", help="load a model")
+    p.add_argument("model", help="a built-in name, a directory, a .gguf file or a hub id")
+    p.add_argument("--name", default=None)
+    p.add_argument("--dtype", default=None)
+    p = sub.add_parser("unload", help="unload a model")
+    p.add_argument("name")
+    p = sub.add_parser("dmesg", help="the kernel log")
+    p.add_argument("-n", "--lines", type=int, default=0, help="the last N lines")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("shutdown", help="stop the daemon")
+    p.add_argument("--grace", type=float, default=None)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `llmos`."""
+    from llmos.shell.commands import COMMANDS, Shell
+    from llmos.syscalls.client import Client
+
+    ap = build_parser()
+    try:
+        args = ap.parse_args(argv)
+    except UsageError as e:
+        print(f"llmos: error: {e}", file=sys.stderr)
+        return 2
+    client = Client(args.socket)
+    try:
+        if args.cmd is None:
+            from llmos.shell.repl import repl
+            return repl(client)
+        return COMMANDS[args.cmd](Shell(client), args)
+    except DaemonNotRunning as e:
+        print(f"llmos: {e}", file=sys.stderr)
+        return 3
+    except SyscallError as e:
+        print(f"llmos: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (e.g. `| head`); nothing left to say
+        return 0
+    finally:
+        client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

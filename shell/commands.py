@@ -1,0 +1,228 @@
+"""The shell's commands, shared by one-shot `llmos CMD` and the REPL. Each takes the Shell
+and its parsed arguments and returns an exit status."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import TextIO
+
+from rich.console import Console
+from rich.live import Live
+
+from llmos.shell import render
+from llmos.syscalls.client import Client
+
+
+class Shell:
+    """What a command needs: the client and where to write."""
+
+    def __init__(self, client: Client, out: TextIO | None = None, err: TextIO | None = None) -> None:
+        self.c = client
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        # Piped output has no terminal width to fit; rich would squeeze tables into 80 columns.
+        self.console = Console(file=self.out, highlight=False, soft_wrap=False,
+                               width=None if self.out.isatty() else 200)
+
+    @property
+    def tty(self) -> bool:
+        return self.out.isatty()
+
+    def say(self, text: str) -> None:
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    def stream(self, pid: int, offset: int = 0, until: str = "exit", on_interrupt: str | None = "TERM") -> int:
+        """Print a process's output as it comes. Ctrl-C sends it `on_interrupt` (None: just detach)."""
+        state, reason, last = "", "", ""
+        try:
+            for ch in self.c.read(pid, offset, until):
+                if ch.text:
+                    self.out.write(ch.text)
+                    self.out.flush()
+                    last = ch.text
+                state, reason = ch.state, ch.reason
+        except KeyboardInterrupt:
+            if on_interrupt:
+                self.c.kill(pid, on_interrupt)
+            self._newline(last)
+            self.say(f"[pid {pid} {'sent ' + on_interrupt if on_interrupt else 'detached'}]")
+            return 130
+        self._newline(last)
+        if state == "killed":
+            self.say(f"llmos: pid {pid} was killed: {reason}")
+            return 1
+        return 0
+
+    def _newline(self, last: str) -> None:
+        if self.tty and last and not last.endswith("\n"):
+            self.out.write("\n")
+            self.out.flush()
+
+    def json(self, obj) -> None:
+        self.out.write(render.to_json(obj) + "\n")
+
+
+def _sampling(a: argparse.Namespace) -> dict:
+    return dict(max_tokens=a.max_tokens, temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed,
+                stop=a.stop or (), priority=a.nice, max_pages=a.max_pages, max_wall_s=a.max_wall,
+                ignore_eos=a.ignore_eos)
+
+
+def spawn_run(sh: Shell, a: argparse.Namespace, interactive: bool = False) -> int:
+    """Spawn the process that `run` describes."""
+    if a.chat or interactive:
+        return sh.c.spawn(a.model, messages=[{"role": "user", "content": a.prompt}], interactive=interactive,
+                          **_sampling(a))
+    return sh.c.spawn(a.model, a.prompt, **_sampling(a))
+
+
+def run(sh: Shell, a: argparse.Namespace) -> int:
+    pid = spawn_run(sh, a)
+    if not a.json:
+        return sh.stream(pid)
+    try:
+        r = sh.c.wait(pid)
+    except KeyboardInterrupt:
+        sh.c.kill(pid)
+        return 130
+    sh.json({"pid": r.pid, "output": r.output, "state": r.state, "reason": r.reason, "proc": r.proc})
+    return 0 if r.state == "exited" else 1
+
+
+def chat(sh: Shell, a: argparse.Namespace, read_line: Callable[[str], str] = input) -> int:
+    """A multi-turn conversation with one interactive process; Ctrl-D or /exit ends it."""
+    pid, offset = 0, 0
+    try:
+        while True:
+            try:
+                line = read_line("you> ")
+            except EOFError:
+                break
+            if line.strip() in ("/exit", "/quit"):
+                break
+            if not line.strip():
+                continue
+            if pid == 0:
+                msgs = ([{"role": "system", "content": a.system}] if a.system else []) + \
+                       [{"role": "user", "content": line}]
+                pid = sh.c.spawn(a.model, messages=msgs, interactive=True, **_sampling(a))
+            else:
+                offset = sh.c.write(pid, line)
+            code = sh.stream(pid, offset, until="turn")
+            if not sh.tty:
+                sh.out.write("\n")
+            if code:
+                return code
+            if sh.c.stat(pid).state in ("exited", "killed"):
+                sh.say(f"[pid {pid} ended: {sh.c.stat(pid).reason}]")
+                return 0
+    finally:
+        if pid:
+            sh.c.kill(pid)
+    return 0
+
+
+def ps(sh: Shell, a: argparse.Namespace) -> int:
+    procs = sh.c.ps(model=a.model or "", live_only=a.live)
+    sh.json(procs) if a.json else sh.console.print(render.ps_table(procs))
+    return 0
+
+
+def top(sh: Shell, a: argparse.Namespace) -> int:
+    def frame(prev: tuple[float, int] | None) -> tuple:
+        procs, pools = sh.c.ps(), sh.c.meminfo()
+        gen = sum(p.usage.generated_tokens for p in procs)
+        now = time.monotonic()
+        rate = (gen - prev[1]) / (now - prev[0]) if prev and now > prev[0] and gen >= prev[1] else None
+        return render.top_view(procs, pools, rate), (now, gen)
+    view, prev = frame(None)
+    n = 0
+    try:
+        with Live(view, console=sh.console, auto_refresh=False, transient=False) as live:
+            while a.iterations == 0 or n < a.iterations - 1:
+                time.sleep(a.delay)
+                view, prev = frame(prev)
+                live.update(view, refresh=True)
+                n += 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def signal(sig: str | None) -> Callable[[Shell, argparse.Namespace], int]:
+    def send(sh: Shell, a: argparse.Namespace) -> int:
+        p = sh.c.kill(a.pid, sig or a.signal)
+        if sh.tty:
+            sh.say(f"pid {p.pid}: {p.state}")
+        return 0
+    return send
+
+
+def fork(sh: Shell, a: argparse.Namespace) -> int:
+    sh.out.write(f"{sh.c.fork(a.pid, a.text, max_tokens=a.max_tokens)}\n")
+    return 0
+
+
+def wait(sh: Shell, a: argparse.Namespace) -> int:
+    r = sh.c.wait(a.pid)
+    if a.json:
+        sh.json({"pid": r.pid, "output": r.output, "state": r.state, "reason": r.reason, "proc": r.proc})
+    else:
+        sh.out.write(r.output + ("\n" if sh.tty else ""))
+        sh.say(f"[pid {r.pid} {r.state}: {r.reason}]")
+    return 0 if r.state == "exited" else 1
+
+
+def attach(sh: Shell, a: argparse.Namespace) -> int:
+    return sh.stream(a.pid, a.offset, on_interrupt=None)
+
+
+def free(sh: Shell, a: argparse.Namespace) -> int:
+    pools = sh.c.meminfo(a.model or "")
+    sh.json(pools) if a.json else sh.console.print(render.free_table(pools))
+    return 0
+
+
+def lsdev(sh: Shell, a: argparse.Namespace) -> int:
+    devs = sh.c.devices()
+    sh.json(devs) if a.json else sh.console.print(render.devices_table(devs))
+    return 0
+
+
+def models(sh: Shell, a: argparse.Namespace) -> int:
+    resp = sh.c.models()
+    sh.json(resp) if a.json else sh.console.print(render.models_table(resp))
+    return 0
+
+
+def load(sh: Shell, a: argparse.Namespace) -> int:
+    m = sh.c.load(a.model, name=a.name or "", dtype=a.dtype or "")
+    sh.out.write(f"loaded {m.name} ({m.architecture}, {m.num_parameters / 1e6:.1f}M parameters, "
+                 f"{m.kv_pages} KV pages)\n")
+    return 0
+
+
+def unload(sh: Shell, a: argparse.Namespace) -> int:
+    sh.c.unload(a.name)
+    return 0
+
+
+def dmesg(sh: Shell, a: argparse.Namespace) -> int:
+    lines = sh.c.dmesg(limit=a.lines)
+    sh.json(lines) if a.json else sh.console.print(render.dmesg_text(lines), end="")
+    return 0
+
+
+def shutdown(sh: Shell, a: argparse.Namespace) -> int:
+    sh.c.shutdown(a.grace)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[Shell, argparse.Namespace], int]] = {
+    "run": run, "chat": chat, "ps": ps, "top": top, "kill": signal(None), "stop": signal("STOP"),
+    "cont": signal("CONT"), "fork": fork, "wait": wait, "attach": attach, "free": free, "lsdev": lsdev,
+    "models": models, "load": load, "unload": unload, "dmesg": dmesg, "shutdown": shutdown,
+}

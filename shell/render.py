@@ -1,0 +1,109 @@
+"""Rich tables and live views of what the syscalls return, and their JSON forms."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+from llmos.syscalls.v1 import syscalls_pb2 as pb
+
+STATE_STYLE = {"running": "bold green", "ready": "green", "new": "cyan", "blocked": "yellow", "stopped": "magenta",
+               "exited": "dim", "killed": "red"}
+
+
+def to_json(obj: Message | Sequence[Message] | dict) -> str:
+    """Messages as JSON with the proto's field names and every field present."""
+    def plain(o):
+        if isinstance(o, Message):
+            return MessageToDict(o, preserving_proto_field_name=True, always_print_fields_with_no_presence=True,
+                                 unquote_int64_if_possible=True)
+        if isinstance(o, dict):
+            return {k: plain(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [plain(v) for v in o]
+        return o
+    return json.dumps(plain(obj), indent=2)
+
+
+def size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def ps_table(procs: Sequence[pb.ProcInfo]) -> Table:
+    t = Table(title=None, box=None, header_style="bold")
+    for col in ("PID", "PPID", "MODEL", "STATE", "NI", "PROMPT", "GEN", "CACHED", "PAGES", "TIME", "REASON"):
+        t.add_column(col, justify="right" if col in ("PID", "PPID", "NI", "PROMPT", "GEN", "CACHED", "PAGES")
+                     else "left")
+    for p in procs:
+        u = p.usage
+        secs = p.run_s if p.HasField("run_s") else p.age_s
+        t.add_row(str(p.pid), str(p.ppid), p.model, Text(p.state + ("*" if p.interactive else ""),
+                                                        style=STATE_STYLE.get(p.state, "")),
+                  str(p.priority), str(u.prompt_tokens), str(u.generated_tokens), str(u.cached_tokens),
+                  str(u.pages_held), f"{secs:.1f}s", p.reason)
+    return t
+
+
+def free_table(pools: Sequence[pb.PoolInfo]) -> Table:
+    t = Table(box=None, header_style="bold")
+    for col in ("MODEL", "PAGE", "TOTAL", "USED", "FREE", "SHARED", "CACHED", "SWAPPED", "SWAP", "KV BYTES"):
+        t.add_column(col, justify="left" if col == "MODEL" else "right")
+    for p in pools:
+        t.add_row(p.model, str(p.page_size), str(p.total), str(p.used), str(p.free), str(p.shared), str(p.cached),
+                  str(p.swapped), str(p.swap_total), size(p.kv_bytes))
+    return t
+
+
+def devices_table(devices: Sequence[pb.Device]) -> Table:
+    t = Table(box=None, header_style="bold")
+    for col in ("DEVICE", "KIND", "NAME", "MEMORY", "FREE", "UTIL", "TEMP", "THREADS"):
+        t.add_column(col)
+    for d in devices:
+        t.add_row(f"{d.kind}:{d.index}", d.kind, d.name, size(d.total_memory), size(d.free_memory),
+                  f"{d.utilization:.0f}%" if d.HasField("utilization") else "-",
+                  f"{d.temperature:.0f}C" if d.HasField("temperature") else "-",
+                  str(d.threads) if d.HasField("threads") else "-")
+    return t
+
+
+def models_table(resp: pb.ModelsResponse) -> Table:
+    t = Table(box=None, header_style="bold")
+    for col in ("NAME", "ARCH", "PARAMS", "DTYPE", "CONTEXT", "KV PAGES", "PROCS", "SOURCE"):
+        t.add_column(col)
+    loaded = {m.name for m in resp.loaded}
+    for m in resp.loaded:
+        t.add_row(m.name, m.architecture, f"{m.num_parameters / 1e6:.1f}M", m.dtype, str(m.max_context),
+                  str(m.kv_pages), str(m.live_procs), m.source)
+    for name in resp.stored:
+        if name not in loaded:
+            t.add_row(Text(name, style="dim"), Text("(in the store, not loaded)", style="dim"), "", "", "", "", "", "")
+    return t
+
+
+def dmesg_text(lines: Sequence[pb.LogLine]) -> Text:
+    out = Text()
+    for ln in lines:
+        stamp = time.strftime("%H:%M:%S", time.localtime(ln.time))
+        out.append(f"[{stamp}] ", style="dim")
+        out.append(f"{ln.level:<5} ", style="red" if ln.level == "error" else "yellow" if ln.level == "warning" else "")
+        out.append(ln.msg + "\n")
+    return out
+
+
+def top_view(procs: Sequence[pb.ProcInfo], pools: Sequence[pb.PoolInfo], tok_s: float | None) -> Group:
+    live = sum(1 for p in procs if p.state not in ("exited", "killed"))
+    head = Text.assemble(("llmos top", "bold"), f" - {time.strftime('%H:%M:%S')}  {live} live, {len(procs)} total",
+                         f"  {tok_s:.1f} tok/s" if tok_s is not None else "")
+    mem = Text("  ".join(f"{p.model}: {p.used}/{p.total} pages used, {p.swapped} swapped" for p in pools))
+    shown = sorted(procs, key=lambda p: (p.state in ("exited", "killed"), -p.pid))[:40]
+    return Group(head, mem, Text(""), ps_table(shown))

@@ -1,0 +1,440 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Signal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TERM: _ClassVar[Signal]
+    KILL: _ClassVar[Signal]
+    STOP: _ClassVar[Signal]
+    CONT: _ClassVar[Signal]
+
+class Until(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXIT: _ClassVar[Until]
+    TURN: _ClassVar[Until]
+    NOW: _ClassVar[Until]
+TERM: Signal
+KILL: Signal
+STOP: Signal
+CONT: Signal
+EXIT: Until
+TURN: Until
+NOW: Until
+
+class Sampling(_message.Message):
+    __slots__ = ("temperature", "top_k", "top_p", "seed")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_k: int
+    top_p: float
+    seed: int
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class Limits(_message.Message):
+    __slots__ = ("max_pages", "max_wall_s")
+    MAX_PAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_WALL_S_FIELD_NUMBER: _ClassVar[int]
+    max_pages: int
+    max_wall_s: float
+    def __init__(self, max_pages: _Optional[int] = ..., max_wall_s: _Optional[float] = ...) -> None: ...
+
+class ChatMessage(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    content: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "generated_tokens", "cached_tokens", "ttft_s", "pages_held", "swaps", "preemptions")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TTFT_S_FIELD_NUMBER: _ClassVar[int]
+    PAGES_HELD_FIELD_NUMBER: _ClassVar[int]
+    SWAPS_FIELD_NUMBER: _ClassVar[int]
+    PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    generated_tokens: int
+    cached_tokens: int
+    ttft_s: float
+    pages_held: int
+    swaps: int
+    preemptions: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., ttft_s: _Optional[float] = ..., pages_held: _Optional[int] = ..., swaps: _Optional[int] = ..., preemptions: _Optional[int] = ...) -> None: ...
+
+class ProcInfo(_message.Message):
+    __slots__ = ("pid", "ppid", "model", "owner", "state", "reason", "priority", "interactive", "usage", "num_tokens", "output_chars", "age_s", "run_s", "max_tokens")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PPID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_CHARS_FIELD_NUMBER: _ClassVar[int]
+    AGE_S_FIELD_NUMBER: _ClassVar[int]
+    RUN_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    ppid: int
+    model: str
+    owner: str
+    state: str
+    reason: str
+    priority: int
+    interactive: bool
+    usage: Usage
+    num_tokens: int
+    output_chars: int
+    age_s: float
+    run_s: float
+    max_tokens: int
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., model: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., priority: _Optional[int] = ..., interactive: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., num_tokens: _Optional[int] = ..., output_chars: _Optional[int] = ..., age_s: _Optional[float] = ..., run_s: _Optional[float] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class SpawnRequest(_message.Message):
+    __slots__ = ("model", "prompt", "messages", "tokens", "sampling", "max_tokens", "stop", "ignore_eos", "priority", "limits", "interactive", "owner")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    prompt: str
+    messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    sampling: Sampling
+    max_tokens: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    ignore_eos: bool
+    priority: int
+    limits: Limits
+    interactive: bool
+    owner: str
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., priority: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., interactive: _Optional[bool] = ..., owner: _Optional[str] = ...) -> None: ...
+
+class SpawnResponse(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class ReadRequest(_message.Message):
+    __slots__ = ("pid", "offset", "until")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    offset: int
+    until: Until
+    def __init__(self, pid: _Optional[int] = ..., offset: _Optional[int] = ..., until: _Optional[_Union[Until, str]] = ...) -> None: ...
+
+class ReadResponse(_message.Message):
+    __slots__ = ("text", "offset", "state", "reason")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    offset: int
+    state: str
+    reason: str
+    def __init__(self, text: _Optional[str] = ..., offset: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class WriteRequest(_message.Message):
+    __slots__ = ("pid", "text")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    text: str
+    def __init__(self, pid: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+
+class WriteResponse(_message.Message):
+    __slots__ = ("offset",)
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    def __init__(self, offset: _Optional[int] = ...) -> None: ...
+
+class WaitRequest(_message.Message):
+    __slots__ = ("pid", "until", "reap")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    REAP_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    until: Until
+    reap: bool
+    def __init__(self, pid: _Optional[int] = ..., until: _Optional[_Union[Until, str]] = ..., reap: _Optional[bool] = ...) -> None: ...
+
+class WaitResponse(_message.Message):
+    __slots__ = ("proc", "output")
+    PROC_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    proc: ProcInfo
+    output: str
+    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ..., output: _Optional[str] = ...) -> None: ...
+
+class KillRequest(_message.Message):
+    __slots__ = ("pid", "signal")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    signal: Signal
+    def __init__(self, pid: _Optional[int] = ..., signal: _Optional[_Union[Signal, str]] = ...) -> None: ...
+
+class KillResponse(_message.Message):
+    __slots__ = ("proc",)
+    PROC_FIELD_NUMBER: _ClassVar[int]
+    proc: ProcInfo
+    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ...) -> None: ...
+
+class ForkRequest(_message.Message):
+    __slots__ = ("pid", "text", "sampling", "max_tokens")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    text: str
+    sampling: Sampling
+    max_tokens: int
+    def __init__(self, pid: _Optional[int] = ..., text: _Optional[str] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class ForkResponse(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class PipeRequest(_message.Message):
+    __slots__ = ("src", "dst")
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    src: int
+    dst: int
+    def __init__(self, src: _Optional[int] = ..., dst: _Optional[int] = ...) -> None: ...
+
+class PipeResponse(_message.Message):
+    __slots__ = ("dst_offset",)
+    DST_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    dst_offset: int
+    def __init__(self, dst_offset: _Optional[int] = ...) -> None: ...
+
+class PsRequest(_message.Message):
+    __slots__ = ("model", "states", "owner", "live_only")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    LIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    states: _containers.RepeatedScalarFieldContainer[str]
+    owner: str
+    live_only: bool
+    def __init__(self, model: _Optional[str] = ..., states: _Optional[_Iterable[str]] = ..., owner: _Optional[str] = ..., live_only: _Optional[bool] = ...) -> None: ...
+
+class PsResponse(_message.Message):
+    __slots__ = ("procs",)
+    PROCS_FIELD_NUMBER: _ClassVar[int]
+    procs: _containers.RepeatedCompositeFieldContainer[ProcInfo]
+    def __init__(self, procs: _Optional[_Iterable[_Union[ProcInfo, _Mapping]]] = ...) -> None: ...
+
+class StatRequest(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class StatResponse(_message.Message):
+    __slots__ = ("proc",)
+    PROC_FIELD_NUMBER: _ClassVar[int]
+    proc: ProcInfo
+    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ...) -> None: ...
+
+class MemInfoRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class PoolInfo(_message.Message):
+    __slots__ = ("model", "page_size", "total", "free", "used", "shared", "cached", "swapped", "swap_total", "waste_tokens", "kv_bytes")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FREE_FIELD_NUMBER: _ClassVar[int]
+    USED_FIELD_NUMBER: _ClassVar[int]
+    SHARED_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    SWAPPED_FIELD_NUMBER: _ClassVar[int]
+    SWAP_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    WASTE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    page_size: int
+    total: int
+    free: int
+    used: int
+    shared: int
+    cached: int
+    swapped: int
+    swap_total: int
+    waste_tokens: int
+    kv_bytes: int
+    def __init__(self, model: _Optional[str] = ..., page_size: _Optional[int] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., used: _Optional[int] = ..., shared: _Optional[int] = ..., cached: _Optional[int] = ..., swapped: _Optional[int] = ..., swap_total: _Optional[int] = ..., waste_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ...) -> None: ...
+
+class MemInfoResponse(_message.Message):
+    __slots__ = ("pools",)
+    POOLS_FIELD_NUMBER: _ClassVar[int]
+    pools: _containers.RepeatedCompositeFieldContainer[PoolInfo]
+    def __init__(self, pools: _Optional[_Iterable[_Union[PoolInfo, _Mapping]]] = ...) -> None: ...
+
+class DevicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Device(_message.Message):
+    __slots__ = ("name", "kind", "index", "total_memory", "free_memory", "utilization", "temperature", "threads")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    FREE_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    UTILIZATION_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    kind: str
+    index: int
+    total_memory: int
+    free_memory: int
+    utilization: float
+    temperature: float
+    threads: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., index: _Optional[int] = ..., total_memory: _Optional[int] = ..., free_memory: _Optional[int] = ..., utilization: _Optional[float] = ..., temperature: _Optional[float] = ..., threads: _Optional[int] = ...) -> None: ...
+
+class DevicesResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[Device]
+    def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
+
+class ModelInfo(_message.Message):
+    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    NUM_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    VOCAB_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    KV_PAGES_FIELD_NUMBER: _ClassVar[int]
+    LIVE_PROCS_FIELD_NUMBER: _ClassVar[int]
+    LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    architecture: str
+    source: str
+    num_layers: int
+    vocab_size: int
+    max_context: int
+    dtype: str
+    num_parameters: int
+    weight_bytes: int
+    kv_bytes: int
+    kv_pages: int
+    live_procs: int
+    loaded_at: float
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ...) -> None: ...
+
+class ModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelsResponse(_message.Message):
+    __slots__ = ("loaded", "stored")
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    loaded: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    stored: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, loaded: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., stored: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("model", "name", "dtype")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    name: str
+    dtype: str
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[str] = ...) -> None: ...
+
+class LoadModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: ModelInfo
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
+
+class UnloadModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UnloadModelResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DmesgRequest(_message.Message):
+    __slots__ = ("limit", "since")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    since: float
+    def __init__(self, limit: _Optional[int] = ..., since: _Optional[float] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("time", "level", "msg")
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    MSG_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    level: str
+    msg: str
+    def __init__(self, time: _Optional[float] = ..., level: _Optional[str] = ..., msg: _Optional[str] = ...) -> None: ...
+
+class DmesgResponse(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[LogLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+
+class ShutdownRequest(_message.Message):
+    __slots__ = ("grace_s",)
+    GRACE_S_FIELD_NUMBER: _ClassVar[int]
+    grace_s: float
+    def __init__(self, grace_s: _Optional[float] = ...) -> None: ...
+
+class ShutdownResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
