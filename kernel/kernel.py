@@ -30,6 +30,7 @@ class KernelConfig:
     swap_pages: int | None = None  # host swap slots per model; default: as many as the pool
     sched: SchedConfig = field(default_factory=SchedConfig)
     max_procs: int = 4096
+    keep_exited: int = 1024        # finished processes kept readable before the oldest are reaped
     dmesg_lines: int = 2000
 
 
@@ -45,6 +46,7 @@ class Kernel:
         self.ring: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=self.config.dmesg_lines)
         self.listeners: list[Callable[[set[int]], None]] = []
         self._detok: dict[int, Detokenizer] = {}
+        self._exited: collections.deque[int] = collections.deque()
         self._next_pid = 1
         self.steps = 0
 
@@ -87,20 +89,26 @@ class Kernel:
               stop: StopRules | None = None, limits: Limits | None = None, priority: int = 0,
               owner: str = "root", interactive: bool = False, ppid: int = 0) -> Process:
         m = self._model(model)
-        if sum(1 for p in [prompt, messages, tokens] if p is not None) != 1:
-            raise InvalidArgument("give exactly one of prompt, messages or tokens")
+        given = sum(1 for x in [prompt, messages, tokens] if x is not None)
+        if given > 1 or (given == 0 and not interactive):
+            raise InvalidArgument("give exactly one of prompt, messages or tokens "
+                                  "(an interactive process may give none and wait for input)")
+        preamble: list[dict] = []
         if messages is not None:
-            ids = m.codec.encode_chat(_check_messages(messages))
+            _check_messages(messages)
+            if interactive and messages[-1]["role"] != "user":
+                preamble, ids = list(messages), []  # nothing to answer yet: wait for a user turn
+            else:
+                ids = m.codec.encode_chat(messages)
         elif prompt is not None:
             ids = m.codec.encode(prompt)
         else:
-            ids = list(tokens)
-        stop = stop or StopRules()
+            ids = list(tokens or [])
         p = Process(pid=0, model=model, tokens=ids, ppid=ppid, owner=owner, priority=priority,
-                    sampling=sampling or SamplingParams(), stop=stop, limits=limits or Limits(),
-                    interactive=interactive)
+                    sampling=sampling or SamplingParams(), stop=stop or StopRules(), limits=limits or Limits(),
+                    interactive=interactive, preamble=preamble)
         self._check_spawn(m, p)
-        return self._admit(p)
+        return self._admit(p, State.NEW if p.tokens else State.BLOCKED)
 
     def fork(self, pid: int, text: str | None = None, sampling: SamplingParams | None = None,
              max_tokens: int | None = None) -> Process:
@@ -137,7 +145,11 @@ class Kernel:
         if p.state != State.BLOCKED:
             raise FailedPrecondition(f"pid {pid} is still answering (state {p.state.value}); wait for it to block")
         m = self._model(p.model)
-        new = m.codec.user_turn(text, after_eos=bool(p.tokens) and p.tokens[-1] in m.codec.eos)
+        if p.tokens:
+            new = m.codec.user_turn(text, after_eos=p.tokens[-1] in m.codec.eos)
+        else:  # the first turn of a process that started waiting for input
+            new = m.codec.encode_chat(p.preamble + [{"role": "user", "content": text}])
+            p.usage.prompt_tokens = len(new)
         if len(p.tokens) + len(new) + 1 > m.info.max_context:
             raise ResourceExhausted(f"pid {pid}: the conversation would exceed the context window "
                                     f"({len(p.tokens) + len(new)} of {m.info.max_context} tokens)")
@@ -171,6 +183,7 @@ class Kernel:
         if not p.state.done:
             raise FailedPrecondition(f"pid {pid} is still {p.state.value}")
         del self.procs[pid]
+        self._notify({pid})
         return p
 
     def has_work(self) -> bool:
@@ -217,7 +230,11 @@ class Kernel:
         moves = m.memory.ops.take()
         if not seqs and not moves:
             return 0
-        sampled = self.driver.step(m.name, StepInput(seqs, moves))
+        try:
+            sampled = self.driver.step(m.name, StepInput(seqs, moves))
+        except Exception as e:  # noqa: BLE001 - a failed step ends its own batch, nothing more
+            self._step_failed(m, plan, e, changed)
+            return 0
         for p, n in plan.runs:
             p.num_computed += n
             p.last_run = now
@@ -231,6 +248,18 @@ class Kernel:
             if not p.state.done:
                 p.usage.pages_held = m.memory.pages_held(p.pid)
         return sum(n for _, n in plan.runs)
+
+    def _step_failed(self, m: loader.LoadedModel, plan, error: Exception, changed: set[int]) -> None:
+        """The driver failed a step: end the processes in it; those swapped out for it lost
+        their pages' contents, so they start over by recompute."""
+        self.log(f"model {m.name}: step failed: {type(error).__name__}: {error}", "error")
+        for p, _ in plan.runs:
+            self._exit(p, State.KILLED, f"driver error: {type(error).__name__}: {error}")
+            changed.add(p.pid)
+        for p in plan.preempted:
+            if m.memory.is_swapped(p.pid):
+                m.memory.free(p.pid)
+                p.num_computed = 0
 
     def _emit(self, m: loader.LoadedModel, p: Process, token: int) -> None:
         """Append a sampled token: output text, stop rules, end of turn."""
@@ -276,15 +305,24 @@ class Kernel:
         p.usage.pages_held = 0
         self._detok.pop(p.pid, None)
         self.log(f"pid {p.pid} {state.value}: {reason}")
+        # Finished processes stay readable, but only the newest keep_exited of them.
+        self._exited.append(p.pid)
+        while len(self._exited) > self.config.keep_exited:
+            old = self._exited.popleft()
+            if old in self.procs and self.procs[old].state.done:
+                del self.procs[old]
+                self._notify({old})
 
-    def _admit(self, p: Process) -> Process:
+    def _admit(self, p: Process, state: State = State.NEW) -> Process:
         live = sum(1 for q in self.procs.values() if not q.state.done)
         if live >= self.config.max_procs:
             raise ResourceExhausted(f"process table full: {live} live processes (max_procs={self.config.max_procs})")
         p.pid = self._next_pid
         self._next_pid += 1
         p.usage.prompt_tokens = len(p.tokens)
-        p.state = State.NEW  # until the scheduler first gives it tokens
+        p.state = state  # NEW until the scheduler first gives it tokens
+        if state == State.BLOCKED:
+            p.reason = "waiting for input"
         self.procs[p.pid] = p
         self._notify({p.pid})
         return p

@@ -88,7 +88,7 @@ def _install(kernel: "Kernel", name: str, info: ModelInfo, tok, eos, source: str
 def check_request(m: LoadedModel, p: Process, cfg: "KernelConfig") -> None:
     """Refuse, with the limit named, what could never run."""
     s, stop = p.sampling, p.stop
-    if not p.tokens:
+    if not p.tokens and not p.interactive:
         raise InvalidArgument("the prompt is empty")
     if stop.max_tokens <= 0:
         raise InvalidArgument(f"max_tokens must be at least 1, got {stop.max_tokens}")

@@ -74,6 +74,7 @@ class Process:
     stop: StopRules = field(default_factory=StopRules)
     limits: Limits = field(default_factory=Limits)
     interactive: bool = False
+    preamble: list[dict] = field(default_factory=list)  # chat messages awaiting the first user turn
     state: State = State.NEW
     resume_state: State = State.READY  # where SIGCONT returns a stopped process
     reason: str = ""

@@ -71,8 +71,12 @@ def _sampling(a: argparse.Namespace) -> dict:
                 ignore_eos=a.ignore_eos)
 
 
-def spawn_run(sh: Shell, a: argparse.Namespace, interactive: bool = False) -> int:
-    """Spawn the process that `run` describes."""
+def spawn_run(sh: Shell, a: argparse.Namespace, interactive: bool = False, reads_stdin: bool = False) -> int:
+    """Spawn the process that `run` describes. With reads_stdin its prompt becomes the system
+    message and the process waits for its first user turn (the far end of a pipe)."""
+    if reads_stdin:
+        return sh.c.spawn(a.model, messages=[{"role": "system", "content": a.prompt}], interactive=True,
+                          **_sampling(a))
     if a.chat or interactive:
         return sh.c.spawn(a.model, messages=[{"role": "user", "content": a.prompt}], interactive=interactive,
                           **_sampling(a))

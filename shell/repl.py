@@ -74,11 +74,12 @@ def split(line: str) -> list[list[str]]:
 
 
 def pipe(sh: Shell, first: argparse.Namespace, second: argparse.Namespace) -> int:
-    """`run A | run B`: B runs interactively and gets A's output as its next user turn."""
+    """`run A | run B`: B's prompt is its instruction (the system message), and A's output
+    is its input (the first user turn)."""
     if first.cmd != "run" or second.cmd != "run":
         raise UsageError("only `run ... | run ...` can be piped")
     a = spawn_run(sh, first)
-    b = spawn_run(sh, second, interactive=True)
+    b = spawn_run(sh, second, reads_stdin=True)
     try:
         offset = sh.c.pipe(a, b)
         return sh.stream(b, offset, until="turn")

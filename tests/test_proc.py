@@ -160,3 +160,42 @@ def test_signals_and_lookups_name_what_is_wrong(make_kernel):
         k.signal(p.pid, "HUP")
     with pytest.raises(FailedPrecondition, match="in use"):
         k.unload_model("tiny")
+
+
+def test_an_interactive_process_can_start_waiting_for_input(make_kernel, tokenizer):
+    k, ref = make_kernel()
+    system = [{"role": "system", "content": "Summarize"}]
+    p = k.spawn("tiny", messages=system, interactive=True, stop=StopRules(max_tokens=5, ignore_eos=True))
+    assert (p.state, p.reason, p.tokens) == (State.BLOCKED, "waiting for input", [])
+    k.run_until_idle()
+    assert p.usage.generated_tokens == 0
+    k.write(p.pid, "Hello world")
+    want = tokenizer.apply_chat_template(system + [{"role": "user", "content": "Hello world"}], tokenize=False,
+                                         add_generation_prompt=True)
+    assert p.tokens == tokenizer(want, add_special_tokens=False)["input_ids"]
+    k.run_until_idle()
+    assert p.out_tokens == ref.greedy(p.tokens[:p.usage.prompt_tokens], 5)
+    with pytest.raises(InvalidArgument, match="exactly one of"):
+        k.spawn("tiny")
+
+
+def test_a_failing_step_ends_only_its_batch(make_kernel):
+    k, ref = make_kernel()
+    a = k.spawn("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True))
+    real_step = k.driver.step
+    k.driver.step = lambda *args: (_ for _ in ()).throw(RuntimeError("device lost"))
+    k.step()
+    assert (a.state, a.reason) == (State.KILLED, "driver error: RuntimeError: device lost")
+    assert k.meminfo("tiny").used == 0
+    k.driver.step = real_step
+    b = k.spawn("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True))
+    k.run_until_idle()
+    assert b.out_tokens == ref.greedy([5, 6, 7], 4)
+
+
+def test_only_the_newest_finished_processes_are_kept(make_kernel):
+    k, _ = make_kernel()
+    k.config.keep_exited = 3
+    procs = [k.spawn("tiny", tokens=[5 + i], stop=StopRules(max_tokens=1)) for i in range(5)]
+    k.run_until_idle()
+    assert sorted(k.procs) == [p.pid for p in procs[2:]]
