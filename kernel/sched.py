@@ -92,6 +92,7 @@ class Scheduler:
         idle = sorted(reversed(self.order(idle, now)), key=lambda p: p.runnable)
         budget, seats = self.config.token_budget, self.config.max_seqs
         admitting = True
+        inflight: set[int] = set()  # hashes of prefix pages that processes in this step are filling
         for i, p in enumerate(ready):
             if budget == 0 or seats == 0:
                 break
@@ -99,6 +100,8 @@ class Scheduler:
             fresh = not resident and not mem.is_swapped(p.pid)
             if not resident and not admitting:
                 continue
+            if fresh and self._prefix_in_flight(p, inflight):
+                continue  # another process is computing this prefix now: share it next step
             victims = idle + [q for q in reversed(ready[i + 1:]) if q.pid in mem.tables]
             if not self._make_resident(p, victims, out):
                 admitting = False  # head-of-line: later arrivals wait behind this one
@@ -118,9 +121,19 @@ class Scheduler:
                 admitting = admitting and resident
                 continue
             out.runs.append((p, n))
+            if p.owed > 1:  # filling prompt pages that the prefix cache does not hold yet
+                inflight.update(mem.prefix_hashes(p.tokens)[p.num_computed // mem.page_size:])
             budget -= n
             seats -= 1
         return out
+
+    def _prefix_in_flight(self, p: Process, inflight: set[int]) -> bool:
+        """Whether the next page p would compute is being filled by a process ahead of it."""
+        if not inflight:
+            return False
+        hashes = self.memory.prefix_hashes(p.tokens)
+        k = self.memory.cached_pages(hashes)
+        return k < len(hashes) and hashes[k] in inflight
 
     def _make_resident(self, p: Process, victims: list[Process], out: Schedule) -> bool:
         mem = self.memory

@@ -122,3 +122,14 @@ def test_sliding_window_attention(make_kernel):
     k.run_until_idle()
     for t, p in zip(batch, procs):
         assert p.out_tokens == ref.greedy(t, 16)
+
+
+def test_processes_spawned_together_compute_a_shared_prefix_once(make_kernel):
+    k, ref = make_kernel(page_size=4, budget=64)
+    system = list(range(100, 132))
+    batch = [system + [9 + i] * (i + 2) for i in range(4)]
+    procs = spawn_all(k, batch, 6)
+    k.run_until_idle()
+    for t, p in zip(batch, procs):
+        assert p.out_tokens == ref.greedy(t, 6)
+    assert [p.usage.cached_tokens for p in procs] == [0, 32, 32, 32]

@@ -123,3 +123,18 @@ def test_bad_config_is_refused():
         SchedConfig(policy="lottery")
     with pytest.raises(ValueError, match="preemption"):
         SchedConfig(preempt="drop")
+
+
+def test_a_prefix_being_computed_is_waited_for_not_computed_twice():
+    mm = MemoryManager(64, page_size=4)
+    s = Scheduler(SchedConfig(token_budget=64), mm)
+    system = list(range(100, 120))  # five full pages
+    a, b = proc(1, 0, created=0), proc(2, 0, created=1)
+    a.tokens, b.tokens = system + [1, 2], system + [3, 4, 5]
+    c = proc(3, 6, created=2)  # an unrelated prompt is not held up
+    plan = s.schedule([a, b, c], now=3)
+    assert [p.pid for p, _ in plan.runs] == [1, 3]
+    run(s, plan)
+    mm.publish(1, a.tokens, a.num_computed)
+    plan = s.schedule([a, b, c], now=4)
+    assert b.usage.cached_tokens == 20 and (b, 3) in plan.runs

@@ -55,6 +55,9 @@ class PagePool:
         if self.ref_count[page] == 0:
             self._free[page] = None
 
+    def holds(self, prefix_hash: int) -> bool:
+        return prefix_hash in self._cached
+
     def lookup(self, prefix_hash: int) -> int | None:
         """Find a page holding this prefix and take a reference to it."""
         page = self._cached.get(prefix_hash)

@@ -81,6 +81,18 @@ class MemoryManager:
             cached=pool.num_cached, swapped=self.swap.num_used, swap_total=self.swap.num_slots,
             waste_tokens=max(0, waste))
 
+    def prefix_hashes(self, tokens: Sequence[int]) -> list[int]:
+        """Chain hashes of the full pages of `tokens` that a prefix match may use."""
+        usable = (len(tokens) - 1) // self.page_size
+        return page_hashes(tokens[:usable * self.page_size], self.page_size, salt=self.salt)
+
+    def cached_pages(self, hashes: Sequence[int]) -> int:
+        """How many of these chained pages the prefix cache holds right now."""
+        n = 0
+        while n < len(hashes) and self.pool.holds(hashes[n]):
+            n += 1
+        return n
+
     # --- allocation ------------------------------------------------------------------------
     def match_prefix(self, pid: int, tokens: Sequence[int]) -> int:
         """Map cached pages holding a prefix of `tokens`; return how many tokens they cover.
@@ -88,9 +100,8 @@ class MemoryManager:
         At least one token is always left to compute, so the process still gets logits.
         """
         assert pid not in self.tables, f"pid {pid} already has a page table"
-        usable = (len(tokens) - 1) // self.page_size
         table: list[int] = []
-        hashes = page_hashes(tokens[:usable * self.page_size], self.page_size, salt=self.salt)
+        hashes = self.prefix_hashes(tokens)
         for h in hashes:
             page = self.pool.lookup(h)
             if page is None:
