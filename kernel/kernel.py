@@ -56,14 +56,25 @@ class Kernel:
 
     # --- models ----------------------------------------------------------------------------
     def load_model(self, ref: str, name: str | None = None, dtype: str = "float32") -> loader.LoadedModel:
+        prep = self.prepare_model(ref, name, dtype)
+        return prep if isinstance(prep, loader.LoadedModel) else self.install_model(prep)
+
+    def prepare_model(self, ref: str, name: str | None = None,
+                      dtype: str = "float32") -> "loader.Prepared | loader.LoadedModel":
+        """The slow half of a load (convert, read weights); callable from any thread.
+        Returns the loaded model itself when the name is already serving."""
         if self.store is None:
             raise FailedPrecondition("this kernel has no model store to load from")
         name = name or loader.default_name(ref)
         if name in self.models:
             return self.models[name]
-        m = loader.load(self, ref, name, dtype)
-        self.models[name] = m
-        return m
+        return loader.prepare(self, ref, name, dtype)
+
+    def install_model(self, prep: loader.Prepared) -> loader.LoadedModel:
+        """The quick half: a KV pool and a scheduler for a prepared model."""
+        if prep.name not in self.models:
+            self.models[prep.name] = loader.install(self, prep)
+        return self.models[prep.name]
 
     def adopt_model(self, name: str, model, tokenizer) -> loader.LoadedModel:
         """Serve an already-built transformers model (tests and in-process use)."""

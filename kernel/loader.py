@@ -44,7 +44,21 @@ def default_name(ref: str) -> str:
     return ref
 
 
-def load(kernel: "Kernel", ref: str, name: str, dtype: str) -> LoadedModel:
+@dataclass
+class Prepared:
+    """Weights on the device and a tokenizer, not yet serving: the slow half of a load."""
+
+    name: str
+    info: ModelInfo
+    tokenizer: object
+    eos: int | list[int] | None
+    source: str
+    seconds: float
+
+
+def prepare(kernel: "Kernel", ref: str, name: str, dtype: str) -> Prepared:
+    """Resolve, convert if needed, and load weights. Safe off the kernel thread: it touches
+    only the model store and the driver's loading, never the process table."""
     from transformers import AutoTokenizer, GenerationConfig
 
     try:
@@ -60,9 +74,14 @@ def load(kernel: "Kernel", ref: str, name: str, dtype: str) -> LoadedModel:
         eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
     except OSError:
         eos = None
-    m = _install(kernel, name, info, tok, eos, source=ref)
-    kernel.log(f"loaded model {name} from {path} in {time.monotonic() - t0:.1f}s "
-               f"({info.num_parameters / 1e6:.1f}M parameters, {m.memory.pool.num_pages} KV pages)")
+    return Prepared(name, info, tok, eos, ref, time.monotonic() - t0)
+
+
+def install(kernel: "Kernel", prep: Prepared) -> LoadedModel:
+    """Give a prepared model its KV pool and scheduler (on the kernel thread)."""
+    m = _install(kernel, prep.name, prep.info, prep.tokenizer, prep.eos, source=prep.source)
+    kernel.log(f"loaded model {prep.name} from {prep.source} in {prep.seconds:.1f}s "
+               f"({prep.info.num_parameters / 1e6:.1f}M parameters, {m.memory.pool.num_pages} KV pages)")
     return m
 
 

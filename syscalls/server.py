@@ -18,6 +18,7 @@ import grpc
 
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError, NotFound, Unavailable
 from llmos.kernel.kernel import Kernel
+from llmos.kernel.loader import LoadedModel
 from llmos.kernel.proc import State
 from llmos.kernel.thread import KernelThread
 from llmos.syscalls import convert
@@ -249,12 +250,11 @@ class SyscallServer(pb_grpc.SyscallsServicer):
     @syscall
     async def LoadModel(self, req: pb.LoadModelRequest, context) -> pb.LoadModelResponse:
         self._check_accepting()
-        kernel = self.kt.kernel
-        if kernel.store is not None and req.model.strip():
-            # Fetching or converting into the store can take a while and needs no kernel
-            # state: do it on a worker thread so the kernel keeps stepping meanwhile.
-            await asyncio.to_thread(_warm_store, kernel, req.model)
-        m = await self._k(lambda k: k.load_model(req.model, name=req.name or None, dtype=req.dtype or "float32"))
+        # Converting and reading weights takes seconds and needs no process state: do it on a
+        # worker thread so the kernel keeps stepping; only the install runs on the kernel thread.
+        prep = await asyncio.to_thread(self.kt.kernel.prepare_model, req.model, req.name or None,
+                                       req.dtype or "float32")
+        m = await self._k(lambda k: prep if isinstance(prep, LoadedModel) else k.install_model(prep))
         live = await self._k(lambda k: sum(1 for p in k.procs.values() if p.model == m.name and not p.state.done))
         return pb.LoadModelResponse(model=convert.model_info(m, live))
 
@@ -278,10 +278,3 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         self.on_shutdown(req.grace_s if req.HasField("grace_s") else None)
         return pb.ShutdownResponse()
 
-
-def _warm_store(kernel: Kernel, ref: str) -> None:
-    """Resolve a model reference into the store; errors are left for load_model to report."""
-    try:
-        kernel.store.resolve(ref, log=kernel.log)
-    except Exception:  # noqa: BLE001 - load_model raises the same error with its status code
-        pass
