@@ -139,7 +139,7 @@ def print_targets(console: Console, targets: list[dict]) -> None:
     console.print(t)
     for x in targets:
         if x.get("floor") is not None and x["floor"] > MEMORY_TARGET:
-            console.print(f"[yellow]note:[/] the memory ratio cannot go below {x['floor']:.2f} at this page size: "
+            console.print(f"[yellow]note:[/] the memory ratio cannot get much below {x['floor']:.2f} at this page size: "
                           "every process holds at least one private page (its own question and output) beside "
                           "the shared system-prompt pages. Measured / least possible is the kernel's own share.")
 

@@ -32,8 +32,9 @@ class ModelRunner:
         pin = self.device.type == "cuda"
         self.kv = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
                     torch.zeros(shape, dtype=self.dtype, device=self.device)) for _ in range(self.num_layers)]
-        self.swap = [(torch.zeros(sshape, dtype=self.dtype, pin_memory=pin),
-                      torch.zeros(sshape, dtype=self.dtype, pin_memory=pin)) for _ in range(self.num_layers)]
+        # Swap slots are always written before they are read: no need to fill them.
+        self.swap = [(torch.empty(sshape, dtype=self.dtype, pin_memory=pin),
+                      torch.empty(sshape, dtype=self.dtype, pin_memory=pin)) for _ in range(self.num_layers)]
         return sum(k.numel() * k.element_size() * 2 for k, _ in self.kv)
 
     def apply_moves(self, moves: list[tuple[str, int, int]]) -> None:
