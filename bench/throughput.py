@@ -33,6 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bench import report  # noqa: E402
 from bench.common import (MODEL, QUESTIONS, FirstTokenStreamer, RunResult, Tick, chat, default_store,  # noqa: E402
                           encode_chat, result)
+from bench.daemon import run_daemon  # noqa: E402
 from bench.memory import run_memory  # noqa: E402
 
 
@@ -185,6 +186,7 @@ class System:
 
 SYSTEMS: dict[str, System] = {
     "llmos": System(run_llmos, "the llmos kernel in-process: all N spawned at once, stepped until idle"),
+    "llmos_daemon": System(run_daemon, "llmosd through gRPC and the asyncio SDK (with --via-daemon)"),
     "hf_generate": System(run_hf_generate, "transformers generate(), one request at a time"),
     "hf_static_batch": System(run_hf_static_batch, "transformers generate() on a left-padded batch of N"),
     "hf_generate_batch": System(run_hf_generate_batch, "transformers generate_batch() (continuous batching)"),
@@ -206,7 +208,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", default="1,4,16,32", help="comma-separated process counts")
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"subset of {','.join(SYSTEMS)}")
+    ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "llmos_daemon"),
+                    help=f"subset of {','.join(SYSTEMS)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--store", type=Path, default=default_store(), help="model store dir (default: %(default)s)")
     ap.add_argument("--quick", action="store_true", help="smoke run: concurrency 1,4 × 16 tokens, short memory check")
@@ -216,11 +219,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-memory", action="store_true", help="skip the memory check")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per cell; the median by tok/s is reported")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--via-daemon", action="store_true", help="add llmos_daemon rows: the same work through llmosd")
     args = ap.parse_args(argv)
     if args.quick:
         args.concurrency, args.new_tokens, args.memory_new_tokens = "1,4", 16, 4
     args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if args.via_daemon and "llmos_daemon" not in args.systems:
+        args.systems.insert(1 if "llmos" in args.systems else 0, "llmos_daemon")
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown:
         ap.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")

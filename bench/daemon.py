@@ -1,0 +1,68 @@
+"""The `llmos_daemon` system: the same workload through a real llmosd and gRPC.
+
+llmosd runs as a subprocess on a temporary socket, serving the model from the same store;
+the requests go through the asyncio SDK, each one spawned and its output streamed back, as
+an app would do it. TTFT is when the first text of a process reaches the client.
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import MODEL, RunResult, Tick, result
+
+
+class DaemonUnderTest:
+    """An llmosd subprocess, started once and stopped at exit."""
+
+    def __init__(self, store: Path, threads: int) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="llmos-bench-"))
+        self.socket = self.dir / "llmosd.sock"
+        cmd = [sys.executable, "-m", "llmos.main", "--state-dir", str(self.dir), "--socket", str(self.socket),
+               "--store", str(store), "--model", MODEL, "--device", "cpu", "--threads", str(threads)]
+        self.log = open(self.dir / "llmosd.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        atexit.register(self.stop)
+        for line in self.proc.stdout:
+            if "serving on" in line:
+                return
+        raise RuntimeError(f"llmosd did not start; see {self.dir / 'llmosd.log'}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(60)
+
+
+async def _run(socket: Path, requests: list[list[dict]], new_tokens: int, tick: Tick) -> tuple[float, int, list]:
+    from llmos.syscalls.client import AsyncClient
+
+    async with AsyncClient(socket) as c:
+        t0 = time.perf_counter()
+
+        async def one(messages: list[dict]) -> tuple[float | None, int]:
+            pid = await c.spawn(MODEL, messages=messages, max_tokens=new_tokens, ignore_eos=True)
+            first = None
+            async for chunk in c.read(pid):
+                if chunk.text and first is None:
+                    first = time.perf_counter() - t0
+            r = await c.wait(pid, reap=True)
+            tick(r.usage.generated_tokens)
+            return first, r.usage.generated_tokens
+
+        outs = await asyncio.gather(*(one(m) for m in requests))
+        wall = time.perf_counter() - t0
+    return wall, sum(n for _, n in outs), [f for f, _ in outs]
+
+
+def run_daemon(bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    if getattr(bench, "_daemon", None) is None:
+        bench._daemon = DaemonUnderTest(bench.args.store, bench.args.threads)
+    requests = [bench.requests[i] for i in bench.batch(n)]
+    wall, generated, ttfts = asyncio.run(_run(bench._daemon.socket, requests, new_tokens, tick))
+    return result("llmos_daemon", n, new_tokens, wall, generated, ttfts)
