@@ -78,7 +78,7 @@ class Daemon:
         from grpc_health.v1._async import HealthServicer
         from grpc_reflection.v1alpha import reflection
 
-        from llmos.kernel.thread import KernelThread
+        from llmos.kernel.thread import KernelThread, in_fresh_thread
         from llmos.syscalls.mirror import ProcMirror
         from llmos.syscalls.server import SyscallServer
         from llmos.syscalls.v1 import syscalls_pb2, syscalls_pb2_grpc
@@ -87,7 +87,7 @@ class Daemon:
         path = cfg.socket_path
         _prepare_socket(cfg.state_dir, path)
         self.model_name = ""
-        kernel = await asyncio.to_thread(self.boot)
+        kernel = await asyncio.wrap_future(in_fresh_thread(self.boot))
         kt = KernelThread(kernel, on_log=_kernel_log)
         mirror = ProcMirror(kernel, loop)
         kernel.listeners.append(mirror.listener)

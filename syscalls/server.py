@@ -20,7 +20,7 @@ from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.loader import LoadedModel
 from llmos.kernel.proc import State
-from llmos.kernel.thread import KernelThread
+from llmos.kernel.thread import KernelThread, in_fresh_thread
 from llmos.syscalls import convert
 from llmos.syscalls.mirror import ProcMirror, snapshot
 from llmos.syscalls.v1 import syscalls_pb2 as pb
@@ -252,8 +252,9 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         self._check_accepting()
         # Converting and reading weights takes seconds and needs no process state: do it on a
         # worker thread so the kernel keeps stepping; only the install runs on the kernel thread.
-        prep = await asyncio.to_thread(self.kt.kernel.prepare_model, req.model, req.name or None,
-                                       req.dtype or "float32")
+        kernel = self.kt.kernel
+        prep = await asyncio.wrap_future(in_fresh_thread(
+            lambda: kernel.prepare_model(req.model, req.name or None, req.dtype or "float32")))
         m = await self._k(lambda k: prep if isinstance(prep, LoadedModel) else k.install_model(prep))
         live = await self._k(lambda k: sum(1 for p in k.procs.values() if p.model == m.name and not p.state.done))
         return pb.LoadModelResponse(model=convert.model_info(m, live))
