@@ -17,8 +17,6 @@ from llmos.kernel.proc import Limits, Process, Signal, State, StopRules
 from llmos.kernel.sched import SchedConfig
 from llmos.kernel.text import Detokenizer
 
-MAX_STOP_STRINGS, MAX_STOP_LEN = 16, 256
-
 
 @dataclass
 class KernelConfig:
@@ -83,7 +81,7 @@ class Kernel:
         return m
 
     def unload_model(self, name: str) -> None:
-        m = self._model(name)
+        self._model(name)  # NotFound names what is loaded
         live = [p.pid for p in self.procs.values() if p.model == name and not p.state.done]
         if live:
             raise FailedPrecondition(f"model {name!r} is in use by {len(live)} live process(es), e.g. pid {live[0]}")

@@ -87,7 +87,6 @@ class Process:
     admitted: float | None = None
     finished: float | None = None
     last_run: float = 0.0  # when the scheduler last gave it tokens (for aging)
-    detok_offset: int = 0  # first out_token not yet turned into stdout text
     turn_text_start: int = 0  # where this turn's text begins in stdout (stop strings search from here)
 
     @property

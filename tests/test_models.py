@@ -1,6 +1,5 @@
 """Model sources: a local transformers directory, loading, unloading and chat rendering."""
 import pytest
-import torch
 
 from llmos.drivers.cpu import CPUDriver
 from llmos.kernel import FailedPrecondition, Kernel, KernelConfig, NotFound, StopRules
