@@ -122,7 +122,7 @@ class Scheduler:
                 continue
             out.runs.append((p, n))
             if p.owed > 1:  # filling prompt pages that the prefix cache does not hold yet
-                inflight.update(mem.prefix_hashes(p.tokens)[p.num_computed // mem.page_size:])
+                inflight.update(mem.unpublished_hashes(p.pid, p.tokens))
             budget -= n
             seats -= 1
         return out

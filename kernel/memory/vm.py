@@ -86,6 +86,14 @@ class MemoryManager:
         usable = (len(tokens) - 1) // self.page_size
         return page_hashes(tokens[:usable * self.page_size], self.page_size, salt=self.salt)
 
+    def unpublished_hashes(self, pid: int, tokens: Sequence[int]) -> list[int]:
+        """Chain hashes of pid's prompt pages not yet offered to the prefix cache, continuing
+        from its last published page rather than rehashing the whole prefix."""
+        done = self._hashes.get(pid, [])
+        usable = (len(tokens) - 1) // self.page_size
+        return page_hashes(tokens[:usable * self.page_size], self.page_size, start=len(done),
+                           parent=done[-1] if done else None, salt=self.salt)
+
     def cached_pages(self, hashes: Sequence[int]) -> int:
         """How many of these chained pages the prefix cache holds right now."""
         n = 0
