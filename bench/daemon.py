@@ -1,6 +1,7 @@
 """The `llmos_daemon` system: the same workload through a real llmosd and gRPC.
 
-llmosd runs as a subprocess on a temporary socket, serving the model from the same store;
+llmosd runs as a subprocess on a temporary socket (and an HTTP port, for the `llmos_http`
+rows of bench/gateway.py), serving the model from the same store;
 the requests go through the asyncio SDK, each one spawned and its output streamed back, as
 an app would do it. TTFT is when the first text of a process reaches the client.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,14 +26,24 @@ class DaemonUnderTest:
         self.dir = Path(tempfile.mkdtemp(prefix="llmos-bench-"))
         self.socket = self.dir / "llmosd.sock"
         cmd = [sys.executable, "-m", "llmos.main", "--state-dir", str(self.dir), "--socket", str(self.socket),
-               "--store", str(store), "--model", MODEL, "--device", "cpu", "--threads", str(threads)]
+               "--store", str(store), "--model", MODEL, "--device", "cpu", "--threads", str(threads),
+               "--http", "127.0.0.1:0"]
         self.log = open(self.dir / "llmosd.log", "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
         atexit.register(self.stop)
         for line in self.proc.stdout:
             if "serving on" in line:
+                self.http_url = re.search(r"http://[^\s,]+", line).group(0)
+                self.http_token = self._token()
                 return
         raise RuntimeError(f"llmosd did not start; see {self.dir / 'llmosd.log'}")
+
+    def _token(self) -> str:
+        """A bearer token for the HTTP gateway, made through the admin unix socket."""
+        from llmos.syscalls.client import Client
+
+        with Client(self.socket, timeout=60) as c:
+            return c.create_token("bench")[1]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -60,9 +72,14 @@ async def _run(socket: Path, requests: list[list[dict]], new_tokens: int, tick: 
     return wall, sum(n for _, n in outs), [f for f, _ in outs]
 
 
-def run_daemon(bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+def under_test(bench) -> DaemonUnderTest:
+    """The benchmark's one llmosd, started on first use."""
     if getattr(bench, "_daemon", None) is None:
         bench._daemon = DaemonUnderTest(bench.args.store, bench.args.threads)
+    return bench._daemon
+
+
+def run_daemon(bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
     requests = [bench.requests[i] for i in bench.batch(n)]
-    wall, generated, ttfts = asyncio.run(_run(bench._daemon.socket, requests, new_tokens, tick))
+    wall, generated, ttfts = asyncio.run(_run(under_test(bench).socket, requests, new_tokens, tick))
     return result("llmos_daemon", n, new_tokens, wall, generated, ttfts)

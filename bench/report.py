@@ -18,6 +18,9 @@ TARGETS = [  # (name, concurrency, system, peer system, minimum system/peer tok/
     ("llmos ≥ 1.2× hf_static_batch at 16 processes", 16, "llmos", "hf_static_batch", 1.2),
     ("llmos ≥ 0.95× hf_generate at 1 process", 1, "llmos", "hf_generate", 0.95),
     ("llmos_daemon ≥ 0.9× llmos in-process at 16 processes", 16, "llmos_daemon", "llmos", 0.9),
+    ("llmos_http ≥ 0.9× llmos in-process at 16 processes", 16, "llmos_http", "llmos", 0.9),
+    ("llmos_int8 ≥ 2.5× hf_generate (fp32) at 1 process", 1, "llmos_int8", "hf_generate", 2.5),
+    ("llmos_int8 ≥ 3× hf_static_batch (fp32) at 16 processes", 16, "llmos_int8", "hf_static_batch", 3.0),
 ]
 
 

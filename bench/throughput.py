@@ -34,6 +34,7 @@ from bench import report  # noqa: E402
 from bench.common import (MODEL, QUESTIONS, FirstTokenStreamer, RunResult, Tick, chat, default_store,  # noqa: E402
                           encode_chat, result)
 from bench.daemon import run_daemon  # noqa: E402
+from bench.gateway import run_http  # noqa: E402
 from bench.memory import run_memory  # noqa: E402
 
 
@@ -81,12 +82,13 @@ class Bench:
 
 
 # --- llmos ------------------------------------------------------------------------------------
-def run_kernel(k, bench: Bench, idx: list[int], new_tokens: int, tick: Tick, system: str = "llmos") -> RunResult:
+def run_kernel(k, bench: Bench, idx: list[int], new_tokens: int, tick: Tick, system: str = "llmos",
+               model: str = MODEL) -> RunResult:
     """Spawn every request at once on kernel k, step it until idle, reap the processes."""
     from llmos.kernel import StopRules
 
     t0 = time.perf_counter()
-    procs = [k.spawn(MODEL, messages=bench.requests[i], stop=StopRules(max_tokens=new_tokens, ignore_eos=True))
+    procs = [k.spawn(model, messages=bench.requests[i], stop=StopRules(max_tokens=new_tokens, ignore_eos=True))
              for i in idx]
     done = 0
     while k.has_work():
@@ -102,6 +104,13 @@ def run_kernel(k, bench: Bench, idx: list[int], new_tokens: int, tick: Tick, sys
 
 def run_llmos(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
     return run_kernel(bench.kernel(), bench, bench.batch(n), new_tokens, tick)
+
+
+def run_llmos_int8(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    """The same kernel serving the model's int8 copy (loaded beside the fp32 one)."""
+    k = bench.kernel()
+    m = k.load_model(MODEL, quantize="int8")
+    return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int8", m.name)
 
 
 # --- transformers -------------------------------------------------------------------------------
@@ -186,11 +195,16 @@ class System:
 
 SYSTEMS: dict[str, System] = {
     "llmos": System(run_llmos, "the llmos kernel in-process: all N spawned at once, stepped until idle"),
+    "llmos_int8": System(run_llmos_int8, "the llmos kernel in-process on the model's int8 copy (--quantize int8)"),
     "llmos_daemon": System(run_daemon, "llmosd through gRPC and the asyncio SDK (with --via-daemon)"),
+    "llmos_http": System(run_http, "llmosd through its OpenAI-compatible HTTP API, streaming (with --via-http)"),
     "hf_generate": System(run_hf_generate, "transformers generate(), one request at a time"),
     "hf_static_batch": System(run_hf_static_batch, "transformers generate() on a left-padded batch of N"),
     "hf_generate_batch": System(run_hf_generate_batch, "transformers generate_batch() (continuous batching)"),
 }
+
+
+VIA = {"via_daemon": "llmos_daemon", "via_http": "llmos_http"}  # flag -> the system it adds
 
 
 def median_run(name: str, bench: Bench, n: int, new_tokens: int, tick: Tick, repeat: int) -> RunResult:
@@ -208,7 +222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--concurrency", default="1,4,16,32", help="comma-separated process counts")
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "llmos_daemon"),
+    ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if s not in VIA.values()),
                     help=f"subset of {','.join(SYSTEMS)}")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--store", type=Path, default=default_store(), help="model store dir (default: %(default)s)")
@@ -220,13 +234,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per cell; the median by tok/s is reported")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--via-daemon", action="store_true", help="add llmos_daemon rows: the same work through llmosd")
+    ap.add_argument("--via-http", action="store_true", help="add llmos_http rows: the same work through llmosd's HTTP API")
     args = ap.parse_args(argv)
     if args.quick:
         args.concurrency, args.new_tokens, args.memory_new_tokens = "1,4", 16, 4
     args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c]
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
-    if args.via_daemon and "llmos_daemon" not in args.systems:
-        args.systems.insert(1 if "llmos" in args.systems else 0, "llmos_daemon")
+    for flag, system in VIA.items():
+        if getattr(args, flag) and system not in args.systems:
+            args.systems.insert(1 if "llmos" in args.systems else 0, system)
     unknown = [s for s in args.systems if s not in SYSTEMS]
     if unknown:
         ap.error(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")

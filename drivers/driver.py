@@ -57,6 +57,10 @@ class DeviceInfo:
     threads: int | None = None
 
 
+QUANT_MODES = ("none", "int8")
+PPL_TOLERANCE = 1.03  # a quantized model's perplexity may exceed its original's by 3% at most
+
+
 @dataclass
 class ModelInfo:
     """What the kernel needs to know about a loaded model."""
@@ -71,6 +75,9 @@ class ModelInfo:
     dtype: str
     num_parameters: int
     weight_bytes: int
+    quantize: str = "none"
+    # Perplexity on a fixed probe text, quantized over full precision (0: not measured).
+    ppl_ratio: float = 0.0
 
     def kv_bytes_per_page(self, page_size: int, dtype_bytes: int) -> int:
         return 2 * self.num_layers * page_size * self.kv_heads * self.head_dim * dtype_bytes
@@ -83,7 +90,7 @@ class Driver(Protocol):
 
     def describe(self) -> DeviceInfo: ...
 
-    def load(self, name: str, path: str, dtype: str) -> ModelInfo: ...
+    def load(self, name: str, path: str, dtype: str, quantize: str = "none") -> ModelInfo: ...
 
     def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int: ...
 

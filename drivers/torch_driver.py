@@ -1,10 +1,12 @@
 """TorchDriver: what the CPU and CUDA drivers share, a transformers model run by torch."""
 from __future__ import annotations
 
-import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+import dataclasses
 
-from llmos.drivers import attention
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from llmos.drivers import attention, probe, quant
 from llmos.drivers.driver import DeviceInfo, ModelInfo, StepInput
 from llmos.drivers.runner import ModelRunner
 
@@ -25,12 +27,27 @@ class TorchDriver:
     def describe(self) -> DeviceInfo:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def load(self, name: str, path: str, dtype: str = "float32") -> ModelInfo:
-        """Load weights from a local transformers directory."""
+    def load(self, name: str, path: str, dtype: str = "float32", quantize: str = "none") -> ModelInfo:
+        """Load weights from a local transformers directory, quantizing them if asked."""
         if dtype not in DTYPES:
             raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation=attention.ATTN_NAME)
-        return self.adopt(name, model)
+        quantize = quant.check_mode(quantize)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        if quantize == "none":
+            return self.adopt(name, model)
+        nparams = sum(p.numel() for p in model.parameters())
+        ratio = self._quantize(model, path, quantize)
+        return dataclasses.replace(self.adopt(name, model), quantize=quantize, ppl_ratio=ratio, num_parameters=nparams)
+
+    @staticmethod
+    def _quantize(model: PreTrainedModel, path: str, mode: str) -> float:
+        """Quantize in place, calibrated on one fixed text; the perplexity ratio on another."""
+        quant.check_model(model, mode)
+        tok = AutoTokenizer.from_pretrained(path)
+        ids = tok(probe.PROBE_TEXT)["input_ids"]
+        before = probe.perplexity(model, ids)
+        quant.quantize_model(model, mode, calibration=tok(probe.CALIBRATION_TEXT)["input_ids"])
+        return probe.perplexity(model, ids) / before
 
     def adopt(self, name: str, model: PreTrainedModel) -> ModelInfo:
         """Take an already-built model (on any device) and serve it under `name`."""
@@ -45,7 +62,7 @@ class TorchDriver:
             num_layers=runner.num_layers, kv_heads=runner.kv_heads, head_dim=runner.head_dim,
             vocab_size=cfg.vocab_size, max_context=int(getattr(cfg, "max_position_embeddings", 2048)),
             dtype=str(runner.dtype).removeprefix("torch."), num_parameters=nparams,
-            weight_bytes=sum(p.numel() * p.element_size() for p in model.parameters()))
+            weight_bytes=quant.model_bytes(model))
 
     def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int:
         return self.runners[name].alloc_kv(num_pages, page_size, swap_pages)

@@ -20,6 +20,16 @@ class ResourceExhausted(KernelError):
     code = "resource_exhausted"
 
 
+class Overloaded(ResourceExhausted):
+    """The daemon as a whole is full (its process table), not the caller over a limit: retry later."""
+
+
+class PermissionDenied(KernelError):
+    """The caller may not do this (an admin-only syscall, another user's name)."""
+
+    code = "permission_denied"
+
+
 class FailedPrecondition(KernelError):
     code = "failed_precondition"
 

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 
 from llmos.drivers.driver import Driver, SamplingParams, SeqSlice, StepInput
 from llmos.kernel import loader
-from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from llmos.kernel.errors import (FailedPrecondition, InvalidArgument, KernelError, NotFound, Overloaded,
+                                  ResourceExhausted)
 from llmos.kernel.memory import MemInfo
 from llmos.kernel.models import ModelStore
 from llmos.kernel.proc import Limits, Process, Signal, State, StopRules
+from llmos.kernel.quota import QuotaKeeper, Quotas
 from llmos.kernel.sched import SchedConfig
 from llmos.kernel.text import Detokenizer
 
@@ -30,6 +32,8 @@ class KernelConfig:
     max_procs: int = 4096
     keep_exited: int = 1024        # finished processes kept readable before the oldest are reaped
     dmesg_lines: int = 2000
+    quantize: str = "none"         # weights of models loaded without a mode of their own
+    quotas: Quotas = field(default_factory=Quotas)  # per-user limits (kernel/quota.py)
 
 
 class Kernel:
@@ -47,26 +51,37 @@ class Kernel:
         self._exited: collections.deque[int] = collections.deque()
         self._next_pid = 1
         self.steps = 0
+        self.quota = QuotaKeeper(self.config.quotas)
 
     # --- logging ---------------------------------------------------------------------------
     def log(self, msg: str, level: str = "info") -> None:
         self.ring.append((time.time(), level, msg))
 
     # --- models ----------------------------------------------------------------------------
-    def load_model(self, ref: str, name: str | None = None, dtype: str = "float32") -> loader.LoadedModel:
-        prep = self.prepare_model(ref, name, dtype)
+    def load_model(self, ref: str, name: str | None = None, dtype: str = "float32",
+                   quantize: str | None = None) -> loader.LoadedModel:
+        prep = self.prepare_model(ref, name, dtype, quantize)
         return prep if isinstance(prep, loader.LoadedModel) else self.install_model(prep)
 
-    def prepare_model(self, ref: str, name: str | None = None,
-                      dtype: str = "float32") -> "loader.Prepared | loader.LoadedModel":
-        """The slow half of a load (convert, read weights); callable from any thread.
+    def prepare_model(self, ref: str, name: str | None = None, dtype: str = "float32",
+                      quantize: str | None = None) -> "loader.Prepared | loader.LoadedModel":
+        """The slow half of a load (convert, read weights, quantize); callable from any thread.
         Returns the loaded model itself when the name is already serving."""
         if self.store is None:
             raise FailedPrecondition("this kernel has no model store to load from")
-        name = name or loader.default_name(ref)
-        if name in self.models:
-            return self.models[name]
-        return loader.prepare(self, ref, name, dtype)
+        quantize = loader.check_quantize(self.config.quantize if quantize is None else quantize)
+        try:
+            name = name or loader.default_name(ref, quantize)
+            if name in self.models:
+                return self.models[name]
+            return loader.prepare(self, ref, name, dtype, quantize)
+        except KernelError:
+            raise
+        except Exception as e:  # noqa: BLE001 - unreadable: a corrupt config, weights or tokenizer, a bad path
+            if name and name not in self.models:
+                self.driver.unload(name)  # the weights it read before failing
+            raise InvalidArgument(f"cannot load the model {ref[:200]!r}: {type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:500]}") from None
 
     def install_model(self, prep: loader.Prepared) -> loader.LoadedModel:
         """The quick half: a KV pool and a scheduler for a prepared model."""
@@ -158,15 +173,25 @@ class Kernel:
             new = m.codec.user_turn(text, after_eos=p.tokens[-1] in m.codec.eos)
         else:  # the first turn of a process that started waiting for input
             new = m.codec.encode_chat(p.preamble + [{"role": "user", "content": text}])
-            p.usage.prompt_tokens = len(new)
         if len(p.tokens) + len(new) + 1 > m.info.max_context:
             raise ResourceExhausted(f"pid {pid}: the conversation would exceed the context window "
                                     f"({len(p.tokens) + len(new)} of {m.info.max_context} tokens)")
+        pool = m.memory.pool  # a process larger than the whole pool could never run: it would preempt itself forever
+        need = -(-min(len(p.tokens) + len(new) + p.stop.max_tokens, m.info.max_context) // pool.page_size)
+        if need > pool.num_pages:
+            raise ResourceExhausted(f"pid {pid}: the conversation and its answer need up to {need} KV pages, "
+                                    f"but the pool holds only {pool.num_pages} pages of {pool.page_size} tokens")
+        self.quota.check_write(self, p, len(new), time.monotonic())
+        self._feed(p, new)
+        self._notify({pid})
+
+    def _feed(self, p: Process, new: list[int]) -> None:
+        if not p.tokens:
+            p.usage.prompt_tokens = len(new)
         p.tokens += new
         p.turn_tokens = 0
         p.turn_text_start = len(p.stdout)
         p.state = State.READY
-        self._notify({pid})
 
     def signal(self, pid: int, sig: Signal | str) -> Process:
         p = self._proc(pid)
@@ -196,7 +221,33 @@ class Kernel:
         return p
 
     def has_work(self) -> bool:
-        return any(p.runnable and p.owed > 0 for p in self.procs.values())
+        now = time.monotonic()  # work held back by its owner's tokens-per-minute quota waits
+        return any(p.runnable and p.owed > 0 and not self.quota.throttled(p.owner, now) for p in self.procs.values())
+
+    # --- recovery: kernel/journal.py rebuilds processes after a crash through these ------------------
+    def restore(self, p: Process) -> None:
+        """Put a journaled process back under its own pid; new pids continue above it."""
+        if p.pid in self.procs:
+            raise FailedPrecondition(f"pid {p.pid} is already in the process table")
+        self.procs[p.pid] = p
+        self.reserve_pids(p.pid + 1)
+
+    def reserve_pids(self, next_pid: int) -> None:
+        """New pids start at next_pid or above (pids of reaped processes are never reused)."""
+        self._next_pid = max(self._next_pid, next_pid)
+
+    def replay(self, p: Process, tokens: list[int], generated: bool) -> None:
+        """Re-append journaled tokens: input (a user turn), or generated output, whose text,
+        stop strings and turn ends then come out exactly as they did the first time."""
+        if not generated:
+            return self._feed(p, tokens)
+        m = self._model(p.model)
+        for t in tokens:
+            self._emit(m, p, t)
+
+    def end(self, p: Process, state: State, reason: str) -> None:
+        """End a restored process as its journal says it ended (a signal, a limit, an error)."""
+        self._exit(p, state, reason)
 
     # --- the step loop ---------------------------------------------------------------------------
     def step(self) -> int:
@@ -225,7 +276,7 @@ class Kernel:
         live = [p for p in self.procs.values() if p.model == m.name and not p.state.done]
         if not live:
             return 0
-        plan = m.scheduler.schedule(live, now)
+        plan = m.scheduler.schedule(live, now, self.quota.allowance(live, now))
         for p in plan.over_quota:
             self._exit(p, State.KILLED, f"limit: KV pages over max_pages={p.limits.max_pages}")
             changed.add(p.pid)
@@ -249,6 +300,7 @@ class Kernel:
             p.last_run = now
             m.memory.publish(p.pid, p.tokens, p.num_computed)
             m.scheduler.account(p.owner, n)
+            self.quota.charge(p.owner, n, now)
             if p.state == State.RUNNING:
                 p.state = State.READY
             if p.pid in sampled:
@@ -325,7 +377,7 @@ class Kernel:
     def _admit(self, p: Process, state: State = State.NEW) -> Process:
         live = sum(1 for q in self.procs.values() if not q.state.done)
         if live >= self.config.max_procs:
-            raise ResourceExhausted(f"process table full: {live} live processes (max_procs={self.config.max_procs})")
+            raise Overloaded(f"process table full: {live} live processes (max_procs={self.config.max_procs})")
         p.pid = self._next_pid
         self._next_pid += 1
         p.usage.prompt_tokens = len(p.tokens)
@@ -338,6 +390,7 @@ class Kernel:
 
     def _check_spawn(self, m: loader.LoadedModel, p: Process) -> None:
         loader.check_request(m, p, self.config)
+        self.quota.check_admit(self, p, time.monotonic())
 
     def _notify(self, pids: set[int]) -> None:
         for fn in self.listeners:
@@ -346,7 +399,9 @@ class Kernel:
     def _model(self, name: str) -> loader.LoadedModel:
         if name not in self.models:
             loaded = ", ".join(sorted(self.models)) or "none"
-            raise NotFound(f"model {name!r} is not loaded (loaded: {loaded})")
+            base, _, mode = name.rpartition(":")
+            hint = f"; load it with `llmos load {base} --quantize {mode}`" if base and mode in loader.QUANT_MODES else ""
+            raise NotFound(f"model {name!r} is not loaded (loaded: {loaded}){hint}")
         return self.models[name]
 
     def _proc(self, pid: int) -> Process:

@@ -8,7 +8,7 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from llmos.drivers.driver import ModelInfo
+from llmos.drivers.driver import PPL_TOLERANCE, QUANT_MODES, ModelInfo
 from llmos.kernel.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from llmos.kernel.memory import MemoryManager
 from llmos.kernel.models import ModelNotFound, ModelUnavailable
@@ -36,12 +36,25 @@ class LoadedModel:
     kv_bytes: int = 0
 
 
-def default_name(ref: str) -> str:
-    """A model's name when none is given: a path's last component, else the reference itself."""
+def default_name(ref: str, quantize: str = "none") -> str:
+    """A model's name when none is given: a path's last component, else the reference itself;
+    a quantized copy is a separate model named with its mode, e.g. `smollm2-135m:int8`."""
     path = Path(ref).expanduser()
     if ref.startswith((".", "/", "~")) or path.exists():
-        return path.stem if path.suffix == ".gguf" else path.name
-    return ref
+        ref = path.stem if path.suffix == ".gguf" else path.name
+    return variant_name(ref, quantize)
+
+
+def variant_name(model: str, quantize: str = "none") -> str:
+    """The name under which `model` quantized with `quantize` is served."""
+    return model if quantize in ("", "none") else f"{model}:{quantize}"
+
+
+def check_quantize(mode: str) -> str:
+    mode = (mode or "none").lower()
+    if mode not in QUANT_MODES:
+        raise InvalidArgument(f"unknown quantization mode {mode!r}; supported: {', '.join(QUANT_MODES)}")
+    return mode
 
 
 @dataclass
@@ -56,7 +69,7 @@ class Prepared:
     seconds: float
 
 
-def prepare(kernel: "Kernel", ref: str, name: str, dtype: str) -> Prepared:
+def prepare(kernel: "Kernel", ref: str, name: str, dtype: str, quantize: str = "none") -> Prepared:
     """Resolve, convert if needed, and load weights. Safe off the kernel thread: it touches
     only the model store and the driver's loading, never the process table."""
     from transformers import AutoTokenizer, GenerationConfig
@@ -68,7 +81,10 @@ def prepare(kernel: "Kernel", ref: str, name: str, dtype: str) -> Prepared:
     except ModelUnavailable as e:
         raise Unavailable(str(e)) from None
     t0 = time.monotonic()
-    info = kernel.driver.load(name, str(path), dtype)
+    try:
+        info = kernel.driver.load(name, str(path), dtype, quantize)
+    except ValueError as e:  # an unsupported dtype, or layers that cannot be quantized
+        raise InvalidArgument(f"cannot load {ref}: {e}") from None
     tok = AutoTokenizer.from_pretrained(str(path))
     try:
         eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
@@ -80,8 +96,15 @@ def prepare(kernel: "Kernel", ref: str, name: str, dtype: str) -> Prepared:
 def install(kernel: "Kernel", prep: Prepared) -> LoadedModel:
     """Give a prepared model its KV pool and scheduler (on the kernel thread)."""
     m = _install(kernel, prep.name, prep.info, prep.tokenizer, prep.eos, source=prep.source)
+    info = prep.info
+    mode = "" if info.quantize == "none" else f", {info.quantize} weights"
     kernel.log(f"loaded model {prep.name} from {prep.source} in {prep.seconds:.1f}s "
-               f"({prep.info.num_parameters / 1e6:.1f}M parameters, {m.memory.pool.num_pages} KV pages)")
+               f"({info.num_parameters / 1e6:.1f}M parameters{mode}, {m.memory.pool.num_pages} KV pages)")
+    if info.ppl_ratio > PPL_TOLERANCE:
+        kernel.log(f"warning: {prep.name}'s perplexity on the probe text is {info.ppl_ratio:.3f}x the unquantized "
+                   f"model's, above the {PPL_TOLERANCE:.2f}x tolerance: expect worse output", "warning")
+    elif info.ppl_ratio:
+        kernel.log(f"{prep.name}: perplexity {info.ppl_ratio:.3f}x the unquantized model's on the probe text")
     return m
 
 

@@ -80,9 +80,11 @@ class Scheduler:
             key = lambda p: (self.owner_usage.get(p.owner, 0.0), aged(p), p.created, p.pid)  # noqa: E731
         return sorted(procs, key=key)
 
-    def schedule(self, procs: list[Process], now: float | None = None) -> Schedule:
+    def schedule(self, procs: list[Process], now: float | None = None,
+                 allowance: dict[str, int] | None = None) -> Schedule:
         """Decide this step. `procs` is every live process; those that hold pages but
-        cannot run (blocked, stopped) are the first to give pages back under pressure."""
+        cannot run (blocked, stopped) are the first to give pages back under pressure.
+        `allowance` caps the tokens of rate-limited owners (kernel/quota.py); it is spent here."""
         now = time.monotonic() if now is None else now
         mem, out = self.memory, Schedule()
         ready = self.order([p for p in procs if p.runnable and p.owed > 0], now)
@@ -96,6 +98,9 @@ class Scheduler:
         for i, p in enumerate(ready):
             if budget == 0 or seats == 0:
                 break
+            cap = budget if allowance is None else min(budget, allowance.get(p.owner, budget))
+            if cap <= 0:
+                continue  # its owner has computed their tokens for this minute
             resident = p.pid in mem.tables
             fresh = not resident and not mem.is_swapped(p.pid)
             if not resident and not admitting:
@@ -106,7 +111,7 @@ class Scheduler:
             if not self._make_resident(p, victims, out):
                 admitting = False  # head-of-line: later arrivals wait behind this one
                 continue
-            n = min(p.owed, budget)
+            n = min(p.owed, cap)
             if p.limits.max_pages is not None:
                 total = -(-(p.num_computed + n) // mem.page_size)
                 if total > p.limits.max_pages:
@@ -121,6 +126,8 @@ class Scheduler:
                 admitting = admitting and resident
                 continue
             out.runs.append((p, n))
+            if allowance is not None and p.owner in allowance:
+                allowance[p.owner] -= n
             if p.owed > 1:  # filling prompt pages that the prefix cache does not hold yet
                 inflight.update(mem.unpublished_hashes(p.pid, p.tokens))
             budget -= n

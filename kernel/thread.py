@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -76,7 +77,7 @@ class KernelThread:
         while True:
             with self._cond:
                 while not self._calls and not self._stopping and not k.has_work():
-                    if not self._cond.wait(LIMIT_TICK_S if self._has_wall_limits() else None):
+                    if not self._cond.wait(LIMIT_TICK_S if self._needs_tick() else None):
                         break  # timed out: run a step so wall-time limits are checked
                 calls, self._calls = self._calls, collections.deque()
                 stopping = self._stopping
@@ -102,6 +103,11 @@ class KernelThread:
             for p in list(k.procs.values()):
                 if p.runnable and p.owed > 0:
                     k.signal(p.pid, Signal.KILL)
+
+    def _needs_tick(self) -> bool:
+        """Whether time alone can change something: a wall-time limit, or a tokens-per-minute quota."""
+        k = self.kernel
+        return self._has_wall_limits() or k.quota.holds_back(k.procs.values(), time.monotonic())
 
     def _has_wall_limits(self) -> bool:
         return any(p.limits.max_wall_s is not None and not p.state.done for p in self.kernel.procs.values())

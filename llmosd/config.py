@@ -15,6 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmos.drivers.driver import QUANT_MODES
+from llmos.userconf import parse_mode, parse_users
+
 DEFAULT_MODEL = "smollm2-135m"
 SOCKET_NAME = "llmosd.sock"
 POLICIES = ("fcfs", "priority", "fair")
@@ -92,11 +95,14 @@ class Config:
     state_dir: Path = dataclasses.field(default_factory=default_state_dir)
     socket: Path | None = None      # default: <state_dir>/llmosd.sock
     listen: str | None = None       # also serve TCP on HOST:PORT
+    http: str | None = None         # also serve the OpenAI-compatible HTTP API on HOST:PORT
+    metrics: str | None = None      # serve Prometheus metrics on HOST:PORT (and at /metrics on --http)
     store: Path | None = None       # model store; default: <state_dir>/models
     model: str = DEFAULT_MODEL      # loaded at start; "" or "none" for no model
     device: str = "auto"
     threads: int | None = None
     dtype: str = "float32"
+    quantize: str = "none"          # weights of the boot model and of loads that name no mode
     kv_memory: int = 1 << 30
     kv_pages: int | None = None
     page_size: int = 16
@@ -107,6 +113,13 @@ class Config:
     max_message: int = 16 << 20     # largest gRPC message accepted, bytes
     log_format: str = "text"
     log_level: str = "info"
+    socket_mode: int = 0o600        # 0666 lets every local user in, each as their own uid
+    tls_cert: Path | None = None    # PEM certificate and key: TLS on the TCP listener
+    tls_key: Path | None = None
+    quota_procs: int | None = None  # per-user defaults; None = unlimited
+    quota_pages: int | None = None
+    quota_tokens_per_min: int | None = None
+    users: dict[str, dict[str, int | None]] = dataclasses.field(default_factory=dict)  # [users.NAME] in TOML
 
     @property
     def socket_path(self) -> Path:
@@ -122,11 +135,15 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "state_dir": (_path, "state directory (socket, history, model store)"),
     "socket": (_path, "unix socket to listen on (default <state-dir>/llmosd.sock)"),
     "listen": (str, "also listen on TCP HOST:PORT, e.g. 127.0.0.1:7070"),
+    "http": (str, "also serve the OpenAI-compatible HTTP API on HOST:PORT, e.g. 127.0.0.1:8000 (port 0: any)"),
+    "metrics": (str, "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9100 (port 0: any); "
+                      "also at /metrics on --http"),
     "store": (_path, "model store directory (default <state-dir>/models)"),
     "model": (str, f"model loaded at start (default {DEFAULT_MODEL}; 'none' for none)"),
     "device": (_device, "auto, cpu or cuda:N"),
     "threads": (_positive(int), "CPU threads for the driver"),
     "dtype": (_choice("float32", "bfloat16", "float16"), "weights dtype"),
+    "quantize": (_choice(*QUANT_MODES), "quantize weights (the boot model's and default loads'): none or int8"),
     "kv_memory": (_positive(parse_size), "KV pool size per model, e.g. 1GiB"),
     "kv_pages": (_positive(int), "KV pool size in pages (overrides --kv-memory)"),
     "page_size": (_positive(int), "tokens per KV page"),
@@ -137,6 +154,12 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_message": (_positive(parse_size), "largest gRPC message accepted"),
     "log_format": (_choice("text", "json"), "log lines as key=value text or JSON"),
     "log_level": (_choice("debug", "info", "warning", "error"), "least level logged"),
+    "socket_mode": (parse_mode, "the unix socket's mode (default 0600: its owner only; 0666: every local user)"),
+    "tls_cert": (_path, "PEM certificate for TLS on the --listen port (with --tls-key)"),
+    "tls_key": (_path, "PEM private key of --tls-cert"),
+    "quota_procs": (_positive(int), "most live processes per user (default unlimited)"),
+    "quota_pages": (_positive(int), "most KV pages reserved per user (default unlimited)"),
+    "quota_tokens_per_min": (_positive(int), "most tokens computed per user per minute (default unlimited)"),
 }
 
 
@@ -161,6 +184,7 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             data = tomllib.loads(Path(file).expanduser().read_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise ConfigError(f"config file {file}: {e}") from None
+        users = data.pop("users", None)
         for key, v in data.items():
             name = key.replace("-", "_")
             if name not in FIELDS:
@@ -177,8 +201,19 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             setattr(cfg, name, FIELDS[name][0](v))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{origin}: {e}") from None
+    if file is not None and users is not None:
+        try:
+            cfg.users = parse_users(users, f"config file {file}")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+    if cfg.tls_cert is not None and not cfg.listen:
+        raise ConfigError("--tls-cert secures the --listen port: give --listen HOST:PORT too")
     if cfg.model.lower() == "none":
         cfg.model = ""
-    if cfg.listen and not re.fullmatch(r"[\w.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", cfg.listen):
-        raise ConfigError(f"--listen: {cfg.listen!r} is not HOST:PORT")
+    for name in ("listen", "http", "metrics"):
+        value = getattr(cfg, name)
+        if value and not re.fullmatch(r"[\w.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", value):
+            raise ConfigError(f"--{name}: {value!r} is not HOST:PORT")
     return cfg

@@ -43,9 +43,13 @@ class Daemon:
 
     def boot(self):
         """Open the device, make the kernel, load the default model."""
+        import sqlite3
+
         from llmos.drivers import open_driver
+        from llmos.journal import JournalCorrupt, attach as attach_journal
         from llmos.kernel import Kernel, KernelConfig, KernelError, SchedConfig
         from llmos.kernel.models import ModelStore
+        from llmos.accounts import admin_names, quotas
 
         from transformers.utils import logging as hf_logging
 
@@ -56,7 +60,7 @@ class Daemon:
         except (ValueError, RuntimeError) as e:
             raise BootError(f"device {cfg.device}: {e}") from None
         kcfg = KernelConfig(page_size=cfg.page_size, kv_memory=cfg.kv_memory, kv_pages=cfg.kv_pages,
-                            max_procs=cfg.max_procs,
+                            max_procs=cfg.max_procs, quantize=cfg.quantize, quotas=quotas(cfg, admin_names()),
                             sched=SchedConfig(policy=cfg.policy, token_budget=cfg.token_budget))
         kernel = Kernel(driver, kcfg, ModelStore(cfg.store_path))
         d = driver.describe()
@@ -70,6 +74,10 @@ class Daemon:
             self.model_name = m.name
             self.log.info("model loaded", extra={"fields": {"model": m.name, "s": round(time.monotonic() - t0, 1),
                                                              "kv_pages": m.memory.pool.num_pages}})
+        try:  # after the default model: the processes it serves resume
+            self.journal = attach_journal(kernel, cfg.state_dir / "journal.db")
+        except (OSError, sqlite3.Error, JournalCorrupt) as e:
+            raise BootError(f"cannot open the journal {cfg.state_dir / 'journal.db'}: {e}") from None
         return kernel
 
     async def serve(self) -> int:
@@ -78,64 +86,96 @@ class Daemon:
         from grpc_health.v1._async import HealthServicer
         from grpc_reflection.v1alpha import reflection
 
+        from llmos.accounts import Accounts
+        from llmos.kernel.stats import TokenMeter
         from llmos.kernel.thread import KernelThread, in_fresh_thread
         from llmos.syscalls.mirror import ProcMirror
+        from llmos.syscalls.malformed import MalformedInterceptor
         from llmos.syscalls.server import SyscallServer
         from llmos.syscalls.v1 import syscalls_pb2, syscalls_pb2_grpc
 
         cfg, loop = self.cfg, asyncio.get_running_loop()
         path = cfg.socket_path
         _prepare_socket(cfg.state_dir, path)
+        try:
+            accounts = Accounts(cfg)
+        except Exception as e:  # noqa: BLE001 - the token database or the private socket dir
+            raise BootError(f"cannot set up users and tokens in {cfg.state_dir}: {e}") from None
         self.model_name = ""
         kernel = await asyncio.wrap_future(in_fresh_thread(self.boot))
         kt = KernelThread(kernel, on_log=_kernel_log)
         mirror = ProcMirror(kernel, loop)
         kernel.listeners.append(mirror.listener)
+        meter = TokenMeter(kernel)
+        kernel.listeners.append(meter.listener)
         kt.start()
-        servicer = SyscallServer(kt, mirror, on_shutdown=lambda grace: loop.call_soon(self.request_stop, grace))
+        servicer = SyscallServer(kt, mirror, on_shutdown=lambda grace: loop.call_soon(self.request_stop, grace),
+                                 tokens=accounts.tokens, meter=meter)
         opts = [("grpc.max_receive_message_length", cfg.max_message), ("grpc.max_send_message_length", 64 << 20)]
-        server = grpc.aio.server(options=opts)
+        server = grpc.aio.server(options=opts, interceptors=[accounts.interceptor, MalformedInterceptor()])
         syscalls_pb2_grpc.add_SyscallsServicer_to_server(servicer, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
         reflection.enable_server_reflection([syscalls_pb2.DESCRIPTOR.services_by_name["Syscalls"].full_name,
                                              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                              reflection.SERVICE_NAME], server)
-        old = os.umask(0o177)  # the socket is born 0600: only its owner may talk to the kernel
-        try:
-            server.add_insecure_port(f"unix:{path}")
-        finally:
-            os.umask(old)
-        targets = [f"unix:{path}"]
-        if cfg.listen:
-            try:
-                bound = server.add_insecure_port(cfg.listen)
-            except RuntimeError as e:
-                raise BootError(f"cannot listen on {cfg.listen}: {e}") from None
-            if bound == 0:
-                raise BootError(f"cannot listen on {cfg.listen}")
-            targets.append(cfg.listen)
+        try:  # the unix socket is a relay that knows each peer's uid (llmosd/relay.py)
+            targets = accounts.add_ports(server)
+        except RuntimeError as e:
+            raise BootError(str(e)) from None
+        exporter, metrics_url = self._start_metrics(kt, meter) if cfg.metrics else (None, "")
+        gateway = await self._start_http(servicer, targets, accounts, exporter) if cfg.http else None
         await server.start()
-        os.chmod(path, 0o600)
+        await accounts.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         for name in ("", SERVICE):
             await health.set(name, health_pb2.HealthCheckResponse.SERVING)
         model = f"model {self.model_name}" if self.model_name else "no model loaded"
-        print(f"llmosd: serving on {', '.join(targets)} ({model})", flush=True)
+        metrics = f"; metrics at {metrics_url}" if metrics_url else ""
+        print(f"llmosd: serving on {', '.join(targets)} ({model}){metrics}", flush=True)
         self.log.info("serving", extra={"fields": {"socket": str(path), "listen": cfg.listen or "",
-                                                   "model": self.model_name}})
+                                                   "model": self.model_name, "metrics": metrics_url}})
         await self.stopping.wait()
 
         servicer.accepting = False
         await health.enter_graceful_shutdown()
         await self._drain(kt)
+        if gateway is not None:
+            await gateway.stop()
+        if exporter is not None:
+            await asyncio.to_thread(exporter.stop)
         await server.stop(grace=2.0)
+        await accounts.close()
         kt.stop()
+        self.journal.close()
         kernel.driver.release()
         path.unlink(missing_ok=True)
         self.log.info("stopped")
         return 0
+
+    async def _start_http(self, servicer, targets: list[str], accounts, exporter=None):
+        """The OpenAI-compatible HTTP gateway (syscalls/http.py) on --http, on this event loop.
+        Every request needs a bearer token (accounts.http_user), as gRPC over TCP does."""
+        from llmos.syscalls.http import HttpGateway
+
+        gateway = HttpGateway(servicer, authenticate=accounts.http_user, max_body=self.cfg.max_message,
+                              metrics=exporter.page if exporter is not None else None)
+        try:
+            targets.append(await gateway.start(self.cfg.http))
+        except OSError as e:
+            raise BootError(f"cannot serve HTTP on {self.cfg.http}: {e}") from None
+        return gateway
+
+    def _start_metrics(self, kt, meter):
+        """Prometheus metrics (llmosd/metrics.py) on --metrics; returns the exporter and its URL."""
+        from llmos.metrics import MetricsExporter
+
+        exporter = MetricsExporter(kt, meter)
+        try:
+            return exporter, exporter.start(self.cfg.metrics)
+        except OSError as e:
+            raise BootError(f"cannot serve metrics on {self.cfg.metrics}: {e}") from None
 
     async def _drain(self, kt) -> None:
         """Let running processes finish within the grace period, then end the rest."""

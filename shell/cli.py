@@ -11,6 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from llmos.shell import accounts
 from llmos.syscalls.messages import DaemonNotRunning, SyscallError
 
 
@@ -42,6 +43,9 @@ def build_parser() -> Parser:
     ap = Parser(prog="llmos", description="The llmos shell. With no command, an interactive prompt.")
     ap.add_argument("--socket", "-S", default=None, help="daemon address: a unix socket path or HOST:PORT "
                                                            "(default $LLMOS_SOCKET, else the default socket)")
+    ap.add_argument("--token", default=None, help="bearer token for a daemon over TCP (default $LLMOS_TOKEN)")
+    ap.add_argument("--ca", default=None, metavar="FILE", help="CA certificate for a daemon over TLS "
+                                                          "(default $LLMOS_TLS_CA)")
     sub = ap.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("run", help="run a prompt and stream its output")
@@ -65,9 +69,10 @@ def build_parser() -> Parser:
         if name == "ps":
             p.add_argument("--live", action="store_true", help="leave out exited and killed processes")
 
-    p = sub.add_parser("top", help="a live view of processes and memory")
-    p.add_argument("--delay", "-d", type=float, default=1.0)
-    p.add_argument("--iterations", "-i", type=int, default=0, help="frames to show (0 = until Ctrl-C)")
+    p = sub.add_parser("top", help="a live view of tokens/s, queue, processes, memory and devices")
+    p.add_argument("--delay", "-d", type=float, default=1.0, help="seconds between frames")
+    p.add_argument("--iterations", "-i", "-n", type=int, default=0, help="frames to show (0 = until Ctrl-C)")
+    p.add_argument("--once", action="store_true", help="one frame, then exit (as -n 1)")
 
     p = sub.add_parser("kill", help="send a signal (default TERM)")
     p.add_argument("pid", type=int)
@@ -89,6 +94,8 @@ def build_parser() -> Parser:
     p.add_argument("model", help="a built-in name, a directory, a .gguf file or a hub id")
     p.add_argument("--name", default=None)
     p.add_argument("--dtype", default=None)
+    p.add_argument("--quantize", default=None, metavar="MODE",
+                   help="none or int8: int8 loads a quantized copy, served as MODEL:int8")
     p = sub.add_parser("unload", help="unload a model")
     p.add_argument("name")
     p = sub.add_parser("dmesg", help="the kernel log")
@@ -96,6 +103,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("shutdown", help="stop the daemon")
     p.add_argument("--grace", type=float, default=None)
+    accounts.add_parsers(sub, Parser)
     return ap
 
 
@@ -110,7 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(f"llmos: error: {e}", file=sys.stderr)
         return 2
-    client = Client(args.socket)
+    try:
+        client = Client(args.socket, token=args.token, ca=args.ca)
+    except SyscallError as e:
+        print(f"llmos: error: {e}", file=sys.stderr)
+        return 2
     try:
         if args.cmd is None:
             from llmos.shell.repl import repl

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from collections.abc import Callable
 from typing import TextIO
 
 from rich.console import Console
-from rich.live import Live
 
-from llmos.shell import render
+from llmos.drivers.driver import PPL_TOLERANCE
+from llmos.shell import accounts, render, top
 from llmos.syscalls.client import Client
 
 
@@ -135,27 +134,6 @@ def ps(sh: Shell, a: argparse.Namespace) -> int:
     return 0
 
 
-def top(sh: Shell, a: argparse.Namespace) -> int:
-    def frame(prev: tuple[float, int] | None) -> tuple:
-        procs, pools = sh.c.ps(), sh.c.meminfo()
-        gen = sum(p.usage.generated_tokens for p in procs)
-        now = time.monotonic()
-        rate = (gen - prev[1]) / (now - prev[0]) if prev and now > prev[0] and gen >= prev[1] else None
-        return render.top_view(procs, pools, rate), (now, gen)
-    view, prev = frame(None)
-    n = 0
-    try:
-        with Live(view, console=sh.console, auto_refresh=False, transient=False) as live:
-            while a.iterations == 0 or n < a.iterations - 1:
-                time.sleep(a.delay)
-                view, prev = frame(prev)
-                live.update(view, refresh=True)
-                n += 1
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
 def signal(sig: str | None) -> Callable[[Shell, argparse.Namespace], int]:
     def send(sh: Shell, a: argparse.Namespace) -> int:
         p = sh.c.kill(a.pid, sig or a.signal)
@@ -203,9 +181,13 @@ def models(sh: Shell, a: argparse.Namespace) -> int:
 
 
 def load(sh: Shell, a: argparse.Namespace) -> int:
-    m = sh.c.load(a.model, name=a.name or "", dtype=a.dtype or "")
+    m = sh.c.load(a.model, name=a.name or "", dtype=a.dtype or "", quantize=a.quantize or "")
+    quality = f", perplexity {m.ppl_ratio:.3f}x unquantized" if m.ppl_ratio else ""
     sh.out.write(f"loaded {m.name} ({m.architecture}, {m.num_parameters / 1e6:.1f}M parameters, "
-                 f"{m.kv_pages} KV pages)\n")
+                 f"{render.size(m.weight_bytes)} of {m.quantize if m.quantize != 'none' else m.dtype} weights"
+                 f"{quality}, {m.kv_pages} KV pages)\n")
+    if m.ppl_ratio > PPL_TOLERANCE:
+        sh.say(f"warning: {m.name} is outside the {PPL_TOLERANCE:.2f}x perplexity tolerance: expect worse output")
     return 0
 
 
@@ -226,7 +208,7 @@ def shutdown(sh: Shell, a: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[Shell, argparse.Namespace], int]] = {
-    "run": run, "chat": chat, "ps": ps, "top": top, "kill": signal(None), "stop": signal("STOP"),
+    "run": run, "chat": chat, "ps": ps, "top": top.run, "kill": signal(None), "stop": signal("STOP"),
     "cont": signal("CONT"), "fork": fork, "wait": wait, "attach": attach, "free": free, "lsdev": lsdev,
-    "models": models, "load": load, "unload": unload, "dmesg": dmesg, "shutdown": shutdown,
+    "models": models, "load": load, "unload": unload, "dmesg": dmesg, "shutdown": shutdown, **accounts.COMMANDS,
 }

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -78,15 +77,16 @@ def devices_table(devices: Sequence[pb.Device]) -> Table:
 
 def models_table(resp: pb.ModelsResponse) -> Table:
     t = Table(box=None, header_style="bold")
-    for col in ("NAME", "ARCH", "PARAMS", "DTYPE", "CONTEXT", "KV PAGES", "PROCS", "SOURCE"):
+    for col in ("NAME", "ARCH", "PARAMS", "WEIGHTS", "SIZE", "CONTEXT", "KV PAGES", "PROCS", "SOURCE"):
         t.add_column(col)
     loaded = {m.name for m in resp.loaded}
     for m in resp.loaded:
-        t.add_row(m.name, m.architecture, f"{m.num_parameters / 1e6:.1f}M", m.dtype, str(m.max_context),
-                  str(m.kv_pages), str(m.live_procs), m.source)
+        weights = m.dtype if m.quantize in ("", "none") else m.quantize
+        t.add_row(m.name, m.architecture, f"{m.num_parameters / 1e6:.1f}M", weights, size(m.weight_bytes),
+                  str(m.max_context), str(m.kv_pages), str(m.live_procs), m.source)
     for name in resp.stored:
         if name not in loaded:
-            t.add_row(Text(name, style="dim"), Text("(in the store, not loaded)", style="dim"), "", "", "", "", "", "")
+            t.add_row(Text(name, style="dim"), Text("(in the store, not loaded)", style="dim"), *[""] * 7)
     return t
 
 
@@ -98,12 +98,3 @@ def dmesg_text(lines: Sequence[pb.LogLine]) -> Text:
         out.append(f"{ln.level:<5} ", style="red" if ln.level == "error" else "yellow" if ln.level == "warning" else "")
         out.append(ln.msg + "\n")
     return out
-
-
-def top_view(procs: Sequence[pb.ProcInfo], pools: Sequence[pb.PoolInfo], tok_s: float | None) -> Group:
-    live = sum(1 for p in procs if p.state not in ("exited", "killed"))
-    head = Text.assemble(("llmos top", "bold"), f" - {time.strftime('%H:%M:%S')}  {live} live, {len(procs)} total",
-                         f"  {tok_s:.1f} tok/s" if tok_s is not None else "")
-    mem = Text("  ".join(f"{p.model}: {p.used}/{p.total} pages used, {p.swapped} swapped" for p in pools))
-    shown = sorted(procs, key=lambda p: (p.state in ("exited", "killed"), -p.pid))[:40]
-    return Group(head, mem, Text(""), ps_table(shown))

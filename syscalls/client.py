@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from llmos.syscalls import channel
 from llmos.syscalls import messages as m
 from llmos.syscalls.messages import Chunk, DaemonNotRunning, Result, SyscallError
 from llmos.syscalls.v1 import syscalls_pb2 as pb
@@ -23,10 +24,13 @@ __all__ = ["Client", "AsyncClient", "Model", "load_model", "SyscallError", "Daem
 class Client:
     """Blocking client of one llmosd. Methods raise SyscallError (DaemonNotRunning if none answers)."""
 
-    def __init__(self, target: str | os.PathLike | None = None, timeout: float | None = None) -> None:
+    def __init__(self, target: str | os.PathLike | None = None, timeout: float | None = None,
+                 token: str | None = None, ca: str | os.PathLike | None = None) -> None:
+        """token: a bearer token (TCP default $LLMOS_TOKEN); ca: a CA file for TLS (TCP default $LLMOS_TLS_CA)."""
         self.target = m.resolve_target(target)
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(self.target, options=m.CHANNEL_OPTIONS)
+        self._metadata = channel.metadata(channel.token_for(self.target, token))
+        self._channel = channel.open_channel(self.target, channel.ca_for(self.target, ca), m.CHANNEL_OPTIONS)
         self._stub = pb_grpc.SyscallsStub(self._channel)
 
     def __enter__(self) -> "Client":
@@ -40,7 +44,7 @@ class Client:
 
     def _call(self, rpc: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return getattr(self._stub, rpc)(request, timeout=timeout or self.timeout)
+            return getattr(self._stub, rpc)(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise m.error(e, self.target) from None
 
@@ -52,7 +56,7 @@ class Client:
 
     def read(self, pid: int, offset: int = 0, until: str = "exit") -> Iterator[Chunk]:
         """Stream output from `offset` until the process exits (until="turn": or blocks; "now": at once)."""
-        call = self._stub.Read(pb.ReadRequest(pid=pid, offset=offset, until=m.until(until)))
+        call = self._stub.Read(pb.ReadRequest(pid=pid, offset=offset, until=m.until(until)), metadata=self._metadata)
         try:
             for r in call:
                 yield m.chunk(r)
@@ -93,11 +97,17 @@ class Client:
     def devices(self) -> list[pb.Device]:
         return list(self._call("Devices", pb.DevicesRequest()).devices)
 
+    def stats(self) -> pb.StatsResponse:
+        """Daemon-wide figures: tokens generated and their rate, queue depth, processes by state, pages, devices."""
+        return self._call("Stats", pb.StatsRequest())
+
     def models(self) -> pb.ModelsResponse:
         return self._call("Models", pb.ModelsRequest())
 
-    def load(self, model: str, name: str = "", dtype: str = "") -> pb.ModelInfo:
-        return self._call("LoadModel", pb.LoadModelRequest(model=model, name=name, dtype=dtype)).model
+    def load(self, model: str, name: str = "", dtype: str = "", quantize: str = "") -> pb.ModelInfo:
+        """Load a model; quantize="int8" loads a quantized copy, served as MODEL:int8."""
+        req = pb.LoadModelRequest(model=model, name=name, dtype=dtype, quantize=quantize)
+        return self._call("LoadModel", req).model
 
     def unload(self, name: str) -> None:
         self._call("UnloadModel", pb.UnloadModelRequest(name=name))
@@ -107,6 +117,22 @@ class Client:
 
     def shutdown(self, grace: float | None = None) -> None:
         self._call("Shutdown", pb.ShutdownRequest(grace_s=grace))
+
+    # --- users and tokens ------------------------------------------------------------------
+    def whoami(self) -> pb.WhoamiResponse:
+        """Who the daemon takes this client for, with its quota and usage."""
+        return self._call("Whoami", pb.WhoamiRequest())
+
+    def create_token(self, name: str, user: str = "", admin: bool = False) -> tuple[pb.TokenInfo, str]:
+        """A new bearer token (admin only); returns it and its secret, which is shown only now."""
+        r = self._call("CreateToken", pb.CreateTokenRequest(name=name, user=user, admin=admin))
+        return r.token, r.secret
+
+    def tokens(self) -> list[pb.TokenInfo]:
+        return list(self._call("ListTokens", pb.ListTokensRequest()).tokens)
+
+    def revoke_token(self, name_or_id: str) -> pb.TokenInfo:
+        return self._call("RevokeToken", pb.RevokeTokenRequest(token=name_or_id)).token
 
     # --- conveniences ----------------------------------------------------------------------
     def generate(self, model: str, prompt: str, **kw: Any) -> str:
@@ -121,10 +147,12 @@ class Client:
 class AsyncClient:
     """The asyncio twin of Client: the same methods, awaited."""
 
-    def __init__(self, target: str | os.PathLike | None = None, timeout: float | None = None) -> None:
+    def __init__(self, target: str | os.PathLike | None = None, timeout: float | None = None,
+                 token: str | None = None, ca: str | os.PathLike | None = None) -> None:
         self.target = m.resolve_target(target)
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(self.target, options=m.CHANNEL_OPTIONS)
+        self._metadata = channel.metadata(channel.token_for(self.target, token))
+        self._channel = channel.open_aio_channel(self.target, channel.ca_for(self.target, ca), m.CHANNEL_OPTIONS)
         self._stub = pb_grpc.SyscallsStub(self._channel)
 
     async def __aenter__(self) -> "AsyncClient":
@@ -138,7 +166,7 @@ class AsyncClient:
 
     async def _call(self, rpc: str, request: Any, timeout: float | None = None) -> Any:
         try:
-            return await getattr(self._stub, rpc)(request, timeout=timeout or self.timeout)
+            return await getattr(self._stub, rpc)(request, timeout=timeout or self.timeout, metadata=self._metadata)
         except grpc.RpcError as e:
             raise m.error(e, self.target) from None
 
@@ -147,7 +175,7 @@ class AsyncClient:
         return (await self._call("Spawn", m.spawn_request(model, prompt, messages, **kw))).pid
 
     async def read(self, pid: int, offset: int = 0, until: str = "exit") -> AsyncIterator[Chunk]:
-        call = self._stub.Read(pb.ReadRequest(pid=pid, offset=offset, until=m.until(until)))
+        call = self._stub.Read(pb.ReadRequest(pid=pid, offset=offset, until=m.until(until)), metadata=self._metadata)
         try:
             async for r in call:
                 yield m.chunk(r)
@@ -185,11 +213,15 @@ class AsyncClient:
     async def devices(self) -> list[pb.Device]:
         return list((await self._call("Devices", pb.DevicesRequest())).devices)
 
+    async def stats(self) -> pb.StatsResponse:
+        return await self._call("Stats", pb.StatsRequest())
+
     async def models(self) -> pb.ModelsResponse:
         return await self._call("Models", pb.ModelsRequest())
 
-    async def load(self, model: str, name: str = "", dtype: str = "") -> pb.ModelInfo:
-        return (await self._call("LoadModel", pb.LoadModelRequest(model=model, name=name, dtype=dtype))).model
+    async def load(self, model: str, name: str = "", dtype: str = "", quantize: str = "") -> pb.ModelInfo:
+        req = pb.LoadModelRequest(model=model, name=name, dtype=dtype, quantize=quantize)
+        return (await self._call("LoadModel", req)).model
 
     async def unload(self, name: str) -> None:
         await self._call("UnloadModel", pb.UnloadModelRequest(name=name))
@@ -199,6 +231,19 @@ class AsyncClient:
 
     async def shutdown(self, grace: float | None = None) -> None:
         await self._call("Shutdown", pb.ShutdownRequest(grace_s=grace))
+
+    async def whoami(self) -> pb.WhoamiResponse:
+        return await self._call("Whoami", pb.WhoamiRequest())
+
+    async def create_token(self, name: str, user: str = "", admin: bool = False) -> tuple[pb.TokenInfo, str]:
+        r = await self._call("CreateToken", pb.CreateTokenRequest(name=name, user=user, admin=admin))
+        return r.token, r.secret
+
+    async def tokens(self) -> list[pb.TokenInfo]:
+        return list((await self._call("ListTokens", pb.ListTokensRequest())).tokens)
+
+    async def revoke_token(self, name_or_id: str) -> pb.TokenInfo:
+        return (await self._call("RevokeToken", pb.RevokeTokenRequest(token=name_or_id))).token
 
     async def generate(self, model: str, prompt: str, **kw: Any) -> str:
         return (await self.wait(await self.spawn(model, prompt, **kw))).output

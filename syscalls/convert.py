@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmos.drivers.driver import DeviceInfo, SamplingParams
 from llmos.kernel.errors import InvalidArgument
+from llmos.kernel.loader import variant_name
 from llmos.kernel.proc import Limits, Process, StopRules
 from llmos.syscalls.v1 import syscalls_pb2 as pb
 
@@ -31,7 +32,7 @@ def spawn_args(req: pb.SpawnRequest) -> dict[str, Any]:
     stop = StopRules(stop=list(req.stop), ignore_eos=req.ignore_eos)
     if req.HasField("max_tokens"):
         stop.max_tokens = req.max_tokens
-    return dict(model=req.model,
+    return dict(model=variant_name(req.model, req.quantize),
                 prompt=req.prompt if req.HasField("prompt") else None,
                 messages=[{"role": m.role, "content": m.content} for m in req.messages] or None,
                 tokens=list(req.tokens) or None,
@@ -70,4 +71,5 @@ def model_info(m: "LoadedModel", live_procs: int) -> pb.ModelInfo:
     return pb.ModelInfo(name=m.name, architecture=i.architecture, source=m.source, num_layers=i.num_layers,
                         vocab_size=i.vocab_size, max_context=i.max_context, dtype=i.dtype,
                         num_parameters=i.num_parameters, weight_bytes=i.weight_bytes, kv_bytes=m.kv_bytes,
-                        kv_pages=m.memory.pool.num_pages, live_procs=live_procs, loaded_at=m.loaded_at)
+                        kv_pages=m.memory.pool.num_pages, live_procs=live_procs, loaded_at=m.loaded_at,
+                        quantize=i.quantize, ppl_ratio=i.ppl_ratio)

@@ -109,13 +109,13 @@ def spawn_request(model: str, prompt: str | None = None, messages: Sequence[dict
                   temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                   seed: int | None = None, stop: Sequence[str] = (), ignore_eos: bool = False, priority: int = 0,
                   max_pages: int | None = None, max_wall_s: float | None = None, interactive: bool = False,
-                  owner: str = "") -> pb.SpawnRequest:
+                  owner: str = "", quantize: str = "") -> pb.SpawnRequest:
     return pb.SpawnRequest(
         model=model, prompt=prompt, tokens=list(tokens or ()),
         messages=[pb.ChatMessage(role=m.get("role", ""), content=m.get("content", "")) for m in messages or ()],
         sampling=sampling(temperature, top_k, top_p, seed), max_tokens=max_tokens, stop=list(stop),
         ignore_eos=ignore_eos, priority=priority, limits=pb.Limits(max_pages=max_pages, max_wall_s=max_wall_s),
-        interactive=interactive, owner=owner)
+        interactive=interactive, owner=owner, quantize=quantize)
 
 
 def fork_request(pid: int, text: str | None = None, max_tokens: int | None = None, temperature: float | None = None,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +30,7 @@ class Snap:
     stable: int  # output before this offset will never change
     state: State
     reason: str
+    owner: str = ""  # who may see it (kernel/cred.py)
 
     def ended(self, turn: bool) -> bool:
         """Whether a reader or waiter stops here: at exit, or also at a turn's end."""
@@ -44,7 +45,7 @@ def snapshot(p: Process) -> Snap:
         # may already be in the text: hold back what a stop string could still begin with.
         hold = max(len(s) for s in p.stop.stop) - 1
         stable = max(p.turn_text_start, stable - hold)
-    return Snap(p.pid, p.stdout, stable, p.state, p.reason)
+    return Snap(p.pid, p.stdout, stable, p.state, p.reason, p.owner)
 
 
 class ProcMirror:
@@ -99,3 +100,22 @@ class ProcMirror:
             if pred(snap):
                 return snap
             await self.changed(pid)
+
+    async def follow(self, pid: int, offset: int = 0, turn: bool = False,
+                     now: bool = False) -> AsyncIterator[tuple[str, int, Snap]]:
+        """Stream pid's output from offset as (new text, its end offset, snapshot), until the
+        process ends (or, with turn, its turn ends; with now, at once). The last item always
+        carries the ending snapshot, with or without text."""
+        seen = None
+        while True:
+            # Updates land while the consumer is suspended at `yield`: compare with the last
+            # snapshot handled, not with the last wake-up, so none is missed.
+            snap = await self.until(pid, lambda s: s is not seen)
+            seen = snap
+            end = max(offset, snap.stable)
+            done = now or snap.ended(turn)
+            if done or end > offset:
+                yield snap.stdout[offset:end], end, snap
+                offset = end
+            if done:
+                return

@@ -21,7 +21,7 @@ from llmos.kernel.kernel import Kernel
 from llmos.kernel.loader import LoadedModel
 from llmos.kernel.proc import State
 from llmos.kernel.thread import KernelThread, in_fresh_thread
-from llmos.syscalls import convert
+from llmos.syscalls import convert, stats, users
 from llmos.syscalls.mirror import ProcMirror, snapshot
 from llmos.syscalls.v1 import syscalls_pb2 as pb
 from llmos.syscalls.v1 import syscalls_pb2_grpc as pb_grpc
@@ -31,7 +31,8 @@ log = logging.getLogger("llmos.syscalls")
 
 STATUS = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
           "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
-          "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION, "unavailable": grpc.StatusCode.UNAVAILABLE}
+          "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION, "unavailable": grpc.StatusCode.UNAVAILABLE,
+          "permission_denied": grpc.StatusCode.PERMISSION_DENIED, "unauthenticated": grpc.StatusCode.UNAUTHENTICATED}
 SIGNALS = "TERM, KILL, STOP or CONT"
 
 
@@ -69,25 +70,32 @@ class SyscallServer(pb_grpc.SyscallsServicer):
     """One handler per syscall of protos/llmos/v1/syscalls.proto."""
 
     def __init__(self, kthread: KernelThread, mirror: ProcMirror,
-                 on_shutdown: Callable[[float | None], None] = lambda grace: None) -> None:
+                 on_shutdown: Callable[[float | None], None] = lambda grace: None, tokens=None,
+                 meter=None) -> None:
         self.kt = kthread
+        self.meter = meter  # llmos.kernel.stats.TokenMeter, for the Stats syscall
+        self.tokens = tokens  # llmos.tokens.TokenStore, for the token syscalls
         self.mirror = mirror
         self.on_shutdown = on_shutdown
         self.accepting = True
         self._pipes: set[asyncio.Task] = set()
 
-    async def _k(self, fn: Callable[[Kernel], T]) -> T:
+    # The kernel path, shared with the HTTP gateway (syscalls/http.py).
+    async def call(self, fn: Callable[[Kernel], T]) -> T:
+        """Run fn(kernel) on the kernel thread and await its result, never blocking the loop."""
         try:
             fut = self.kt.submit(fn)
         except RuntimeError:
             raise Unavailable("llmosd is shutting down: its kernel has stopped") from None
         return await asyncio.wrap_future(fut)
 
-    def _check_accepting(self) -> None:
+    def check_accepting(self) -> None:
+        """Unavailable once shutdown has begun: no new processes."""
         if not self.accepting:
             raise Unavailable("llmosd is shutting down and takes no new work")
 
-    async def _snap(self, pid: int):
+    async def snap(self, pid: int):
+        """pid's snapshot in the mirror, fetched from the kernel if the mirror has none yet."""
         if pid not in self.mirror.snaps:
             snap = await self._k(lambda k: snapshot(k.procs[pid]) if pid in k.procs else None)
             if snap is None:
@@ -95,11 +103,14 @@ class SyscallServer(pb_grpc.SyscallsServicer):
             self.mirror.snaps.setdefault(pid, snap)
         return self.mirror.get(pid)
 
+    _k, _check_accepting, _snap = call, check_accepting, snap
+
     # --- processes -----------------------------------------------------------------------------
     @syscall
     async def Spawn(self, req: pb.SpawnRequest, context) -> pb.SpawnResponse:
         self._check_accepting()
         args = convert.spawn_args(req)
+        args["owner"] = users.cred().owner_for(req.owner)
         p = await self._k(lambda k: k.spawn(**args))
         return pb.SpawnResponse(pid=p.pid)
 
@@ -107,27 +118,18 @@ class SyscallServer(pb_grpc.SyscallsServicer):
     async def Read(self, req: pb.ReadRequest, context):
         if req.offset < 0:
             raise InvalidArgument(f"offset must be 0 or more, got {req.offset}")
+        await users.check_visible(self, req.pid)
         snap = await self._snap(req.pid)
         if req.offset > len(snap.stdout) and snap.state.done:
             raise InvalidArgument(f"offset {req.offset} is past the end of pid {req.pid}'s output "
                                   f"({len(snap.stdout)} characters)")
-        offset, turn, seen = req.offset, req.until == pb.TURN, None
-        while True:
-            # Updates land while this handler is suspended at `yield`: compare with the last
-            # snapshot handled, not with the last wake-up, so none is missed.
-            snap = await self.mirror.until(req.pid, lambda s: s is not seen)
-            seen = snap
-            end = max(offset, snap.stable)
-            done = req.until == pb.NOW or snap.ended(turn)
-            if done or end > offset:
-                yield pb.ReadResponse(text=snap.stdout[offset:end], offset=end, state=snap.state.value,
-                                      reason=snap.reason)
-                offset = end
-            if done:
-                return
+        async for text, end, snap in self.mirror.follow(req.pid, req.offset, turn=req.until == pb.TURN,
+                                                        now=req.until == pb.NOW):
+            yield pb.ReadResponse(text=text, offset=end, state=snap.state.value, reason=snap.reason)
 
     @syscall
     async def Write(self, req: pb.WriteRequest, context) -> pb.WriteResponse:
+        await users.check_visible(self, req.pid)
         def write(k: Kernel) -> int:
             k.write(req.pid, req.text)
             return k.procs[req.pid].turn_text_start
@@ -135,6 +137,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
 
     @syscall
     async def Wait(self, req: pb.WaitRequest, context) -> pb.WaitResponse:
+        await users.check_visible(self, req.pid)
         await self._snap(req.pid)
         await self.mirror.until(req.pid, lambda s: s.ended(req.until == pb.TURN))
 
@@ -153,11 +156,13 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         if req.signal not in pb.Signal.values():
             raise InvalidArgument(f"unknown signal {req.signal}; use {SIGNALS}")
         sig = pb.Signal.Name(req.signal)
+        await users.check_visible(self, req.pid)
         return pb.KillResponse(proc=await self._k(lambda k: convert.proc_info(k.signal(req.pid, sig))))
 
     @syscall
     async def Fork(self, req: pb.ForkRequest, context) -> pb.ForkResponse:
         self._check_accepting()
+        await users.check_visible(self, req.pid)
         sampling = convert.sampling(req.sampling) if req.HasField("sampling") else None
         text = req.text if req.HasField("text") else None
         max_tokens = req.max_tokens if req.HasField("max_tokens") else None
@@ -166,6 +171,8 @@ class SyscallServer(pb_grpc.SyscallsServicer):
 
     @syscall
     async def Pipe(self, req: pb.PipeRequest, context) -> pb.PipeResponse:
+        if req.src != req.dst:
+            await users.check_visible(self, req.src, req.dst)
         def check(k: Kernel) -> None:
             if req.src == req.dst:
                 raise InvalidArgument("a process cannot be piped into itself")
@@ -211,16 +218,19 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         if bad:
             raise InvalidArgument(f"unknown state {sorted(bad)[0]!r}; states are "
                                   f"{', '.join(s.value for s in State)}")
+        cred = users.cred()
 
         def ps(k: Kernel) -> list[pb.ProcInfo]:
             now = time.monotonic()
             return [convert.proc_info(p, now) for p in k.procs.values()
                     if (not req.model or p.model == req.model) and (not states or p.state.value in states)
-                    and (not req.owner or p.owner == req.owner) and not (req.live_only and p.state.done)]
+                    and (not req.owner or p.owner == req.owner) and not (req.live_only and p.state.done)
+                    and cred.sees(p.owner)]
         return pb.PsResponse(procs=await self._k(ps))
 
     @syscall
     async def Stat(self, req: pb.StatRequest, context) -> pb.StatResponse:
+        await users.check_visible(self, req.pid)
         def stat(k: Kernel) -> pb.ProcInfo:
             if req.pid not in k.procs:
                 raise NotFound(f"no process with pid {req.pid}")
@@ -249,23 +259,26 @@ class SyscallServer(pb_grpc.SyscallsServicer):
 
     @syscall
     async def LoadModel(self, req: pb.LoadModelRequest, context) -> pb.LoadModelResponse:
+        users.cred().check_admin("load models")
         self._check_accepting()
         # Converting and reading weights takes seconds and needs no process state: do it on a
         # worker thread so the kernel keeps stepping; only the install runs on the kernel thread.
         kernel = self.kt.kernel
         prep = await asyncio.wrap_future(in_fresh_thread(
-            lambda: kernel.prepare_model(req.model, req.name or None, req.dtype or "float32")))
+            lambda: kernel.prepare_model(req.model, req.name or None, req.dtype or "float32", req.quantize or None)))
         m = await self._k(lambda k: prep if isinstance(prep, LoadedModel) else k.install_model(prep))
         live = await self._k(lambda k: sum(1 for p in k.procs.values() if p.model == m.name and not p.state.done))
         return pb.LoadModelResponse(model=convert.model_info(m, live))
 
     @syscall
     async def UnloadModel(self, req: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
+        users.cred().check_admin("unload models")
         await self._k(lambda k: k.unload_model(req.name))
         return pb.UnloadModelResponse()
 
     @syscall
     async def Dmesg(self, req: pb.DmesgRequest, context) -> pb.DmesgResponse:
+        users.cred().check_admin("read the kernel log (it names every user's processes)")
         if req.limit < 0:
             raise InvalidArgument(f"limit must be 0 (all) or positive, got {req.limit}")
         lines = [pb.LogLine(time=t, level=lv, msg=m) for t, lv, m in await self._k(lambda k: list(k.ring))
@@ -274,8 +287,15 @@ class SyscallServer(pb_grpc.SyscallsServicer):
 
     @syscall
     async def Shutdown(self, req: pb.ShutdownRequest, context) -> pb.ShutdownResponse:
+        users.cred().check_admin("shut the daemon down")
         if req.HasField("grace_s") and not req.grace_s >= 0:
             raise InvalidArgument(f"grace_s must be 0 or more, got {req.grace_s}")
         self.on_shutdown(req.grace_s if req.HasField("grace_s") else None)
         return pb.ShutdownResponse()
 
+    # --- users and tokens (syscalls/users.py) ------------------------------------------------------
+    Whoami = syscall(users.whoami)
+    CreateToken = syscall(users.create_token)
+    ListTokens = syscall(users.list_tokens)
+    RevokeToken = syscall(users.revoke_token)
+    Stats = syscall(stats.stats)

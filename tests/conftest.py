@@ -40,8 +40,11 @@ def make_kernel(tokenizer):
     from llmos.kernel import Kernel, KernelConfig, SchedConfig
 
     def make(family="llama", pages=64, page_size=4, budget=64, swap=None, preempt="swap", policy="fcfs",
-             dtype=torch.float32, **over):
+             dtype=torch.float32, quantize=None, **over):
         model = tiny_model(family, dtype=dtype, **over)
+        if quantize:  # the reference is then transformers' generate() on the same quantized model
+            from llmos.drivers.quant import quantize_model
+            quantize_model(model, quantize, calibration=list(range(3, 200)))
         ref = Reference(model)
         cfg = KernelConfig(page_size=page_size, kv_pages=pages, swap_pages=swap,
                            sched=SchedConfig(policy=policy, token_budget=budget, preempt=preempt))

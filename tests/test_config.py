@@ -27,6 +27,8 @@ def test_file_then_env_then_flags(tmp_path):
 @pytest.mark.parametrize("argv, needle", [
     (["--device", "tpu"], "--device"), (["--kv-memory", "lots"], "--kv-memory"), (["--threads", "0"], "--threads"),
     (["--policy", "random"], "--policy"), (["--listen", "nowhere"], "--listen"), (["--grace", "-1"], "--grace"),
+    (["--http", "nowhere"], "--http"),
+    (["--metrics", "nowhere"], "--metrics"),
 ])
 def test_bad_values_name_their_origin(argv, needle, tmp_path):
     with pytest.raises(config.ConfigError, match=needle):

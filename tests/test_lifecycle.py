@@ -23,7 +23,9 @@ def test_sigterm_lets_running_processes_finish(tmp_path, tiny_model_dir):
     second = subprocess.run([sys.executable, "-m", "llmos.main", "--state-dir", str(tmp_path / "a"), "--model",
                              "none"], capture_output=True, text=True, timeout=60)
     assert second.returncode == 1 and "already serving" in second.stderr
-    with Client(f"127.0.0.1:{port}") as c:  # over TCP
+    with d.client() as admin:  # TCP needs a bearer token; the owner makes one over the unix socket
+        token = admin.create_token("lifecycle")[1]
+    with Client(f"127.0.0.1:{port}", token=token) as c:  # over TCP
         pid = c.spawn("tiny-llama", "Hello", max_tokens=400, ignore_eos=True)
         got: list = []
         reader = threading.Thread(target=lambda: got.extend(c.read(pid)))

@@ -21,5 +21,6 @@ def test_stubs_import_under_the_llmos_namespace():
     assert service.full_name == "llmos.v1.Syscalls"
     assert {m.name for m in service.methods} == {
         "Spawn", "Read", "Write", "Wait", "Kill", "Fork", "Pipe", "Ps", "Stat", "MemInfo", "Devices", "Models",
-        "LoadModel", "UnloadModel", "Dmesg", "Shutdown"}
+        "LoadModel", "UnloadModel", "Dmesg", "Shutdown", "Whoami", "CreateToken", "ListTokens", "RevokeToken",
+        "Stats"}
     assert hasattr(syscalls_pb2_grpc, "SyscallsStub")

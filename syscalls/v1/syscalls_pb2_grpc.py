@@ -114,6 +114,31 @@ class SyscallsStub:
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.ShutdownRequest.SerializeToString,
                 response_deserializer=llmos_dot_v1_dot_syscalls__pb2.ShutdownResponse.FromString,
                 _registered_method=True)
+        self.Whoami = channel.unary_unary(
+                '/llmos.v1.Syscalls/Whoami',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.WhoamiRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.WhoamiResponse.FromString,
+                _registered_method=True)
+        self.CreateToken = channel.unary_unary(
+                '/llmos.v1.Syscalls/CreateToken',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.CreateTokenRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.CreateTokenResponse.FromString,
+                _registered_method=True)
+        self.ListTokens = channel.unary_unary(
+                '/llmos.v1.Syscalls/ListTokens',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.ListTokensRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.ListTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeToken = channel.unary_unary(
+                '/llmos.v1.Syscalls/RevokeToken',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.RevokeTokenRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.RevokeTokenResponse.FromString,
+                _registered_method=True)
+        self.Stats = channel.unary_unary(
+                '/llmos.v1.Syscalls/Stats',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.StatsRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.StatsResponse.FromString,
+                _registered_method=True)
 
 
 class SyscallsServicer:
@@ -230,6 +255,40 @@ class SyscallsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Whoami(self, request, context):
+        """Who the caller is (the unix peer's uid, or a token), with their quota and usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateToken(self, request, context):
+        """Bearer tokens for clients over TCP (admin only). A token's secret is shown once, at creation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeToken(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Stats(self, request, context):
+        """Daemon-wide figures, as the Prometheus metrics export them: tokens generated and their
+        recent rate, queue depth, processes by state, KV pages and devices. Aggregates only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SyscallsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -312,6 +371,31 @@ def add_SyscallsServicer_to_server(servicer, server):
                     servicer.Shutdown,
                     request_deserializer=llmos_dot_v1_dot_syscalls__pb2.ShutdownRequest.FromString,
                     response_serializer=llmos_dot_v1_dot_syscalls__pb2.ShutdownResponse.SerializeToString,
+            ),
+            'Whoami': grpc.unary_unary_rpc_method_handler(
+                    servicer.Whoami,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.WhoamiRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.WhoamiResponse.SerializeToString,
+            ),
+            'CreateToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateToken,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.CreateTokenRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.CreateTokenResponse.SerializeToString,
+            ),
+            'ListTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTokens,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.ListTokensRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.ListTokensResponse.SerializeToString,
+            ),
+            'RevokeToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeToken,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.RevokeTokenRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.RevokeTokenResponse.SerializeToString,
+            ),
+            'Stats': grpc.unary_unary_rpc_method_handler(
+                    servicer.Stats,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.StatsRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.StatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -746,6 +830,141 @@ class Syscalls:
             '/llmos.v1.Syscalls/Shutdown',
             llmos_dot_v1_dot_syscalls__pb2.ShutdownRequest.SerializeToString,
             llmos_dot_v1_dot_syscalls__pb2.ShutdownResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Whoami(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/Whoami',
+            llmos_dot_v1_dot_syscalls__pb2.WhoamiRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.WhoamiResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/CreateToken',
+            llmos_dot_v1_dot_syscalls__pb2.CreateTokenRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.CreateTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/ListTokens',
+            llmos_dot_v1_dot_syscalls__pb2.ListTokensRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.ListTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/RevokeToken',
+            llmos_dot_v1_dot_syscalls__pb2.RevokeTokenRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.RevokeTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Stats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/Stats',
+            llmos_dot_v1_dot_syscalls__pb2.StatsRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.StatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,245 @@
+"""Quantized weights: int8 Linear layers that keep batching exact.
+
+Weights are int8, symmetric, one scale per output channel. Activations are quantized on the
+fly, one scale per token (row). The product runs as an integer GEMM (`torch._int_mm`, oneDNN
+with VNNI on x86) that accumulates exactly in int32, and every float step is per row, so a
+token's output never depends on the other rows in its batch. That is why llmos does not use
+`quantize_dynamic` (fbgemm): it quantizes a whole batch with one activation scale, so one
+process's tokens would change with who else shares its step.
+
+Projections that read the same input (q/k/v, gate/up) are fused into one GEMM. Per-row and
+per-channel scales make the fused product bit-identical to the separate ones.
+
+Given calibration text, each group is smoothed first (SmoothQuant: activation outlier
+channels are scaled down and the weights' matching columns up), which brings the default
+model's perplexity from ~6% above fp32 to ~2%.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llmos.drivers.driver import QUANT_MODES as MODES
+
+# Sibling projections that attention and MLP blocks feed with one tensor.
+FUSE = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
+
+
+class QuantizeError(ValueError):
+    """A model or mode that cannot be quantized; the message names what is unsupported."""
+
+
+def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 weights [in, out] (ready for `_int_mm`) and one float32 scale per output channel."""
+    w = w.detach().float()
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
+    q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.t().contiguous(), scale
+
+
+def int8_matmul(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                smooth: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] (float) times int8 weights, with x quantized per row. Every op counts at
+    batch 1 (each is a dispatch), so conversions that would do nothing are skipped."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.dtype != torch.float32:
+        rows = rows.float()
+    if smooth is not None:
+        rows = rows * smooth
+    sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(127)  # (vector_norm(inf) is slower)
+    xq = torch.div(rows, sx).round_().to(torch.int8)
+    y = torch._int_mm(xq, weight_t).mul(sx).mul_(scale)
+    if bias is not None:
+        y.add_(bias)
+    if x.dtype != torch.float32:
+        y = y.to(x.dtype)
+    return y.view(*x.shape[:-1], weight_t.shape[1])
+
+
+class Int8Group(nn.Module):
+    """One int8 GEMM for several projections of the same input; each member reads its columns.
+
+    The first member called with a tensor computes every member's output; the others take
+    their slices of it. The output is dropped once each member has read it.
+    """
+
+    def __init__(self, linears: list[nn.Linear], act_max: torch.Tensor | None = None, alpha: float = 0.5) -> None:
+        super().__init__()
+        weight = torch.cat([lin.weight for lin in linears]).detach().float()
+        smooth = None
+        if act_max is not None:
+            # SmoothQuant: divide activation channels by s and multiply weight columns by it, so
+            # outlier channels stop stretching every token's quantization step.
+            w_max = weight.abs().amax(dim=0).clamp_min(1e-5)
+            s = (act_max.float().clamp_min(1e-5) ** alpha / w_max ** (1 - alpha)).clamp_min(1e-5)
+            weight, smooth = weight * s, 1 / s
+        weight_t, scale = quantize_weight(weight)
+        self.register_buffer("smooth", smooth)
+        self.register_buffer("weight_t", weight_t)
+        self.register_buffer("scale", scale)
+        biases = [lin.bias if lin.bias is not None else torch.zeros(lin.out_features) for lin in linears]
+        has_bias = any(lin.bias is not None for lin in linears)
+        self.register_buffer("bias", torch.cat(biases).detach().float() if has_bias else None)
+        self.size = len(linears)
+        self._input: weakref.ref | None = None
+        self._output: torch.Tensor | None = None
+        self._unread = 0
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        if self._input is None or self._input() is not x or self._unread == 0:
+            self._output = int8_matmul(x, self.weight_t, self.scale, self.bias, self.smooth)
+            self._input, self._unread = weakref.ref(x), self.size
+        out = self._output
+        self._unread -= 1
+        if self._unread == 0:
+            self._input = self._output = None
+        return out
+
+
+class Int8Linear(nn.Module):
+    """A Linear layer with int8 weights: columns [start, stop) of its group's fused product."""
+
+    def __init__(self, group: Int8Group, start: int, stop: int, in_features: int) -> None:
+        super().__init__()
+        self.group = group
+        self.start, self.stop = start, stop
+        self.in_features, self.out_features = in_features, stop - start
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.group.output(x)
+        return out if self.group.size == 1 else out[..., self.start:self.stop]
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+
+
+@dataclass
+class QuantReport:
+    """What quantization did to a model."""
+
+    mode: str
+    layers: int
+    groups: int
+    bytes_before: int
+    bytes_after: int
+
+
+def check_mode(mode: str) -> str:
+    mode = (mode or "none").lower()
+    if mode not in MODES:
+        raise QuantizeError(f"unknown quantization mode {mode!r}; supported: {', '.join(MODES)}")
+    return mode
+
+
+def check_model(model: nn.Module, mode: str) -> list[nn.Module]:
+    """The modules holding Linear layers to quantize; refuse models with other kinds."""
+    parents = [mod for mod in model.modules() if any(type(c) is nn.Linear for c in mod.children())]
+    others = sorted({type(m).__name__ for m in model.modules()
+                     if type(m) is not nn.Linear and ("Linear" in type(m).__name__ or "Conv1D" in type(m).__name__)})
+    if others or not parents:
+        raise QuantizeError(f"{type(model).__name__} cannot be quantized to {mode}: it uses "
+                            f"{', '.join(others) or 'no Linear'} layers; {mode} supports torch.nn.Linear only")
+    return parents
+
+
+def activation_ranges(model: nn.Module, ids: list[int]) -> dict[nn.Linear, torch.Tensor]:
+    """The largest |input| each Linear layer sees per channel, running the model on `ids`."""
+    ranges: dict[nn.Linear, torch.Tensor] = {}
+
+    def record(mod: nn.Module, args: tuple) -> None:
+        m = args[0].detach().reshape(-1, args[0].shape[-1]).abs().amax(dim=0).float()
+        ranges[mod] = torch.maximum(ranges[mod], m) if mod in ranges else m
+
+    hooks = [m.register_forward_pre_hook(record) for m in model.modules() if type(m) is nn.Linear]
+    try:
+        with torch.no_grad():
+            model(torch.tensor([ids], device=next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
+
+
+def quantize_model(model: nn.Module, mode: str, calibration: list[int] | None = None) -> QuantReport:
+    """Replace the model's Linear layers in place (all of them, the LM head included).
+    With calibration token ids, weights are smoothed against the activations they meet."""
+    mode = check_mode(mode)
+    before = model_bytes(model)
+    if mode == "none":
+        return QuantReport(mode, 0, 0, before, before)
+    parents = check_model(model, mode)
+    if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        model.config.tie_word_embeddings = False  # the LM head gets its own int8 copy
+    ranges = activation_ranges(model, calibration) if calibration else {}
+    layers = groups = 0
+    for parent in parents:
+        for names in _groups(parent):
+            linears = [getattr(parent, n) for n in names]
+            group = Int8Group(linears, ranges.get(linears[0]))
+            start = 0
+            for n, lin in zip(names, linears):
+                setattr(parent, n, Int8Linear(group, start, start + lin.out_features, lin.in_features))
+                start += lin.out_features
+            layers += len(names)
+            groups += 1
+    for layer in model.modules():
+        _fold_smoothing(layer)
+    return QuantReport(mode, layers, groups, before, model_bytes(model))
+
+
+def _fold_smoothing(layer: nn.Module) -> None:
+    """Move a decoder layer's smoothing divisions into the ops before them (the norms' weights,
+    the up projection's output scale), saving an elementwise op per GEMM. Only where the
+    layer has the Llama shape and the norm is checked to scale with its weight."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    pairs = [(getattr(layer, "input_layernorm", None), getattr(attn, "q_proj", None)),
+             (getattr(layer, "post_attention_layernorm", None), getattr(mlp, "gate_proj", None))]
+    for norm, proj in pairs:
+        if isinstance(proj, Int8Linear) and proj.group.smooth is not None and _scales_with_weight(norm):
+            with torch.no_grad():
+                norm.weight.mul_(proj.group.smooth.to(norm.weight.dtype))
+            proj.group.smooth = None
+    up, down = getattr(mlp, "up_proj", None), getattr(mlp, "down_proj", None)
+    if isinstance(up, Int8Linear) and isinstance(down, Int8Linear) and down.group.smooth is not None:
+        cols = slice(up.start, up.stop)
+        up.group.scale[cols] *= down.group.smooth  # silu(gate) * up is linear in up's outputs
+        if up.group.bias is not None:
+            up.group.bias[cols] *= down.group.smooth
+        down.group.smooth = None
+
+
+def _scales_with_weight(norm: nn.Module | None) -> bool:
+    w = getattr(norm, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dim() != 1:
+        return False
+    x, s = torch.randn(3, w.shape[0], dtype=w.dtype, device=w.device), torch.rand_like(w) + 0.5
+    with torch.no_grad():
+        want = norm(x) * s
+        saved = w.detach().clone()
+        w.mul_(s)
+        got = norm(x)
+        w.copy_(saved)
+    return torch.allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def _groups(parent: nn.Module) -> list[tuple[str, ...]]:
+    linear = {n for n, c in parent.named_children() if type(c) is nn.Linear}
+    out = []
+    for names in FUSE:
+        if set(names) <= linear and len({getattr(parent, n).in_features for n in names}) == 1:
+            out.append(names)
+            linear -= set(names)
+    return out + [(n,) for n in sorted(linear)]
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer, counted once even where shared."""
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total

@@ -1,0 +1,112 @@
+"""Prometheus metrics of one llmosd (`--metrics HOST:PORT`), in prometheus_client's exposition.
+
+A custom Collector takes a Stats snapshot (kernel/stats.py) on every scrape, on the kernel
+thread through KernelThread.call, and turns it into metric families. The registry is the
+daemon's own, never prometheus_client's global one. It is served on its own port by
+prometheus_client's HTTP server and, with --http too, at /metrics on the gateway.
+"""
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from llmos.kernel.stats import Stats, TokenMeter, take
+from llmos.kernel.thread import KernelThread
+
+SCRAPE_TIMEOUT_S = 10.0
+POOL_FIELDS = ("used", "free", "shared", "cached", "swapped")
+
+
+class StatsCollector(Collector):
+    """The metric families of a Stats snapshot, taken when Prometheus scrapes."""
+
+    def __init__(self, source: Callable[[], Stats]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        yield from families(self.source())
+
+
+def families(s: Stats) -> list[Metric]:
+    """Every llmos metric family of one snapshot."""
+    tokens = CounterMetricFamily("llmos_generated_tokens", "Tokens generated since llmosd started",
+                                 value=s.generated_tokens)
+    rate = GaugeMetricFamily("llmos_tokens_per_second",
+                             f"Tokens generated per second over the last {s.rate_window_s:g} s", value=s.tokens_per_s)
+    queue = GaugeMetricFamily("llmos_queue_depth", "Runnable processes holding no KV pages: not yet admitted, "
+                                                   "or swapped out", value=s.queue_depth)
+    uptime = GaugeMetricFamily("llmos_uptime_seconds", "Seconds since llmosd started", value=s.uptime_s)
+    procs = GaugeMetricFamily("llmos_processes", "Processes in the table, by state", labels=["state"])
+    for state, n in s.procs.items():
+        procs.add_metric([state], n)
+    return [tokens, rate, queue, uptime, procs, *_pool_families(s), *_device_families(s)]
+
+
+def _pool_families(s: Stats) -> list[Metric]:
+    capacity = GaugeMetricFamily("llmos_kv_pages_capacity", "KV pages in the model's pool", labels=["model"])
+    by_field = {f: GaugeMetricFamily(f"llmos_kv_pages_{f}", f"KV pages {f}, by model", labels=["model"])
+                for f in POOL_FIELDS}
+    for p in s.pools:
+        capacity.add_metric([p.model], p.mem.total)
+        for f, family in by_field.items():
+            family.add_metric([p.model], getattr(p.mem, f))
+    return [capacity, *by_field.values()]
+
+
+def _device_families(s: Stats) -> list[Metric]:
+    info = GaugeMetricFamily("llmos_device_info", "Devices llmosd runs on", labels=["device", "name", "kind"])
+    total = GaugeMetricFamily("llmos_device_memory_bytes", "Device memory", labels=["device"])
+    free = GaugeMetricFamily("llmos_device_memory_free_bytes", "Device memory free", labels=["device"])
+    util = GaugeMetricFamily("llmos_device_utilization_percent", "Device utilisation, when known", labels=["device"])
+    temp = GaugeMetricFamily("llmos_device_temperature_celsius", "Device temperature, when known", labels=["device"])
+    for d in s.devices:
+        dev = f"{d.kind}:{d.index}"
+        info.add_metric([dev, d.name, d.kind], 1)
+        total.add_metric([dev], d.total_memory)
+        free.add_metric([dev], d.free_memory)
+        if d.utilization is not None:
+            util.add_metric([dev], d.utilization)
+        if d.temperature is not None:
+            temp.add_metric([dev], d.temperature)
+    return [info, total, free, util, temp]
+
+
+class MetricsExporter:
+    """One daemon's metrics registry, its own HTTP port, and the page the gateway serves."""
+
+    def __init__(self, kt: KernelThread, meter: TokenMeter) -> None:
+        self.kt = kt
+        self.meter = meter
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatsCollector(self.snapshot))
+        self._server = None
+
+    def snapshot(self) -> Stats:
+        """The figures now, taken on the kernel thread (blocks the calling thread)."""
+        return self.kt.call(lambda k: take(k, self.meter), timeout=SCRAPE_TIMEOUT_S)
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition page and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    async def page(self) -> tuple[bytes, str]:
+        """render() off the event loop: the gateway's metrics hook."""
+        return await asyncio.to_thread(self.render)
+
+    def start(self, address: str) -> str:
+        """Serve on HOST:PORT (port 0: any free port); returns the URL of the page."""
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        self._server, _ = start_http_server(int(port), host, registry=self.registry)
+        bound = self._server.server_port
+        return f"http://{f'[{host}]' if ':' in host else host}:{bound}/metrics"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
