@@ -45,7 +45,11 @@ def _ao_dynamic(model, tok):
 
 
 def _torchao(model, tok):
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    # Not a dependency: installed, transformers imports it on every model load (slow, noisy).
+    try:
+        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    except ImportError:
+        raise ImportError("torchao is not installed: pip install torchao==0.18.0 for this row") from None
 
     quantize_(model, Int8DynamicActivationInt8WeightConfig())
     return model

@@ -5,7 +5,8 @@ each layer this function writes the new keys and values into the KV pool at
 `slot_mapping`, then reads each process's whole context back through its page table.
 Processes owed one token (decode) are attended together in one padded SDPA call; longer
 slices (prefill chunks) are attended one by one. The metadata arrives as a keyword
-argument of the model's forward, so nothing global names "the current batch".
+argument of the model's forward, so nothing global names "the current batch". A forward
+without it (scoring a whole window, training) is plain causal attention over its own tokens.
 """
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
                     **_: object) -> tuple[torch.Tensor, None]:
     """query [1, H, T, D], key/value [1, Hkv, T, D] → output [1, T, H, D]."""
     if llmos_batch is None:
-        raise RuntimeError("llmos_paged attention needs the llmos_batch keyword argument")
+        return plain_attention(query, key, value, attention_mask, scaling, sliding_window, **_)
     b = llmos_batch
     k_pool, v_pool = b.kv[module.layer_idx]
     num_pages, page_size, kv_heads, head_dim = k_pool.shape
@@ -112,6 +113,21 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
                                             scale=scaling, enable_gqa=gqa)
         out[s.start:s.end] = op[0].transpose(0, 1)
     return out.unsqueeze(0), None
+
+
+def plain_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                    attention_mask: torch.Tensor | None, scaling: float | None = None,
+                    sliding_window: int | None = None, dropout: float = 0.0, **_: object) -> tuple[torch.Tensor, None]:
+    """A forward with no llmos_batch (scoring a window, a training step): causal SDPA over the
+    given tokens alone, no pages read or written. [B, H, T, D] → [B, T, H, D]."""
+    n = query.shape[2]
+    mask = attention_mask
+    if mask is None and sliding_window is not None and sliding_window < n:
+        pos = torch.arange(n, device=query.device)
+        mask = (pos[None, :] <= pos[:, None]) & (pos[None, :] > pos[:, None] - sliding_window)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None,
+                                         dropout_p=dropout, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous(), None
 
 
 def _gather(pool: torch.Tensor, pages: torch.Tensor, bsz: int) -> torch.Tensor:

@@ -84,7 +84,7 @@ class ModelInfo:
 
 
 class Driver(Protocol):
-    """A device: describe it, load weights, allocate the KV pool, run steps, release."""
+    """A device: describe it, load weights, allocate the KV pool, run steps, score text, release."""
 
     kind: str
 
@@ -95,6 +95,8 @@ class Driver(Protocol):
     def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int: ...
 
     def step(self, name: str, batch: StepInput) -> dict[int, int]: ...
+
+    def score(self, name: str, token_ids: list[int]) -> tuple[float, int]: ...
 
     def unload(self, name: str) -> None: ...
 

@@ -6,15 +6,16 @@ import dataclasses
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from llmos.drivers import attention, probe, quant
+from llmos.drivers import attention, probe, quant, score
 from llmos.drivers.driver import DeviceInfo, ModelInfo, StepInput
 from llmos.drivers.runner import ModelRunner
+from llmos.drivers.trainer import TrainingDriver
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 
 
-class TorchDriver:
+class TorchDriver(TrainingDriver):
     """Loads transformers models onto one torch device and runs paged steps on them."""
 
     kind = "torch"
@@ -69,6 +70,11 @@ class TorchDriver:
 
     def step(self, name: str, batch: StepInput) -> dict[int, int]:
         return self.runners[name].step(batch)
+
+    def score(self, name: str, token_ids: list[int]) -> tuple[float, int]:
+        """Summed next-token NLL of one window and how many tokens it predicts (drivers/score.py)."""
+        runner = self.runners[name]
+        return score.window_nll(runner.model, self.device, token_ids)
 
     def unload(self, name: str) -> None:
         self.runners.pop(name, None)

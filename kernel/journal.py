@@ -69,7 +69,7 @@ def spec_of(p: Process) -> dict:
             "priority": p.priority, "sampling": asdict(p.sampling), "stop": asdict(p.stop),
             "limits": asdict(p.limits), "interactive": p.interactive,
             "preamble": [dict(m) for m in p.preamble], "created_wall": _wall(p.created),
-            "prompt_tokens": p.usage.prompt_tokens}
+            "prompt_tokens": p.usage.prompt_tokens, "task": getattr(p.task, "kind", None)}
 
 
 def status_of(p: Process) -> Status:
@@ -157,6 +157,11 @@ def recover(kernel: "Kernel", records: list[Record], next_pid: int = 0) -> list[
 def _recover_one(kernel: "Kernel", r: Record) -> str | None:
     p = process_from(r.pid, r.spec)
     kernel.restore(p)
+    if r.spec.get("task"):  # a task's state lives in its own files (checkpoints), not in tokens
+        ended = State(r.status.state)
+        reason = r.status.reason if ended.done else "llmosd restarted; a training run continues with --resume"
+        kernel.end(p, ended if ended.done else State.KILLED, reason)
+        return None
     if p.model not in kernel.models:
         for generated, tokens in r.chunks:
             p.tokens += tokens

@@ -18,6 +18,7 @@ from llmos.kernel.proc import Limits, Process, Signal, State, StopRules
 from llmos.kernel.quota import QuotaKeeper, Quotas
 from llmos.kernel.sched import SchedConfig
 from llmos.kernel.text import Detokenizer
+from llmos.kernel import tasks
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Kernel:
         self._next_pid = 1
         self.steps = 0
         self.quota = QuotaKeeper(self.config.quotas)
+        self.device_share = tasks.DeviceShare()  # device time of token steps against task units
 
     # --- logging ---------------------------------------------------------------------------
     def log(self, msg: str, level: str = "info") -> None:
@@ -222,7 +224,8 @@ class Kernel:
 
     def has_work(self) -> bool:
         now = time.monotonic()  # work held back by its owner's tokens-per-minute quota waits
-        return any(p.runnable and p.owed > 0 and not self.quota.throttled(p.owner, now) for p in self.procs.values())
+        return any((p.runnable and p.task is not None) or
+                   (p.runnable and p.owed > 0 and not self.quota.throttled(p.owner, now)) for p in self.procs.values())
 
     # --- recovery: kernel/journal.py rebuilds processes after a crash through these ------------------
     def restore(self, p: Process) -> None:
@@ -261,6 +264,9 @@ class Kernel:
         total = 0
         for m in list(self.models.values()):
             total += self._step_model(m, now, changed)
+        if total:
+            self.device_share.add(task=False, seconds=time.monotonic() - now)
+        self._run_task(now, token_work=total > 0, changed=changed)
         self.steps += 1
         if changed:
             self._notify(changed)
@@ -273,7 +279,7 @@ class Kernel:
             self.step()
 
     def _step_model(self, m: loader.LoadedModel, now: float, changed: set[int]) -> int:
-        live = [p for p in self.procs.values() if p.model == m.name and not p.state.done]
+        live = [p for p in self.procs.values() if p.model == m.name and not p.state.done and p.task is None]
         if not live:
             return 0
         plan = m.scheduler.schedule(live, now, self.quota.allowance(live, now))
@@ -309,6 +315,34 @@ class Kernel:
             if not p.state.done:
                 p.usage.pages_held = m.memory.pages_held(p.pid)
         return sum(n for _, n in plan.runs)
+
+    def spawn_task(self, model: str, task: "tasks.Task", priority: int = 0, owner: str = "root") -> Process:
+        """A process that runs `task` (kernel/tasks.py) on `model` instead of sampling tokens."""
+        self._model(model)
+        if not -20 <= priority <= 19:
+            raise InvalidArgument(f"priority (nice) must be in [-20, 19], got {priority}")
+        p = Process(pid=0, model=model, tokens=[], owner=owner, priority=priority, task=task)
+        return self._admit(p, State.READY)
+
+    def _run_task(self, now: float, token_work: bool, changed: set[int]) -> None:
+        """One unit of non-token work, if a task process is due (kernel/tasks.py)."""
+        p = tasks.pick(list(self.procs.values()), token_work, self.device_share.task_fraction())
+        if p is None:
+            return
+        p.admitted = p.admitted or now
+        p.last_run = now
+        changed.add(p.pid)
+        t0 = time.monotonic()
+        try:
+            done = p.task.run_unit(self, p)
+        except KernelError as e:
+            return self._exit(p, State.KILLED, str(e))
+        except Exception as e:  # noqa: BLE001 - a failed task ends its own process, nothing more
+            return self._exit(p, State.KILLED, f"task error: {type(e).__name__}: {e}")
+        finally:
+            self.device_share.add(task=True, seconds=time.monotonic() - t0)
+        if done and not p.state.done:
+            self._exit(p, State.EXITED, p.reason or "done")
 
     def _step_failed(self, m: loader.LoadedModel, plan, error: Exception, changed: set[int]) -> None:
         """The driver failed a step: end the processes in it; those swapped out for it lost
@@ -360,6 +394,11 @@ class Kernel:
 
     def _exit(self, p: Process, state: State, reason: str) -> None:
         p.exit(state, reason)
+        if p.task is not None:
+            try:
+                p.task.close(self, p, reason)
+            except Exception as e:  # noqa: BLE001 - the process is ending anyway
+                self.log(f"pid {p.pid}: closing its task failed: {type(e).__name__}: {e}", "error")
         m = self.models.get(p.model)
         if m is not None:
             m.memory.free(p.pid)

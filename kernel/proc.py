@@ -88,6 +88,8 @@ class Process:
     finished: float | None = None
     last_run: float = 0.0  # when the scheduler last gave it tokens (for aging)
     turn_text_start: int = 0  # where this turn's text begins in stdout (stop strings search from here)
+    task: object | None = None  # non-token work (kernel/tasks.py Task): training, evaluation
+    results: dict[str, float] = field(default_factory=dict)  # a task's structured results (eval metrics)
 
     @property
     def owed(self) -> int:

@@ -4,6 +4,8 @@
     llmos chat MODEL        llmos ps [--json]     llmos top       llmos kill PID [-s SIG]
     llmos stop|cont|fork|wait|attach PID          llmos free|lsdev|models [--json]
     llmos load MODEL        llmos unload MODEL    llmos dmesg
+    llmos eval MODEL DATA --metric ppl|bleu|rouge [--json]
+    llmos train MODEL DATA [--steps N] [--lr X] [--rank R] [--batch B] [--priority P] [--resume]
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from llmos.shell import accounts
+from llmos.shell import accounts, evaluate, train
 from llmos.syscalls.messages import DaemonNotRunning, SyscallError
 
 
@@ -104,6 +106,8 @@ def build_parser() -> Parser:
     p = sub.add_parser("shutdown", help="stop the daemon")
     p.add_argument("--grace", type=float, default=None)
     accounts.add_parsers(sub, Parser)
+    evaluate.add_parsers(sub, Parser)
+    train.add_parsers(sub, Parser)
     return ap
 
 

@@ -10,7 +10,7 @@ from typing import TextIO
 from rich.console import Console
 
 from llmos.drivers.driver import PPL_TOLERANCE
-from llmos.shell import accounts, render, top
+from llmos.shell import accounts, evaluate, render, top, train
 from llmos.syscalls.client import Client
 
 
@@ -211,4 +211,6 @@ COMMANDS: dict[str, Callable[[Shell, argparse.Namespace], int]] = {
     "run": run, "chat": chat, "ps": ps, "top": top.run, "kill": signal(None), "stop": signal("STOP"),
     "cont": signal("CONT"), "fork": fork, "wait": wait, "attach": attach, "free": free, "lsdev": lsdev,
     "models": models, "load": load, "unload": unload, "dmesg": dmesg, "shutdown": shutdown, **accounts.COMMANDS,
+    **evaluate.COMMANDS,
+    **train.COMMANDS,
 }

@@ -134,6 +134,17 @@ class Client:
     def revoke_token(self, name_or_id: str) -> pb.TokenInfo:
         return self._call("RevokeToken", pb.RevokeTokenRequest(token=name_or_id)).token
 
+    def eval(self, model: str, path: str | os.PathLike, metric: str, **kw: Any) -> int:
+        """Start an evaluation process (metric ppl, bleu or rouge; keyword arguments as
+        messages.eval_request); its pid. wait(pid).results holds the metrics."""
+        return self._call("Eval", m.eval_request(model, path, metric, **kw)).pid
+
+    def train(self, model: str, path: str | os.PathLike, **kw: Any) -> tuple[int, str]:
+        """Start a LoRA fine-tune (keyword arguments as TrainRequest's fields); its pid and the
+        name its adapter will be served as. wait(pid).results holds the final loss."""
+        r = self._call("Train", train_request(model, path, **kw))
+        return r.pid, r.name
+
     # --- conveniences ----------------------------------------------------------------------
     def generate(self, model: str, prompt: str, **kw: Any) -> str:
         """Run a prompt to the end and return the generated text."""
@@ -245,6 +256,9 @@ class AsyncClient:
     async def revoke_token(self, name_or_id: str) -> pb.TokenInfo:
         return (await self._call("RevokeToken", pb.RevokeTokenRequest(token=name_or_id))).token
 
+    async def eval(self, model: str, path: str | os.PathLike, metric: str, **kw: Any) -> int:
+        return (await self._call("Eval", m.eval_request(model, path, metric, **kw))).pid
+
     async def generate(self, model: str, prompt: str, **kw: Any) -> str:
         return (await self.wait(await self.spawn(model, prompt, **kw))).output
 
@@ -275,3 +289,9 @@ def load_model(name: str, target: str | os.PathLike | None = None) -> Model:
     """Load a model in the running daemon (if it is not loaded yet) and return a handle to it."""
     client = Client(target)
     return Model(client, client.load(name).name)
+
+
+def train_request(model: str, path: str | os.PathLike, **kw: Any) -> pb.TrainRequest:
+    """The daemon reads the file: a relative path is made absolute here, where it was meant."""
+    path = os.path.abspath(os.path.expanduser(str(path))) if str(path) else ""
+    return pb.TrainRequest(model=model, path=path, **{k: v for k, v in kw.items() if v})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
@@ -56,6 +56,7 @@ class Result:
     state: str
     reason: str
     proc: pb.ProcInfo
+    results: dict[str, float] = field(default_factory=dict)  # a task's structured results: an eval's metrics
 
     @property
     def usage(self) -> pb.Usage:
@@ -129,4 +130,11 @@ def chunk(r: pb.ReadResponse) -> Chunk:
 
 
 def result(r: pb.WaitResponse) -> Result:
-    return Result(r.proc.pid, r.output, r.proc.state, r.proc.reason, r.proc)
+    return Result(r.proc.pid, r.output, r.proc.state, r.proc.reason, r.proc, dict(r.results))
+
+
+def eval_request(model: str, path: str | os.PathLike, metric: str, *, max_tokens: int | None = None,
+                 window: int = 0, priority: int = 0, owner: str = "", quantize: str = "") -> pb.EvalRequest:
+    """The daemon reads the file: a relative path is made absolute here, where it was meant."""
+    return pb.EvalRequest(model=model, path=os.path.abspath(os.path.expanduser(str(path))), metric=metric,
+                          max_tokens=max_tokens, window=window, priority=priority, owner=owner, quantize=quantize)

@@ -21,7 +21,7 @@ from llmos.kernel.kernel import Kernel
 from llmos.kernel.loader import LoadedModel
 from llmos.kernel.proc import State
 from llmos.kernel.thread import KernelThread, in_fresh_thread
-from llmos.syscalls import convert, stats, users
+from llmos.syscalls import convert, evaluate, stats, training, users
 from llmos.syscalls.mirror import ProcMirror, snapshot
 from llmos.syscalls.v1 import syscalls_pb2 as pb
 from llmos.syscalls.v1 import syscalls_pb2_grpc as pb_grpc
@@ -145,11 +145,11 @@ class SyscallServer(pb_grpc.SyscallsServicer):
             p = k.reap(req.pid) if req.reap else k.procs.get(req.pid)
             if p is None:
                 raise NotFound(f"no process with pid {req.pid}")
-            return convert.proc_info(p), p.stdout
-        info, output = await self._k(finish)
+            return convert.proc_info(p), p.stdout, dict(p.results)
+        info, output, results = await self._k(finish)
         if req.reap:
             self.mirror.forget(req.pid)
-        return pb.WaitResponse(proc=info, output=output)
+        return pb.WaitResponse(proc=info, output=output, results=results)
 
     @syscall
     async def Kill(self, req: pb.KillRequest, context) -> pb.KillResponse:
@@ -299,3 +299,5 @@ class SyscallServer(pb_grpc.SyscallsServicer):
     ListTokens = syscall(users.list_tokens)
     RevokeToken = syscall(users.revoke_token)
     Stats = syscall(stats.stats)
+    Eval = syscall(evaluate.eval_)
+    Train = syscall(training.train_)

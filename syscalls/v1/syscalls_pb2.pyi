@@ -188,12 +188,21 @@ class WaitRequest(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., until: _Optional[_Union[Until, str]] = ..., reap: _Optional[bool] = ...) -> None: ...
 
 class WaitResponse(_message.Message):
-    __slots__ = ("proc", "output")
+    __slots__ = ("proc", "output", "results")
+    class ResultsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     PROC_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     proc: ProcInfo
     output: str
-    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ..., output: _Optional[str] = ...) -> None: ...
+    results: _containers.ScalarMap[str, float]
+    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ..., output: _Optional[str] = ..., results: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class KillRequest(_message.Message):
     __slots__ = ("pid", "signal")
@@ -563,3 +572,67 @@ class StatsResponse(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     uptime_s: float
     def __init__(self, generated_tokens: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., rate_window_s: _Optional[float] = ..., queue_depth: _Optional[int] = ..., procs: _Optional[_Mapping[str, int]] = ..., pools: _Optional[_Iterable[_Union[PoolInfo, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+
+class EvalRequest(_message.Message):
+    __slots__ = ("model", "path", "metric", "max_tokens", "window", "priority", "owner", "quantize")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    path: str
+    metric: str
+    max_tokens: int
+    window: int
+    priority: int
+    owner: str
+    quantize: str
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., metric: _Optional[str] = ..., max_tokens: _Optional[int] = ..., window: _Optional[int] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., quantize: _Optional[str] = ...) -> None: ...
+
+class EvalResponse(_message.Message):
+    __slots__ = ("pid",)
+    PID_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    def __init__(self, pid: _Optional[int] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("model", "path", "steps", "lr", "rank", "batch", "checkpoint_every", "resume", "name", "priority", "owner", "micro_batch", "max_len")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    LR_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_EVERY_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_LEN_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    path: str
+    steps: int
+    lr: float
+    rank: int
+    batch: int
+    checkpoint_every: int
+    resume: bool
+    name: str
+    priority: int
+    owner: str
+    micro_batch: int
+    max_len: int
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., steps: _Optional[int] = ..., lr: _Optional[float] = ..., rank: _Optional[int] = ..., batch: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., resume: _Optional[bool] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., micro_batch: _Optional[int] = ..., max_len: _Optional[int] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ("pid", "name")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    name: str
+    def __init__(self, pid: _Optional[int] = ..., name: _Optional[str] = ...) -> None: ...

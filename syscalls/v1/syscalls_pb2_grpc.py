@@ -139,6 +139,16 @@ class SyscallsStub:
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.StatsRequest.SerializeToString,
                 response_deserializer=llmos_dot_v1_dot_syscalls__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Eval = channel.unary_unary(
+                '/llmos.v1.Syscalls/Eval',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.EvalRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.EvalResponse.FromString,
+                _registered_method=True)
+        self.Train = channel.unary_unary(
+                '/llmos.v1.Syscalls/Train',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.TrainRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.TrainResponse.FromString,
+                _registered_method=True)
 
 
 class SyscallsServicer:
@@ -289,6 +299,23 @@ class SyscallsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Eval(self, request, context):
+        """Start an evaluation process: the perplexity of a model on a text file, or the BLEU or
+        ROUGE of its greedy outputs against a JSONL file's references. Wait returns the metrics.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Train(self, request, context):
+        """Start a training process: a LoRA fine-tune of a loaded model on a dataset file, time-sliced
+        with decode steps. Its stdout shows loss and rates; when done the adapter is served as a new
+        model (BASE+DATASTEM). Wait's results hold the final loss and step count.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SyscallsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -396,6 +423,16 @@ def add_SyscallsServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=llmos_dot_v1_dot_syscalls__pb2.StatsRequest.FromString,
                     response_serializer=llmos_dot_v1_dot_syscalls__pb2.StatsResponse.SerializeToString,
+            ),
+            'Eval': grpc.unary_unary_rpc_method_handler(
+                    servicer.Eval,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.EvalRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.EvalResponse.SerializeToString,
+            ),
+            'Train': grpc.unary_unary_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.TrainRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.TrainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -965,6 +1002,60 @@ class Syscalls:
             '/llmos.v1.Syscalls/Stats',
             llmos_dot_v1_dot_syscalls__pb2.StatsRequest.SerializeToString,
             llmos_dot_v1_dot_syscalls__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Eval(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/Eval',
+            llmos_dot_v1_dot_syscalls__pb2.EvalRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.EvalResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/Train',
+            llmos_dot_v1_dot_syscalls__pb2.TrainRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.TrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

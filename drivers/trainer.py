@@ -1,0 +1,160 @@
+"""LoRA fine-tuning on a loaded model (peft), driven in small units by the kernel.
+
+Each training session trains a *twin* of the served model: new module objects that share
+the served model's parameter tensors, with LoRA layers injected into the twin only and
+plain SDPA attention. The served model's modules are never touched, so base-model
+inference (paged attention, inference_mode) is unchanged while and after training.
+
+Everything crossing the driver boundary is plain data: token id lists, floats, paths.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class _Session:
+    model: torch.nn.Module  # the peft-wrapped twin
+    opt: torch.optim.Optimizer
+    base: torch.nn.Module   # the served model (for export)
+    cfg: dict
+
+
+class Trainer:
+    """LoRA training sessions on one device, keyed by adapter name."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.sessions: dict[str, _Session] = {}
+
+    def begin(self, base: torch.nn.Module, adapter: str, cfg: dict) -> int:
+        """Start a session: rank, alpha, lr, seed, weight_decay in cfg. Returns trainable parameters."""
+        from peft import LoraConfig, get_peft_model
+
+        shared = {id(t): t for t in [*base.parameters(), *base.buffers()]}
+        twin = copy.deepcopy(base, shared)
+        twin.set_attn_implementation("sdpa")
+        names = {n.rsplit(".", 1)[-1] for n, m in twin.named_modules() if isinstance(m, torch.nn.Linear)}
+        targets = [t for t in TARGETS if t in names]
+        if not targets:
+            raise ValueError(f"no LoRA target layers ({', '.join(TARGETS)}) in this model")
+        rank = int(cfg["rank"])
+        lcfg = LoraConfig(r=rank, lora_alpha=float(cfg.get("alpha") or 2 * rank), lora_dropout=0.0,
+                          target_modules=targets, bias="none", task_type="CAUSAL_LM")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(cfg.get("seed", 0)))
+            model = get_peft_model(twin, lcfg)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))
+        self.sessions[adapter] = _Session(model, opt, base, dict(cfg))
+        return sum(p.numel() for p in params)
+
+    def micro(self, adapter: str, seqs: list[list[int]], loss_from: list[int], denom: int) -> float:
+        """Forward and backward one micro-batch; gradients accumulate until apply().
+        Returns the summed token loss; the gradient is of that sum over `denom`."""
+        s = self.sessions[adapter]
+        width = max(len(x) for x in seqs)
+        ids = torch.tensor([x + [0] * (width - len(x)) for x in seqs], device=self.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=self.device)
+        labels = ids.clone()
+        for row, (x, start) in enumerate(zip(seqs, loss_from)):
+            labels[row, :start] = -100
+            labels[row, len(x):] = -100
+        logits = s.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(),
+                               ignore_index=-100, reduction="sum")
+        (loss / max(denom, 1)).backward()
+        return float(loss.detach())
+
+    def apply(self, adapter: str) -> None:
+        """One optimizer step with the accumulated gradients."""
+        s = self.sessions[adapter]
+        s.opt.step()
+        s.opt.zero_grad(set_to_none=True)
+
+    def save(self, adapter: str, path: str) -> None:
+        """Adapter weights (peft format) and optimizer state into the directory `path`."""
+        s = self.sessions[adapter]
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        s.model.save_pretrained(str(out))
+        torch.save(s.opt.state_dict(), out / "optimizer.pt")
+
+    def load(self, adapter: str, path: str) -> None:
+        """Restore what save() wrote, into a session begun with the same config."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        s = self.sessions[adapter]
+        state = load_file(str(Path(path) / "adapter_model.safetensors"), device=str(self.device))
+        set_peft_model_state_dict(s.model, state)
+        s.opt.load_state_dict(torch.load(Path(path) / "optimizer.pt", map_location=self.device))
+
+    def export(self, adapter: str, path: str) -> None:
+        """Save base weights with the adapter merged in, as a transformers directory at `path`
+        (a private copy is merged, never the served weights)."""
+        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+        s = self.sessions[adapter]
+        copy_ = get_peft_model(copy.deepcopy(s.base), copy.deepcopy(s.model.peft_config["default"]))
+        set_peft_model_state_dict(copy_, get_peft_model_state_dict(s.model))
+        merged = copy_.merge_and_unload()
+        merged.config._attn_implementation = "sdpa"
+        tmp = Path(path + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        merged.save_pretrained(str(tmp))
+        (tmp / "llmos-adapter.json").write_text(json.dumps({"adapter": adapter, **s.cfg}))
+        dest = Path(path)
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            f.replace(dest / f.name)
+        tmp.rmdir()
+
+    def end(self, adapter: str) -> None:
+        """Forget a session and its optimizer state."""
+        self.sessions.pop(adapter, None)
+
+
+class TrainingDriver:
+    """The training half of the driver interface (mixed into TorchDriver); plain data only."""
+
+    runners: dict
+    device: torch.device
+
+    @property
+    def trainer(self) -> Trainer:
+        if "_trainer" not in self.__dict__:
+            self.__dict__["_trainer"] = Trainer(self.device)
+        return self.__dict__["_trainer"]
+
+    def train_begin(self, name: str, adapter: str, cfg: dict) -> int:
+        """Start LoRA training of `adapter` on loaded model `name`; returns trainable parameters."""
+        return self.trainer.begin(self.runners[name].model, adapter, cfg)
+
+    def train_micro(self, adapter: str, seqs: list[list[int]], loss_from: list[int], denom: int) -> float:
+        return self.trainer.micro(adapter, seqs, loss_from, denom)
+
+    def train_apply(self, adapter: str) -> None:
+        self.trainer.apply(adapter)
+
+    def train_save(self, adapter: str, path: str) -> None:
+        self.trainer.save(adapter, path)
+
+    def train_load(self, adapter: str, path: str) -> None:
+        self.trainer.load(adapter, path)
+
+    def train_export(self, adapter: str, path: str) -> None:
+        self.trainer.export(adapter, path)
+
+    def train_end(self, adapter: str) -> None:
+        self.trainer.end(adapter)

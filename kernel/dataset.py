@@ -1,0 +1,211 @@
+"""Datasets for training and evaluation processes: read, validate, tokenize, order.
+
+Two file kinds:
+- JSONL (`.jsonl`, `.json`): one JSON object per line, either `{"text": "..."}` or
+  `{"messages": [{"role": ..., "content": ...}, ...]}` (chat, ending with an assistant turn
+  or at least holding one). Blank lines are allowed and skipped.
+- plain text (anything else): paragraphs separated by blank lines, each a `text` record.
+
+`read(path)` validates without a tokenizer (pure Python) and raises one `DatasetError`
+that lists every bad line with its number and reason; nothing is dropped silently. An
+empty or unreadable file is refused the same way. `encode(records, codec, max_len)` turns
+records into token `Example`s; `Order` gives the deterministic example order of every
+optimizer step, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmos.kernel.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    from llmos.kernel.text import TextCodec
+
+ROLES = ("system", "user", "assistant", "tool")
+MAX_SHOWN = 50  # bad lines spelled out in an error message; DatasetError.problems holds them all
+MAX_BYTES = 1 << 30
+
+
+class DatasetError(InvalidArgument):
+    """A dataset that cannot be used: every problem, one per bad line, in `problems`."""
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path, self.problems = path, problems
+        shown = "; ".join(problems[:MAX_SHOWN])
+        more = f"; and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+        n = len(problems)
+        super().__init__(f"dataset {path}: {n} problem{'s' if n != 1 else ''}: {shown}{more}")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One validated item of a dataset: exactly one of `text` or `messages`; `line` is 1-based."""
+
+    line: int
+    text: str | None = None
+    messages: tuple[dict, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Example:
+    """Token ids of one training sequence; the loss counts the tokens at index >= loss_from
+    (the reply of a chat record, all of a text record)."""
+
+    tokens: tuple[int, ...]
+    loss_from: int
+    line: int
+
+
+def read(path: str | Path) -> list[Record]:
+    """Read and validate a dataset file; raise DatasetError naming every bad line."""
+    p = Path(path).expanduser()
+    text = _read_text(p)
+    if p.suffix.lower() in (".jsonl", ".json"):
+        records, problems = _parse_jsonl(text)
+    else:
+        records, problems = _parse_plain(text), []
+    if problems:
+        raise DatasetError(str(path), problems)
+    if not records:
+        raise DatasetError(str(path), ["the dataset is empty: no records to learn from"])
+    return records
+
+
+def _read_text(p: Path) -> str:
+    try:
+        if not p.is_file():
+            raise DatasetError(str(p), ["no such file" if not p.exists() else "not a regular file"])
+        if p.stat().st_size > MAX_BYTES:
+            raise DatasetError(str(p), [f"the file is {p.stat().st_size} bytes, over the {MAX_BYTES}-byte limit"])
+        data = p.read_bytes()
+    except OSError as e:
+        raise DatasetError(str(p), [f"unreadable: {e.strerror or e}"]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DatasetError(str(p), [f"line {line}: not UTF-8 (byte {data[e.start]:#x} at offset {e.start})"]) from None
+
+
+def _parse_plain(text: str) -> list[Record]:
+    records, buf, start = [], [], 0
+    for i, line in enumerate(text.splitlines() + [""], start=1):
+        if line.strip():
+            start = start or i
+            buf.append(line)
+        elif buf:
+            records.append(Record(start, text="\n".join(buf)))
+            buf, start = [], 0
+    return records
+
+
+def _parse_jsonl(text: str) -> tuple[list[Record], list[str]]:
+    records: list[Record] = []
+    problems: list[str] = []
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(_parse_line(i, line))
+        except ValueError as e:
+            problems.append(f"line {i}: {e}")
+    return records, problems
+
+
+def _parse_line(i: int, line: str) -> Record:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    has_m, has_t = "messages" in obj, "text" in obj
+    if has_m and has_t:
+        raise ValueError("has both 'messages' and 'text'; give one")
+    if has_t:
+        if not isinstance(obj["text"], str) or not obj["text"].strip():
+            raise ValueError("'text' must be a non-empty string")
+        return Record(i, text=obj["text"])
+    if has_m:
+        return Record(i, messages=_check_messages(obj["messages"]))
+    raise ValueError("no 'messages' or 'text' field")
+
+
+def _check_messages(msgs: object) -> tuple[dict, ...]:
+    if not isinstance(msgs, list) or not msgs:
+        raise ValueError("'messages' must be a non-empty list")
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise ValueError(f"message {j} needs a role ({', '.join(ROLES)}) and string content")
+    if not any(m["role"] == "assistant" for m in msgs):
+        raise ValueError("'messages' has no assistant message to learn from")
+    return tuple({"role": m["role"], "content": m["content"]} for m in msgs)
+
+
+def encode(records: list[Record], codec: "TextCodec", max_len: int, path: str = "dataset") -> list[Example]:
+    """Tokenize records. A chat record becomes its prompt (rendered as a spawn with the same
+    messages would render it) plus the last assistant reply and end-of-turn; the loss covers
+    the reply. Text longer than max_len is cut into consecutive chunks; a chat record longer
+    than max_len is an error (its reply cannot be cut from its prompt)."""
+    examples: list[Example] = []
+    problems: list[str] = []
+    for r in records:
+        if r.text is not None:
+            ids = codec.encode(r.text)
+            # Chunks overlap by one token, so every token but the first is a target exactly once.
+            examples += [Example(tuple(ids[k:k + max_len]), 0, r.line)
+                         for k in range(0, max(len(ids) - 1, 1), max_len - 1) if len(ids) >= 2]
+            continue
+        msgs = list(r.messages or ())
+        last = max(j for j, m in enumerate(msgs) if m["role"] == "assistant")
+        prompt = codec.encode_chat(msgs[:last]) if last else []
+        eot = codec.tokenizer.eos_token_id
+        reply = codec.encode_more(msgs[last]["content"]) + ([eot] if eot is not None else [])
+        ids = prompt + reply
+        if len(ids) > max_len:
+            problems.append(f"line {r.line}: {len(ids)} tokens, over the {max_len}-token limit")
+        else:
+            examples.append(Example(tuple(ids), max(len(prompt), 1), r.line))
+    if problems:
+        raise DatasetError(path, problems)
+    if not examples:
+        raise DatasetError(path, ["no record is at least 2 tokens long: nothing to learn from"])
+    return examples
+
+
+class Order:
+    """Which examples each optimizer step trains on: a fresh seeded shuffle every epoch.
+
+    A pure function of (seed, step), so a run resumed at step k sees the same batches as
+    one that never stopped."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        if n <= 0:
+            raise InvalidArgument("a dataset order needs at least one example")
+        self.n, self.seed = n, seed
+        self._perms: dict[int, list[int]] = {}
+
+    def batch(self, step: int, size: int) -> list[int]:
+        """Example indices of optimizer step `step` (0-based), `size` of them."""
+        return [self._at(k) for k in range(step * size, (step + 1) * size)]
+
+    def _at(self, k: int) -> int:
+        epoch, i = divmod(k, self.n)
+        if epoch not in self._perms:
+            perm = list(range(self.n))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(perm)
+            self._perms = {epoch: perm}  # only the current epoch is kept
+        return self._perms[epoch][i]
+
+
+def stem(path: str | Path) -> str:
+    """The dataset's short name, used to name the adapter model (`base+stem`)."""
+    name = Path(path).name
+    for suffix in (".jsonl", ".json", ".txt", ".md"):
+        if name.lower().endswith(suffix):
+            return name[:-len(suffix)] or name
+    return Path(name).stem or name

@@ -1,0 +1,67 @@
+"""Non-token work: processes that run a Task (training, evaluation) instead of sampling tokens.
+
+A task process is an ordinary Process (pid, priority, stdout, signals, exit status) whose
+`task` is set. The kernel's step loop runs at most one unit of task work per step, after the
+decode iterations, so processes streaming tokens keep streaming. A unit must have bounded
+cost (one micro-batch, one optimizer step): the decode streams wait for it.
+
+How much device time tasks take while token processes are busy depends on their nice value
+(`share`: half at nice 0); with no token work anywhere, a task runs every step. Stopped tasks do not run;
+TERM/KILL end them through Task.close. All of this is plain Python, testable with no model.
+
+To write a task: implement `run_unit(kernel, proc) -> bool` (True when finished; write progress
+lines to `proc.stdout`; set `proc.reason` for the exit status) and `close(kernel, proc, reason)`
+(release driver state; called once when the process ends for any reason). Spawn it with
+`kernel.spawn_task(model, task, priority=..., owner=...)`. An exception from run_unit kills the
+process with the error as its reason; the kernel goes on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from llmos.kernel.kernel import Kernel
+    from llmos.kernel.proc import Process
+
+MAX_SHARE, MIN_SHARE = 0.9, 0.02
+
+
+@dataclass
+class DeviceShare:
+    """Recent device time, split between token steps and task units (exponentially decayed,
+    so the split follows the last few dozen steps, not the daemon's whole life)."""
+
+    task_s: float = 0.0
+    token_s: float = 0.0
+    decay: float = 0.9
+
+    def add(self, task: bool, seconds: float) -> None:
+        self.task_s *= self.decay
+        self.token_s *= self.decay
+        if task:
+            self.task_s += seconds
+        else:
+            self.token_s += seconds
+
+    def task_fraction(self) -> float:
+        total = self.task_s + self.token_s
+        return self.task_s / total if total else 0.0
+
+
+def share(nice: int) -> float:
+    """The fraction of device time tasks may take while token work runs: half at nice 0,
+    halving every 5 nice levels (nice 19: ~4%), at most 90%. A unit costs far more than a
+    decode step, so counting steps instead of time would starve the streams."""
+    return min(MAX_SHARE, max(MIN_SHARE, 0.5 * 2 ** (-nice / 5)))
+
+
+def pick(procs: list["Process"], token_work: bool, used: float) -> "Process | None":
+    """The task process that gets this step's unit, if any: the runnable one with the lowest
+    nice (then the one that ran longest ago), if tasks have used less than its share of the
+    device lately (`used`); on an idle device, every step."""
+    ready = [p for p in procs if p.task is not None and p.runnable]
+    if not ready:
+        return None
+    best = min(ready, key=lambda p: (p.priority, p.last_run, p.pid))
+    return best if not token_work or used < share(best.priority) else None

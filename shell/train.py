@@ -1,0 +1,49 @@
+"""`llmos train`: start a LoRA fine-tune, print its pid, follow its stdout.
+
+    llmos train MODEL DATA [--steps N] [--lr X] [--rank R] [--batch B] [--priority P]
+                           [--checkpoint-every K] [--name NAME] [--resume] [--detach]
+"""
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from llmos.shell.commands import Shell
+
+
+def add_parsers(sub: argparse._SubParsersAction, parser_class: type) -> None:
+    """The train command's subparser, under the shell's."""
+    p = sub.add_parser("train", help="fine-tune a loaded model with LoRA on a dataset (JSONL or text)")
+    p.add_argument("model")
+    p.add_argument("data", nargs="?", default="", help="JSONL (messages or text) or plain text; read by llmosd")
+    p.add_argument("--steps", type=int, default=0, help="optimizer steps (100)")
+    p.add_argument("--lr", type=float, default=0.0, help="learning rate (5e-4)")
+    p.add_argument("--rank", type=int, default=0, help="LoRA rank (8)")
+    p.add_argument("--batch", type=int, default=0, help="sequences per step (4)")
+    p.add_argument("--micro-batch", type=int, default=0, help="sequences per unit between decode steps (1)")
+    p.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (25)")
+    p.add_argument("--priority", "--nice", type=int, default=0, help="nice, -20 (most often) .. 19")
+    p.add_argument("--name", default="", help="the adapter model's name (MODEL+DATASTEM)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--detach", "-d", action="store_true", help="print the pid and return")
+
+
+def train(sh: "Shell", a: argparse.Namespace) -> int:
+    if not a.data and not (a.resume and a.name):
+        sh.say("llmos: train needs a DATA file (or --resume --name NAME)")
+        return 2
+    pid, name = sh.c.train(a.model, a.data, steps=a.steps, lr=a.lr, rank=a.rank, batch=a.batch,
+                           micro_batch=a.micro_batch, checkpoint_every=a.checkpoint_every, resume=a.resume,
+                           name=a.name, priority=a.priority)
+    sh.say(f"pid {pid}: training {name}")
+    if a.detach:
+        sh.out.write(f"{pid}\n")
+        return 0
+    status = sh.stream(pid, on_interrupt=None)
+    if status == 130:
+        sh.say(f"[training goes on: `llmos attach {pid}` to follow, `llmos kill {pid}` to end it]")
+    return status
+
+
+COMMANDS = {"train": train}
