@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from llmos.kernel.errors import InvalidArgument
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from llmos.kernel.text import TextCodec
@@ -63,9 +66,9 @@ class Example:
 def read(path: str | Path) -> list[Record]:
     """Read and validate a dataset file; raise DatasetError naming every bad line."""
     p = Path(path).expanduser()
-    text = _read_text(p)
+    text = read_text(p)
     if p.suffix.lower() in (".jsonl", ".json"):
-        records, problems = _parse_jsonl(text)
+        records, problems = parse_jsonl(text, _parse_line)
     else:
         records, problems = _parse_plain(text), []
     if problems:
@@ -75,7 +78,7 @@ def read(path: str | Path) -> list[Record]:
     return records
 
 
-def _read_text(p: Path) -> str:
+def read_text(p: Path) -> str:
     try:
         if not p.is_file():
             raise DatasetError(str(p), ["no such file" if not p.exists() else "not a regular file"])
@@ -103,14 +106,16 @@ def _parse_plain(text: str) -> list[Record]:
     return records
 
 
-def _parse_jsonl(text: str) -> tuple[list[Record], list[str]]:
-    records: list[Record] = []
+def parse_jsonl(text: str, parse: Callable[[int, str], T]) -> tuple[list[T], list[str]]:
+    """Every non-blank line through `parse(number, line)`; its ValueErrors become
+    "line N: reason" problems, all of them, so nothing is silently dropped."""
+    records: list[T] = []
     problems: list[str] = []
     for i, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            records.append(_parse_line(i, line))
+            records.append(parse(i, line))
         except ValueError as e:
             problems.append(f"line {i}: {e}")
     return records, problems

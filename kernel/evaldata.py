@@ -35,7 +35,7 @@ class Item:
 def documents(path: str) -> list[str]:
     """The texts perplexity is measured on."""
     if not _is_jsonl(path):
-        text = dataset._read_text(Path(path).expanduser())
+        text = dataset.read_text(Path(path).expanduser())
         if not text.strip():
             raise DatasetError(path, ["the file is empty: no text to score"])
         return [text]
@@ -50,16 +50,8 @@ def items(path: str) -> list[Item]:
     """The prompt/reference items of a JSONL file; DatasetError names every bad line."""
     if not _is_jsonl(path):
         raise DatasetError(path, ["bleu and rouge need a JSONL file (.jsonl) of prompt/reference items"])
-    text = dataset._read_text(Path(path).expanduser())
-    out: list[Item] = []
-    problems: list[str] = []
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(_item(i, line))
-        except ValueError as e:
-            problems.append(f"line {i}: {e}")
+    text = dataset.read_text(Path(path).expanduser())
+    out, problems = dataset.parse_jsonl(text, _item)
     if problems:
         raise DatasetError(path, problems)
     if not out:

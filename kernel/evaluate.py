@@ -67,7 +67,7 @@ def prepare(spec: EvalSpec) -> "PerplexityTask | GenerationTask":
 def spawn_eval(kernel: "Kernel", task: "PerplexityTask | GenerationTask", priority: int = 0,
                owner: str = "root") -> "Process":
     """Start a prepared eval as a process; on the kernel thread."""
-    m = kernel._model(task.spec.model)
+    m = kernel.model(task.spec.model)
     ctx = m.info.max_context
     if isinstance(task, PerplexityTask):
         task.window = task.spec.window or min(DEFAULT_WINDOW, ctx - 1)
@@ -92,7 +92,7 @@ class PerplexityTask:
         if not self.pending:
             if self.next_doc == len(self.docs):
                 return self._finish(proc)
-            ids = kernel._model(self.spec.model).codec.encode(self.docs[self.next_doc])
+            ids = kernel.model(self.spec.model).codec.encode(self.docs[self.next_doc])
             self.next_doc += 1
             self.pending = [ids[s:s + self.window + 1] for s in range(0, len(ids) - 1, self.window)][::-1]
             return False

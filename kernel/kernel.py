@@ -435,6 +435,10 @@ class Kernel:
         for fn in self.listeners:
             fn(pids)
 
+    def model(self, name: str) -> loader.LoadedModel:
+        """A loaded model by name; NotFound names what is loaded."""
+        return self._model(name)
+
     def _model(self, name: str) -> loader.LoadedModel:
         if name not in self.models:
             loaded = ", ".join(sorted(self.models)) or "none"

@@ -166,7 +166,7 @@ def start(kernel: "Kernel", model: str, spec: TrainSpec, resume: bool = False, p
           owner: str = "root", steps: int = 0) -> "Process":
     """Validate everything, then spawn the training process (nothing runs before it is valid).
     A resumed run takes the checkpoint's spec; a nonzero `steps` then sets a new total."""
-    m = kernel._model(model)
+    m = kernel.model(model)
     if kernel.store is None:
         raise FailedPrecondition("this kernel has no model store to keep checkpoints and adapters in")
     if not hasattr(kernel.driver, "train_begin"):

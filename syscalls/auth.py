@@ -10,9 +10,7 @@ that name. A client never declares who it is. On TCP a bearer token is required
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import inspect
 import os
 import pwd
 import threading
@@ -22,6 +20,7 @@ from dataclasses import dataclass
 import grpc
 
 from llmos.kernel.errors import KernelError
+from llmos.syscalls.guard import guarded
 from llmos.tokens import TokenStore
 
 OPEN_METHODS = ("/grpc.health.v1.Health/",)  # health probes need no identity
@@ -138,35 +137,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 def _identified(h, auth: Authenticator):
     """The handler `h`, identifying the caller first."""
-    async def identify(context) -> None:
+    async def identify(request, context) -> None:
         try:
             _CALLER.set(auth.identify(context.peer(), context.invocation_metadata()))
         except Unauthenticated as e:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(e))
-
-    def unary(behavior):
-        async def call(request, context):
-            await identify(context)
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
-        return call
-
-    def stream(behavior):
-        async def call(request, context):
-            await identify(context)
-            result = behavior(request, context)
-            if inspect.isasyncgen(result):
-                async with contextlib.aclosing(result) as items:
-                    async for item in items:
-                        yield item
-            elif inspect.isawaitable(result):
-                await result
-        return call
-
-    if h.unary_unary:
-        return h._replace(unary_unary=unary(h.unary_unary))
-    if h.stream_unary:
-        return h._replace(stream_unary=unary(h.stream_unary))
-    if h.unary_stream:
-        return h._replace(unary_stream=stream(h.unary_stream))
-    return h._replace(stream_stream=stream(h.stream_stream))
+    return guarded(h, identify)

@@ -19,7 +19,7 @@ async def eval_(server: "SyscallServer", req: pb.EvalRequest, context) -> pb.Eva
     server.check_accepting()
     owner = users.cred().owner_for(req.owner)
     model = variant_name(req.model, req.quantize)
-    await server.call(lambda k: k._model(model))  # an unknown model fails before the data is read
+    await server.call(lambda k: k.model(model))  # an unknown model fails before the data is read
     spec = evaluate.EvalSpec(model=model, path=req.path, metric=req.metric, window=req.window,
                              max_tokens=req.max_tokens if req.HasField("max_tokens") else 256)
     task = await asyncio.wrap_future(in_fresh_thread(lambda: evaluate.prepare(spec)))

@@ -7,13 +7,13 @@ INVALID_ARGUMENT naming the message type, before the syscall's handler sees it.
 """
 from __future__ import annotations
 
-import contextlib
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 from google.protobuf.message import DecodeError
+
+from llmos.syscalls.guard import guarded
 
 
 @dataclass(frozen=True)
@@ -35,27 +35,9 @@ def _safe(deserialize: Callable[[bytes], object] | None) -> Callable[[bytes], ob
     return parse
 
 
-def _unary(behavior):
-    async def call(request, context):
-        if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        result = behavior(request, context)
-        return await result if inspect.isawaitable(result) else result
-    return call
-
-
-def _stream(behavior):
-    async def call(request, context):
-        if isinstance(request, Malformed):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
-        result = behavior(request, context)
-        if inspect.isasyncgen(result):
-            async with contextlib.aclosing(result) as items:
-                async for item in items:
-                    yield item
-        elif inspect.isawaitable(result):
-            await result
-    return call
+async def _reject(request: object, context) -> None:
+    if isinstance(request, Malformed):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
 
 
 class MalformedInterceptor(grpc.aio.ServerInterceptor):
@@ -65,7 +47,4 @@ class MalformedInterceptor(grpc.aio.ServerInterceptor):
         h = await continuation(details)
         if h is None or h.request_streaming:  # every syscall takes one request message
             return h
-        h = h._replace(request_deserializer=_safe(h.request_deserializer))
-        if h.unary_unary:
-            return h._replace(unary_unary=_unary(h.unary_unary))
-        return h._replace(unary_stream=_stream(h.unary_stream))
+        return guarded(h._replace(request_deserializer=_safe(h.request_deserializer)), _reject)

@@ -26,7 +26,7 @@ def spec_of(req: pb.TrainRequest) -> train.TrainSpec:
 async def train_(server: "SyscallServer", req: pb.TrainRequest, context) -> pb.TrainResponse:
     server.check_accepting()
     owner = users.cred().owner_for(req.owner)
-    await server.call(lambda k: k._model(req.model))  # an unknown model fails before the data is read
+    await server.call(lambda k: k.model(req.model))  # an unknown model fails before the data is read
     spec = spec_of(req)
     if not req.resume:  # a resumed run re-reads the dataset its checkpoint names
         await asyncio.wrap_future(in_fresh_thread(lambda: dataset.read(req.path)))
