@@ -121,13 +121,19 @@ def parse_jsonl(text: str, parse: Callable[[int, str], T]) -> tuple[list[T], lis
     return records, problems
 
 
-def _parse_line(i: int, line: str) -> Record:
+def json_object(line: str) -> dict:
+    """One JSONL line as a dict; ValueError says what is wrong with it."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _parse_line(i: int, line: str) -> Record:
+    obj = json_object(line)
     has_m, has_t = "messages" in obj, "text" in obj
     if has_m and has_t:
         raise ValueError("has both 'messages' and 'text'; give one")

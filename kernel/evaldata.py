@@ -14,7 +14,6 @@ refused before anything runs, and every bad JSONL line is named with its number 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,12 +63,7 @@ def _is_jsonl(path: str) -> bool:
 
 
 def _item(i: int, line: str) -> Item:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"not valid JSON ({e.msg} at column {e.colno})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a JSON object, got {type(obj).__name__}")
+    obj = dataset.json_object(line)
     if ("prompt" in obj) == ("messages" in obj):
         raise ValueError("give exactly one of 'prompt' or 'messages'")
     ref = obj.get("reference")

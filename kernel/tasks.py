@@ -27,6 +27,20 @@ if TYPE_CHECKING:
 MAX_SHARE, MIN_SHARE = 0.9, 0.02
 
 
+class Task(Protocol):
+    """Work a process does in bounded units on the kernel thread."""
+
+    kind: str  # "train", "eval", ...: shown by ps
+
+    def run_unit(self, kernel: "Kernel", proc: "Process") -> bool:
+        """Do one bounded unit of work; return True when the task is finished."""
+        ...
+
+    def close(self, kernel: "Kernel", proc: "Process", reason: str) -> None:
+        """The process ended (finished, killed, failed): release what the task holds."""
+        ...
+
+
 @dataclass
 class DeviceShare:
     """Recent device time, split between token steps and task units (exponentially decayed,
