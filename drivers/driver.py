@@ -61,6 +61,18 @@ QUANT_MODES = ("none", "int8")
 PPL_TOLERANCE = 1.03  # a quantized model's perplexity may exceed its original's by 3% at most
 
 
+class QuantizeError(ValueError):
+    """A model or mode that cannot be quantized; the message names what is unsupported."""
+
+
+def check_quantize(mode: str) -> str:
+    """The mode, normalized ("" is "none"); QuantizeError names the supported ones."""
+    mode = (mode or "none").lower()
+    if mode not in QUANT_MODES:
+        raise QuantizeError(f"unknown quantization mode {mode!r}; supported: {', '.join(QUANT_MODES)}")
+    return mode
+
+
 @dataclass
 class ModelInfo:
     """What the kernel needs to know about a loaded model."""

@@ -7,6 +7,8 @@ import math
 
 import torch
 
+from llmos.drivers.score import window_nll
+
 PROBE_TEXT = (
     "The sun rose slowly over the hills, and the village began to wake. A baker opened his shop "
     "and the smell of fresh bread filled the narrow street. Children ran to school, laughing and "
@@ -34,15 +36,13 @@ CALIBRATION_TEXT = (
     "Q: What is 17 multiplied by 3? A: 51. Q: Name three primary colours. A: Red, blue and yellow.")
 
 
-@torch.no_grad()
 def perplexity(model: torch.nn.Module, ids: list[int], window: int = 512) -> float:
-    """exp(mean next-token negative log-likelihood) of `ids`, in one forward pass per window."""
+    """exp(mean next-token negative log-likelihood) of `ids`, in one forward pass per window
+    (windows of window + 1 tokens overlapping by one, as evaluation processes cut them)."""
     dev = next(model.parameters()).device
     window = min(window, getattr(model.config, "max_position_embeddings", window) - 1)
     nll, count = 0.0, 0
     for start in range(0, len(ids) - 1, window):
-        chunk = torch.tensor([ids[start:start + window + 1]], device=dev)
-        logits = model(chunk[:, :-1]).logits.float()
-        nll += torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum").item()
-        count += chunk.shape[1] - 1
+        n, c = window_nll(model, dev, ids[start:start + window + 1])
+        nll, count = nll + n, count + c
     return math.exp(nll / max(1, count))

@@ -22,14 +22,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from llmos.drivers.driver import QUANT_MODES as MODES
+from llmos.drivers.driver import QuantizeError, check_quantize
 
 # Sibling projections that attention and MLP blocks feed with one tensor.
 FUSE = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
-
-
-class QuantizeError(ValueError):
-    """A model or mode that cannot be quantized; the message names what is unsupported."""
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,13 +123,6 @@ class QuantReport:
     bytes_after: int
 
 
-def check_mode(mode: str) -> str:
-    mode = (mode or "none").lower()
-    if mode not in MODES:
-        raise QuantizeError(f"unknown quantization mode {mode!r}; supported: {', '.join(MODES)}")
-    return mode
-
-
 def check_model(model: nn.Module, mode: str) -> list[nn.Module]:
     """The modules holding Linear layers to quantize; refuse models with other kinds."""
     parents = [mod for mod in model.modules() if any(type(c) is nn.Linear for c in mod.children())]
@@ -166,7 +155,7 @@ def activation_ranges(model: nn.Module, ids: list[int]) -> dict[nn.Linear, torch
 def quantize_model(model: nn.Module, mode: str, calibration: list[int] | None = None) -> QuantReport:
     """Replace the model's Linear layers in place (all of them, the LM head included).
     With calibration token ids, weights are smoothed against the activations they meet."""
-    mode = check_mode(mode)
+    mode = check_quantize(mode)
     before = model_bytes(model)
     if mode == "none":
         return QuantReport(mode, 0, 0, before, before)

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from llmos.drivers import attention, probe, quant, score
-from llmos.drivers.driver import DeviceInfo, ModelInfo, StepInput
+from llmos.drivers.driver import DeviceInfo, ModelInfo, StepInput, check_quantize
 from llmos.drivers.runner import ModelRunner
 from llmos.drivers.trainer import TrainingDriver
 
@@ -32,7 +32,7 @@ class TorchDriver(TrainingDriver):
         """Load weights from a local transformers directory, quantizing them if asked."""
         if dtype not in DTYPES:
             raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        quantize = quant.check_mode(quantize)
+        quantize = check_quantize(quantize)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa")
         if quantize == "none":
             return self.adopt(name, model)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmos.drivers.driver import Driver, SamplingParams, SeqSlice, StepInput
+from llmos.drivers.driver import QUANT_MODES, Driver, SamplingParams, SeqSlice, StepInput
 from llmos.kernel import loader
 from llmos.kernel.errors import (FailedPrecondition, InvalidArgument, KernelError, NotFound, Overloaded,
                                   ResourceExhausted)
@@ -443,7 +443,7 @@ class Kernel:
         if name not in self.models:
             loaded = ", ".join(sorted(self.models)) or "none"
             base, _, mode = name.rpartition(":")
-            hint = f"; load it with `llmos load {base} --quantize {mode}`" if base and mode in loader.QUANT_MODES else ""
+            hint = f"; load it with `llmos load {base} --quantize {mode}`" if base and mode in QUANT_MODES else ""
             raise NotFound(f"model {name!r} is not loaded (loaded: {loaded}){hint}")
         return self.models[name]
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from llmos.drivers.driver import PPL_TOLERANCE, QUANT_MODES, ModelInfo
+from llmos.drivers import driver
+from llmos.drivers.driver import PPL_TOLERANCE, ModelInfo
 from llmos.kernel.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from llmos.kernel.memory import MemoryManager
 from llmos.kernel.models import ModelNotFound, ModelUnavailable
@@ -51,10 +52,10 @@ def variant_name(model: str, quantize: str = "none") -> str:
 
 
 def check_quantize(mode: str) -> str:
-    mode = (mode or "none").lower()
-    if mode not in QUANT_MODES:
-        raise InvalidArgument(f"unknown quantization mode {mode!r}; supported: {', '.join(QUANT_MODES)}")
-    return mode
+    try:
+        return driver.check_quantize(mode)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
 
 
 @dataclass

@@ -97,21 +97,19 @@ class SyscallServer(pb_grpc.SyscallsServicer):
     async def snap(self, pid: int):
         """pid's snapshot in the mirror, fetched from the kernel if the mirror has none yet."""
         if pid not in self.mirror.snaps:
-            snap = await self._k(lambda k: snapshot(k.procs[pid]) if pid in k.procs else None)
+            snap = await self.call(lambda k: snapshot(k.procs[pid]) if pid in k.procs else None)
             if snap is None:
                 raise NotFound(f"no process with pid {pid}")
             self.mirror.snaps.setdefault(pid, snap)
         return self.mirror.get(pid)
 
-    _k, _check_accepting, _snap = call, check_accepting, snap
-
     # --- processes -----------------------------------------------------------------------------
     @syscall
     async def Spawn(self, req: pb.SpawnRequest, context) -> pb.SpawnResponse:
-        self._check_accepting()
+        self.check_accepting()
         args = convert.spawn_args(req)
         args["owner"] = users.cred().owner_for(req.owner)
-        p = await self._k(lambda k: k.spawn(**args))
+        p = await self.call(lambda k: k.spawn(**args))
         return pb.SpawnResponse(pid=p.pid)
 
     @syscall
@@ -119,7 +117,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         if req.offset < 0:
             raise InvalidArgument(f"offset must be 0 or more, got {req.offset}")
         await users.check_visible(self, req.pid)
-        snap = await self._snap(req.pid)
+        snap = await self.snap(req.pid)
         if req.offset > len(snap.stdout) and snap.state.done:
             raise InvalidArgument(f"offset {req.offset} is past the end of pid {req.pid}'s output "
                                   f"({len(snap.stdout)} characters)")
@@ -133,12 +131,12 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         def write(k: Kernel) -> int:
             k.write(req.pid, req.text)
             return k.procs[req.pid].turn_text_start
-        return pb.WriteResponse(offset=await self._k(write))
+        return pb.WriteResponse(offset=await self.call(write))
 
     @syscall
     async def Wait(self, req: pb.WaitRequest, context) -> pb.WaitResponse:
         await users.check_visible(self, req.pid)
-        await self._snap(req.pid)
+        await self.snap(req.pid)
         await self.mirror.until(req.pid, lambda s: s.ended(req.until == pb.TURN))
 
         def finish(k: Kernel):
@@ -146,7 +144,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
             if p is None:
                 raise NotFound(f"no process with pid {req.pid}")
             return convert.proc_info(p), p.stdout, dict(p.results)
-        info, output, results = await self._k(finish)
+        info, output, results = await self.call(finish)
         if req.reap:
             self.mirror.forget(req.pid)
         return pb.WaitResponse(proc=info, output=output, results=results)
@@ -157,16 +155,16 @@ class SyscallServer(pb_grpc.SyscallsServicer):
             raise InvalidArgument(f"unknown signal {req.signal}; use {SIGNALS}")
         sig = pb.Signal.Name(req.signal)
         await users.check_visible(self, req.pid)
-        return pb.KillResponse(proc=await self._k(lambda k: convert.proc_info(k.signal(req.pid, sig))))
+        return pb.KillResponse(proc=await self.call(lambda k: convert.proc_info(k.signal(req.pid, sig))))
 
     @syscall
     async def Fork(self, req: pb.ForkRequest, context) -> pb.ForkResponse:
-        self._check_accepting()
+        self.check_accepting()
         await users.check_visible(self, req.pid)
         sampling = convert.sampling(req.sampling) if req.HasField("sampling") else None
         text = req.text if req.HasField("text") else None
         max_tokens = req.max_tokens if req.HasField("max_tokens") else None
-        child = await self._k(lambda k: k.fork(req.pid, text=text, sampling=sampling, max_tokens=max_tokens))
+        child = await self.call(lambda k: k.fork(req.pid, text=text, sampling=sampling, max_tokens=max_tokens))
         return pb.ForkResponse(pid=child.pid)
 
     @syscall
@@ -184,8 +182,8 @@ class SyscallServer(pb_grpc.SyscallsServicer):
                 raise FailedPrecondition(f"pid {req.dst} is not interactive; only an interactive process reads stdin")
             if dst.state.done:
                 raise FailedPrecondition(f"pid {req.dst} has already {dst.state.value}")
-        await self._k(check)
-        await self._snap(req.src), await self._snap(req.dst)
+        await self.call(check)
+        await self.snap(req.src), await self.snap(req.dst)
         # The pipe outlives this call: a client that goes away does not lose the data.
         task = asyncio.ensure_future(self._pipe(req.src, req.dst))
         self._pipes.add(task)
@@ -206,7 +204,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
                     return None  # it moved on meanwhile (stopped, or written by someone else): wait again
                 k.write(dst, text)
                 return p.turn_text_start
-            offset = await self._k(write)
+            offset = await self.call(write)
             if offset is not None:
                 return offset
             await self.mirror.until(dst, lambda s: s is not snap)
@@ -226,7 +224,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
                     if (not req.model or p.model == req.model) and (not states or p.state.value in states)
                     and (not req.owner or p.owner == req.owner) and not (req.live_only and p.state.done)
                     and cred.sees(p.owner)]
-        return pb.PsResponse(procs=await self._k(ps))
+        return pb.PsResponse(procs=await self.call(ps))
 
     @syscall
     async def Stat(self, req: pb.StatRequest, context) -> pb.StatResponse:
@@ -235,7 +233,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
             if req.pid not in k.procs:
                 raise NotFound(f"no process with pid {req.pid}")
             return convert.proc_info(k.procs[req.pid])
-        return pb.StatResponse(proc=await self._k(stat))
+        return pb.StatResponse(proc=await self.call(stat))
 
     # --- memory, devices, models, logs -----------------------------------------------------------
     @syscall
@@ -243,11 +241,11 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         def meminfo(k: Kernel) -> list[pb.PoolInfo]:
             names = [req.model] if req.model else sorted(k.models)
             return [convert.pool_info(n, k.meminfo(n), k.models[n].kv_bytes) for n in names]
-        return pb.MemInfoResponse(pools=await self._k(meminfo))
+        return pb.MemInfoResponse(pools=await self.call(meminfo))
 
     @syscall
     async def Devices(self, req: pb.DevicesRequest, context) -> pb.DevicesResponse:
-        return pb.DevicesResponse(devices=[convert.device(await self._k(lambda k: k.driver.describe()))])
+        return pb.DevicesResponse(devices=[convert.device(await self.call(lambda k: k.driver.describe()))])
 
     @syscall
     async def Models(self, req: pb.ModelsRequest, context) -> pb.ModelsResponse:
@@ -255,25 +253,25 @@ class SyscallServer(pb_grpc.SyscallsServicer):
             live = {n: sum(1 for p in k.procs.values() if p.model == n and not p.state.done) for n in k.models}
             return pb.ModelsResponse(loaded=[convert.model_info(m, live[n]) for n, m in sorted(k.models.items())],
                                      stored=k.store.list() if k.store is not None else [])
-        return await self._k(models)
+        return await self.call(models)
 
     @syscall
     async def LoadModel(self, req: pb.LoadModelRequest, context) -> pb.LoadModelResponse:
         users.cred().check_admin("load models")
-        self._check_accepting()
+        self.check_accepting()
         # Converting and reading weights takes seconds and needs no process state: do it on a
         # worker thread so the kernel keeps stepping; only the install runs on the kernel thread.
         kernel = self.kt.kernel
         prep = await asyncio.wrap_future(in_fresh_thread(
             lambda: kernel.prepare_model(req.model, req.name or None, req.dtype or "float32", req.quantize or None)))
-        m = await self._k(lambda k: prep if isinstance(prep, LoadedModel) else k.install_model(prep))
-        live = await self._k(lambda k: sum(1 for p in k.procs.values() if p.model == m.name and not p.state.done))
+        m = await self.call(lambda k: prep if isinstance(prep, LoadedModel) else k.install_model(prep))
+        live = await self.call(lambda k: sum(1 for p in k.procs.values() if p.model == m.name and not p.state.done))
         return pb.LoadModelResponse(model=convert.model_info(m, live))
 
     @syscall
     async def UnloadModel(self, req: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
         users.cred().check_admin("unload models")
-        await self._k(lambda k: k.unload_model(req.name))
+        await self.call(lambda k: k.unload_model(req.name))
         return pb.UnloadModelResponse()
 
     @syscall
@@ -281,7 +279,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         users.cred().check_admin("read the kernel log (it names every user's processes)")
         if req.limit < 0:
             raise InvalidArgument(f"limit must be 0 (all) or positive, got {req.limit}")
-        lines = [pb.LogLine(time=t, level=lv, msg=m) for t, lv, m in await self._k(lambda k: list(k.ring))
+        lines = [pb.LogLine(time=t, level=lv, msg=m) for t, lv, m in await self.call(lambda k: list(k.ring))
                  if t >= req.since]
         return pb.DmesgResponse(lines=lines[-req.limit:] if req.limit else lines)
 

@@ -25,6 +25,10 @@ class Daemon:
         from llmos.syscalls.client import Client
         return Client(self.socket, **kw)
 
+    def stop_cleanly(self) -> None:
+        """Stop with SIGTERM and fail the test, showing the log's tail, unless llmosd exits 0."""
+        assert self.stop() == 0, self.log.read_text()[-3000:]
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -78,4 +82,4 @@ def llmosd(tmp_path_factory, tiny_model_dir):
     d = start_daemon(tmp_path_factory.mktemp("state"), str(tiny_model_dir), "--kv-pages", "512",
                      "--page-size", "16", "--grace", "5")
     yield d
-    assert d.stop() == 0, d.log.read_text()[-3000:]
+    d.stop_cleanly()

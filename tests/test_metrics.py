@@ -73,7 +73,7 @@ def md(tmp_path_factory, tiny_model_dir):
     d.http = re.search(r"http://[^\s,]+", d.ready).group(0)
     d.metrics = re.search(r"metrics at (http://\S+)", d.ready).group(1)
     yield d
-    assert d.stop() == 0, d.log.read_text()[-3000:]
+    d.stop_cleanly()
 
 
 @pytest.fixture(scope="module")
