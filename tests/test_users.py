@@ -210,6 +210,7 @@ def test_tokens_per_minute_hold_a_process_back_then_refuse(users):
 CHILD = r"""
 import json, os, sys
 import grpc
+import grpc._channel  # imported lazily by the first channel, when the checkout may be closed to uid 65534
 from llmos.syscalls.auth import User, authenticate_bearer
 from llmos.syscalls.client import Client, SyscallError
 sock, root_pid, model = sys.argv[1], int(sys.argv[2]), sys.argv[3]
