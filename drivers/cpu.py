@@ -6,6 +6,7 @@ import platform
 import psutil
 import torch
 
+from llmos.drivers import packed
 from llmos.drivers.driver import DeviceInfo
 from llmos.drivers.torch_driver import TorchDriver
 
@@ -20,6 +21,10 @@ class CPUDriver(TorchDriver):
         if threads:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
+
+    def prepare(self, model: torch.nn.Module) -> None:
+        """Prepack the Linear weights for oneDNN (drivers/packed.py)."""
+        packed.pack_model(model)
 
     def describe(self) -> DeviceInfo:
         mem = psutil.virtual_memory()

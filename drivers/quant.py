@@ -16,16 +16,13 @@ model's perplexity from ~6% above fp32 to ~2%.
 """
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from llmos.drivers.driver import QuantizeError, check_quantize
-
-# Sibling projections that attention and MLP blocks feed with one tensor.
-FUSE = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", "key", "value"))
+from llmos.drivers.fuse import FusedGroup, FusedLinear, linear_parents, replace_linears
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,15 +52,11 @@ def int8_matmul(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor, bi
     return y.view(*x.shape[:-1], weight_t.shape[1])
 
 
-class Int8Group(nn.Module):
-    """One int8 GEMM for several projections of the same input; each member reads its columns.
-
-    The first member called with a tensor computes every member's output; the others take
-    their slices of it. The output is dropped once each member has read it.
-    """
+class Int8Group(FusedGroup):
+    """int8 weights of one or more projections of the same input, computed as one GEMM."""
 
     def __init__(self, linears: list[nn.Linear], act_max: torch.Tensor | None = None, alpha: float = 0.5) -> None:
-        super().__init__()
+        super().__init__(len(linears))
         weight = torch.cat([lin.weight for lin in linears]).detach().float()
         smooth = None
         if act_max is not None:
@@ -79,37 +72,9 @@ class Int8Group(nn.Module):
         biases = [lin.bias if lin.bias is not None else torch.zeros(lin.out_features) for lin in linears]
         has_bias = any(lin.bias is not None for lin in linears)
         self.register_buffer("bias", torch.cat(biases).detach().float() if has_bias else None)
-        self.size = len(linears)
-        self._input: weakref.ref | None = None
-        self._output: torch.Tensor | None = None
-        self._unread = 0
 
-    def output(self, x: torch.Tensor) -> torch.Tensor:
-        if self._input is None or self._input() is not x or self._unread == 0:
-            self._output = int8_matmul(x, self.weight_t, self.scale, self.bias, self.smooth)
-            self._input, self._unread = weakref.ref(x), self.size
-        out = self._output
-        self._unread -= 1
-        if self._unread == 0:
-            self._input = self._output = None
-        return out
-
-
-class Int8Linear(nn.Module):
-    """A Linear layer with int8 weights: columns [start, stop) of its group's fused product."""
-
-    def __init__(self, group: Int8Group, start: int, stop: int, in_features: int) -> None:
-        super().__init__()
-        self.group = group
-        self.start, self.stop = start, stop
-        self.in_features, self.out_features = in_features, stop - start
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.group.output(x)
-        return out if self.group.size == 1 else out[..., self.start:self.stop]
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        return int8_matmul(x, self.weight_t, self.scale, self.bias, self.smooth)
 
 
 @dataclass
@@ -125,7 +90,7 @@ class QuantReport:
 
 def check_model(model: nn.Module, mode: str) -> list[nn.Module]:
     """The modules holding Linear layers to quantize; refuse models with other kinds."""
-    parents = [mod for mod in model.modules() if any(type(c) is nn.Linear for c in mod.children())]
+    parents = linear_parents(model)
     others = sorted({type(m).__name__ for m in model.modules()
                      if type(m) is not nn.Linear and ("Linear" in type(m).__name__ or "Conv1D" in type(m).__name__)})
     if others or not parents:
@@ -163,17 +128,7 @@ def quantize_model(model: nn.Module, mode: str, calibration: list[int] | None = 
     if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
         model.config.tie_word_embeddings = False  # the LM head gets its own int8 copy
     ranges = activation_ranges(model, calibration) if calibration else {}
-    layers = groups = 0
-    for parent in parents:
-        for names in _groups(parent):
-            linears = [getattr(parent, n) for n in names]
-            group = Int8Group(linears, ranges.get(linears[0]))
-            start = 0
-            for n, lin in zip(names, linears):
-                setattr(parent, n, Int8Linear(group, start, start + lin.out_features, lin.in_features))
-                start += lin.out_features
-            layers += len(names)
-            groups += 1
+    layers, groups = replace_linears(parents, lambda linears: Int8Group(linears, ranges.get(linears[0])))
     for layer in model.modules():
         _fold_smoothing(layer)
     return QuantReport(mode, layers, groups, before, model_bytes(model))
@@ -187,12 +142,12 @@ def _fold_smoothing(layer: nn.Module) -> None:
     pairs = [(getattr(layer, "input_layernorm", None), getattr(attn, "q_proj", None)),
              (getattr(layer, "post_attention_layernorm", None), getattr(mlp, "gate_proj", None))]
     for norm, proj in pairs:
-        if isinstance(proj, Int8Linear) and proj.group.smooth is not None and _scales_with_weight(norm):
+        if _int8(proj) and proj.group.smooth is not None and _scales_with_weight(norm):
             with torch.no_grad():
                 norm.weight.mul_(proj.group.smooth.to(norm.weight.dtype))
             proj.group.smooth = None
     up, down = getattr(mlp, "up_proj", None), getattr(mlp, "down_proj", None)
-    if isinstance(up, Int8Linear) and isinstance(down, Int8Linear) and down.group.smooth is not None:
+    if _int8(up) and _int8(down) and down.group.smooth is not None:
         cols = slice(up.start, up.stop)
         up.group.scale[cols] *= down.group.smooth  # silu(gate) * up is linear in up's outputs
         if up.group.bias is not None:
@@ -214,14 +169,8 @@ def _scales_with_weight(norm: nn.Module | None) -> bool:
     return torch.allclose(got, want, rtol=1e-4, atol=1e-6)
 
 
-def _groups(parent: nn.Module) -> list[tuple[str, ...]]:
-    linear = {n for n, c in parent.named_children() if type(c) is nn.Linear}
-    out = []
-    for names in FUSE:
-        if set(names) <= linear and len({getattr(parent, n).in_features for n in names}) == 1:
-            out.append(names)
-            linear -= set(names)
-    return out + [(n,) for n in sorted(linear)]
+def _int8(mod: nn.Module | None) -> bool:
+    return isinstance(mod, FusedLinear) and isinstance(mod.group, Int8Group)
 
 
 def model_bytes(model: nn.Module) -> int:
@@ -231,4 +180,4 @@ def model_bytes(model: nn.Module) -> int:
         if t.data_ptr() not in seen:
             seen.add(t.data_ptr())
             total += t.numel() * t.element_size()
-    return total
+    return total + sum(m.nbytes() for m in model.modules() if isinstance(m, FusedGroup))

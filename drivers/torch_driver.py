@@ -53,6 +53,7 @@ class TorchDriver(TrainingDriver):
     def adopt(self, name: str, model: PreTrainedModel) -> ModelInfo:
         """Take an already-built model (on any device) and serve it under `name`."""
         model = model.to(self.device).eval()
+        self.prepare(model)
         model.set_attn_implementation(attention.ATTN_NAME)
         runner = ModelRunner(model, self.device)
         self.runners[name] = runner
@@ -64,6 +65,9 @@ class TorchDriver(TrainingDriver):
             vocab_size=cfg.vocab_size, max_context=int(getattr(cfg, "max_position_embeddings", 2048)),
             dtype=str(runner.dtype).removeprefix("torch."), num_parameters=nparams,
             weight_bytes=quant.model_bytes(model))
+
+    def prepare(self, model: PreTrainedModel) -> None:
+        """Device-specific rewriting of a model about to be served (none by default)."""
 
     def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int:
         return self.runners[name].alloc_kv(num_pages, page_size, swap_pages)

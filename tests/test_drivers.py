@@ -54,3 +54,56 @@ def test_cuda_driver_matches_transformers(tokenizer):
     k.run_until_idle()
     for t, p in zip(batch, procs):
         assert p.out_tokens == ref.greedy(t, 10)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_packed_weights_compute_the_same_model(tied):
+    import copy
+
+    from tiny import tiny_model
+
+    from llmos.drivers import packed
+    from llmos.drivers.quant import model_bytes
+
+    model = tiny_model("qwen2", tie_word_embeddings=tied)  # q/k/v carry biases
+    plain = copy.deepcopy(model)
+    assert packed.pack_model(model) == 2 * 7 + 1  # every Linear, the LM head included
+    assert not any(type(m) is torch.nn.Linear for m in model.modules())
+    ids = torch.tensor([list(range(3, 40))])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, plain(ids).logits, atol=1e-5)
+    if not tied:
+        assert model_bytes(model) == model_bytes(plain)
+    # A deep copy (the trainer's twin, an export) is a plain model with the same weights and ties.
+    twin = copy.deepcopy(model)
+    assert all(type(twin.get_submodule(n)) is torch.nn.Linear for n, m in plain.named_modules()
+               if type(m) is torch.nn.Linear)
+    for (n, p), q in zip(plain.named_parameters(), twin.parameters()):
+        assert torch.equal(p, q), n
+    assert (twin.lm_head.weight is twin.model.embed_tokens.weight) == tied
+
+
+def test_packed_rows_do_not_depend_on_their_batch():
+    from llmos.drivers.packed import PackedGroup
+
+    lins = [torch.nn.Linear(64, 96), torch.nn.Linear(64, 32)]
+    group = PackedGroup(lins, tied=set())
+    x = torch.randn(37, 64)
+    with torch.inference_mode():
+        full = group.compute(x)
+        for n in (1, 3, 16):
+            assert torch.equal(group.compute(x[:n]), full[:n])
+    want = torch.cat([lin(x) for lin in lins], dim=1)
+    assert torch.allclose(full, want, atol=1e-5)
+
+
+def test_the_cpu_driver_serves_packed_weights(tokenizer):
+    from tiny import tiny_model
+
+    from llmos.drivers.packed import PackedLinear
+
+    k = Kernel(open_driver("cpu", threads=2), KernelConfig(page_size=4, kv_pages=64))
+    k.adopt_model("tiny", tiny_model("llama"), tokenizer)
+    served = k.driver.runners["tiny"].model
+    assert isinstance(served.model.layers[0].self_attn.q_proj, PackedLinear)
+    assert isinstance(served.lm_head, PackedLinear)

@@ -62,13 +62,13 @@ def test_a_row_never_depends_on_its_batch():
 
 
 def test_fused_projections_equal_separate_ones(monkeypatch):
-    from llmos.drivers import quant
+    from llmos.drivers import fuse
 
     model = tiny_model("qwen2")  # q/k/v carry biases
     fused, apart = copy.deepcopy(model), copy.deepcopy(model)
     ids = list(range(3, 60))
     report = quantize_model(fused, "int8")  # no smoothing: that is shared across a fused group
-    monkeypatch.setattr(quant, "FUSE", ())  # every projection its own GEMM
+    monkeypatch.setattr(fuse, "FUSE", ())  # every projection its own GEMM
     alone = quantize_model(apart, "int8")
     assert report.groups < alone.groups == report.layers == alone.layers
     with torch.no_grad():
