@@ -2,8 +2,7 @@
 
 N processes each stream --new-tokens tokens (greedy, EOS ignored), once alone and once while a
 fine-tune runs on the same model and device; the table shows their tok/s and the ratio.
-Multi-LoRA batching is not implemented (each adapter is served as its own merged model), so
-there is no multi-LoRA row yet.
+Serving several adapters in one batch is measured by bench/multilora.py.
 
     python bench/train.py                          # the tiny random model (no download)
     python bench/train.py --model smollm2-135m     # the default model, from the model store

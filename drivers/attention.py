@@ -90,8 +90,14 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
     v_flat.index_copy_(0, b.slot_mapping, v_new.to(v_pool.dtype))
 
     q = query[0]  # [H, T, D]
-    out = torch.empty(q.shape[1], q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)  # [T, H, D]
     gqa = q.shape[0] != kv_heads
+    if not b.prefills and b.decode_rows is not None:  # every row is a decode, in order: no gather or scatter
+        kd = _gather(k_pool, b.decode_pages, q.shape[1]).to(q.dtype)
+        vd = _gather(v_pool, b.decode_pages, q.shape[1]).to(q.dtype)
+        od = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(2), kd, vd,
+                                            attn_mask=b.decode_mask(sliding_window), scale=scaling, enable_gqa=gqa)
+        return od.transpose(1, 2), None  # [B, 1, H, D] is [1, T, H, D] in memory order
+    out = torch.empty(q.shape[1], q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)  # [T, H, D]
     if b.decode_rows is not None:
         rows = b.decode_rows
         bsz = rows.shape[0]

@@ -33,6 +33,7 @@ class SeqSlice:
     page_table: list[int]
     sample: bool  # whether to sample a token after the last of token_ids
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    adapter: str = ""  # the LoRA adapter these tokens run under (its model name); "" = the base model
 
 
 @dataclass
@@ -90,6 +91,8 @@ class ModelInfo:
     quantize: str = "none"
     # Perplexity on a fixed probe text, quantized over full precision (0: not measured).
     ppl_ratio: float = 0.0
+    base: str = ""     # a LoRA adapter: the model it runs over (its parameters are the adapter's)
+    lora_rank: int = 0
 
     def kv_bytes_per_page(self, page_size: int, dtype_bytes: int) -> int:
         return 2 * self.num_layers * page_size * self.kv_heads * self.head_dim * dtype_bytes
@@ -104,12 +107,14 @@ class Driver(Protocol):
 
     def load(self, name: str, path: str, dtype: str, quantize: str = "none") -> ModelInfo: ...
 
+    def load_adapter(self, base: str, name: str, path: str) -> ModelInfo: ...
+
     def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int: ...
 
     def step(self, name: str, batch: StepInput) -> dict[int, int]: ...
 
     def score(self, name: str, token_ids: list[int]) -> tuple[float, int]: ...
 
-    def unload(self, name: str) -> None: ...
+    def unload(self, name: str) -> None: ...  # a model or an adapter
 
     def release(self) -> None: ...

@@ -28,9 +28,8 @@ class FusedGroup(nn.Module):
     def __init__(self, size: int) -> None:
         super().__init__()
         self.size = size
-        self._input: weakref.ref | None = None
-        self._output: torch.Tensor | None = None
-        self._unread = 0
+        # [input weakref, output, reads left]; mutated in place, as nn.Module's __setattr__ is slow.
+        self._cache: list = [None, None, 0]
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -42,13 +41,13 @@ class FusedGroup(nn.Module):
     def output(self, x: torch.Tensor) -> torch.Tensor:
         if self.size == 1:
             return self.compute(x)
-        if self._input is None or self._input() is not x or self._unread == 0:
-            self._output = self.compute(x)
-            self._input, self._unread = weakref.ref(x), self.size
-        out = self._output
-        self._unread -= 1
-        if self._unread == 0:
-            self._input = self._output = None
+        c = self._cache
+        if c[2] == 0 or c[0]() is not x:
+            c[0], c[1], c[2] = weakref.ref(x), self.compute(x), self.size
+        out = c[1]
+        c[2] -= 1
+        if c[2] == 0:
+            c[0] = c[1] = None
         return out
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmos.drivers.fuse import FusedGroup, FusedLinear, linear_parents, replace_linears
+from llmos.drivers.quant import Int8Group
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -76,8 +77,12 @@ def _starts(linears: list[nn.Linear]) -> list[int]:
 
 
 def pack_model(model: nn.Module) -> int:
-    """Replace the model's Linear layers (the LM head included) by prepacked ones, in place.
-    Returns how many were replaced; 0 where the model or this torch cannot be packed."""
+    """Replace the model's Linear layers (the LM head included) by prepacked ones, in place,
+    and prepack int8 groups (drivers/quant.py). Returns how many Linear layers were replaced;
+    0 where the model or this torch cannot be packed."""
+    for group in model.modules():
+        if isinstance(group, Int8Group):
+            group.prepack()
     if not supported(model):
         return 0
     linear_weights = {id(m.weight) for m in model.modules() if type(m) is nn.Linear}

@@ -44,12 +44,33 @@ def int8_matmul(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor, bi
         rows = rows * smooth
     sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(127)  # (vector_norm(inf) is slower)
     xq = torch.div(rows, sx).round_().to(torch.int8)
-    y = torch._int_mm(xq, weight_t).mul(sx).mul_(scale)
+    y = torch._int_mm(xq, weight_t).mul(scale).mul_(sx)  # the order oneDNN's packed path computes in
     if bias is not None:
         y.add_(bias)
     if x.dtype != torch.float32:
         y = y.to(x.dtype)
     return y.view(*x.shape[:-1], weight_t.shape[1])
+
+
+def int8_matmul_packed(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
+                       bias: torch.Tensor | None, smooth: torch.Tensor | None = None) -> torch.Tensor:
+    """int8_matmul on weights prepacked for oneDNN (CPU). oneDNN's fast int8 kernels take
+    unsigned activations, so the int8 values are shifted by 128 and the shift is declared as
+    the zero point: the int32 product, and the result, are exactly int8_matmul's."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.dtype != torch.float32:
+        rows = rows.float()
+    if smooth is not None:
+        rows = rows * smooth
+    sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(127)
+    xu = torch.div(rows, sx).round_().add_(128).to(torch.uint8)
+    y = torch.ops.onednn.qlinear_pointwise(xu, 1.0, 128, packed, scale, zeros, None, 1.0, 0, torch.float32,
+                                           "none", [], "").mul_(sx)
+    if bias is not None:
+        y.add_(bias)
+    if x.dtype != torch.float32:
+        y = y.to(x.dtype)
+    return y.view(*x.shape[:-1], scale.shape[0])
 
 
 class Int8Group(FusedGroup):
@@ -72,9 +93,23 @@ class Int8Group(FusedGroup):
         biases = [lin.bias if lin.bias is not None else torch.zeros(lin.out_features) for lin in linears]
         has_bias = any(lin.bias is not None for lin in linears)
         self.register_buffer("bias", torch.cat(biases).detach().float() if has_bias else None)
+        self.packed: torch.Tensor | None = None
+
+    def prepack(self) -> None:
+        """Move the weights into oneDNN's packed layout (CPU only; the CPU driver calls this)."""
+        if self.packed is None and self.weight_t.device.type == "cpu" and hasattr(torch.ops.onednn, "qlinear_prepack"):
+            self.packed = torch.ops.onednn.qlinear_prepack(self.weight_t.t().contiguous(), None)
+            self.zeros = torch.zeros(self.scale.shape[0], dtype=torch.long)
+            self.packed_bytes = self.weight_t.numel()
+            self.weight_t = None
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return int8_matmul_packed(x, self.packed, self.scale, self.zeros, self.bias, self.smooth)
         return int8_matmul(x, self.weight_t, self.scale, self.bias, self.smooth)
+
+    def nbytes(self) -> int:
+        return self.packed_bytes if self.packed is not None else 0
 
 
 @dataclass

@@ -1,11 +1,13 @@
 """ModelRunner: turns a scheduled step into tensors (positions, slot mapping, page tables),
-runs the model once over the packed tokens, and samples."""
+runs the model once over the packed tokens (each slice under its LoRA adapter, if any), and samples."""
 from __future__ import annotations
 
 import torch
 
 from llmos.drivers.attention import PagedBatch, PrefillSlice
 from llmos.drivers.driver import StepInput
+from llmos.drivers.lora import LoraSet
+from llmos.drivers.lean import LeanDecoder
 from llmos.drivers.sampler import sample
 
 
@@ -23,6 +25,8 @@ class ModelRunner:
         self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.swap: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.page_size = 0
+        self.lora = LoraSet(model)  # adapters served over this model (drivers/lora.py)
+        self.lean = LeanDecoder(model) if LeanDecoder.supports(model) else None
 
     def alloc_kv(self, num_pages: int, page_size: int, swap_pages: int) -> int:
         """Allocate the pool; returns its size in bytes."""
@@ -55,16 +59,25 @@ class ModelRunner:
         if not batch.seqs:
             return {}
         meta, ids, pos, keep = self._prepare(batch)
-        dev = self.device
-        out = self.model(input_ids=torch.tensor([ids], device=dev), position_ids=torch.tensor([pos], device=dev),
-                         use_cache=False, logits_to_keep=torch.tensor(keep, dtype=torch.long, device=dev),
-                         llmos_batch=meta)
+        with self.lora.applied([(s.adapter, len(s.token_ids)) for s in batch.seqs]):
+            logits = self.forward(meta, ids, pos, keep)
         sampled = [s for s in batch.seqs if s.sample]
         if not sampled:
             return {}
-        tokens = sample(out.logits[0], [s.sampling for s in sampled],
+        tokens = sample(logits, [s.sampling for s in sampled],
                         [s.start_pos + len(s.token_ids) for s in sampled])
         return {s.seq_id: t for s, t in zip(sampled, tokens)}
+
+    def forward(self, meta: PagedBatch, ids: list[int], pos: list[int], keep: list[int]) -> torch.Tensor:
+        """Logits [len(keep), vocab]: through the lean forward where the model has its shape,
+        else through transformers' own."""
+        dev = self.device
+        ids_t, pos_t = torch.tensor([ids], device=dev), torch.tensor([pos], device=dev)
+        keep_t = torch.tensor(keep, dtype=torch.long, device=dev)
+        if self.lean is not None:
+            return self.lean(ids_t, pos_t, meta, keep_t)
+        return self.model(input_ids=ids_t, position_ids=pos_t, use_cache=False, logits_to_keep=keep_t,
+                          llmos_batch=meta).logits[0]
 
     def _prepare(self, batch: StepInput) -> tuple[PagedBatch, list[int], list[int], list[int]]:
         size, dev = self.page_size, self.device

@@ -23,6 +23,7 @@ class TorchDriver(TrainingDriver):
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.runners: dict[str, ModelRunner] = {}
+        self.adapters: dict[str, str] = {}  # LoRA adapter -> the model it is loaded over
         attention.register()
 
     def describe(self) -> DeviceInfo:  # pragma: no cover - overridden
@@ -57,7 +58,22 @@ class TorchDriver(TrainingDriver):
         model.set_attn_implementation(attention.ATTN_NAME)
         runner = ModelRunner(model, self.device)
         self.runners[name] = runner
-        cfg = model.config
+        return self._info(name, runner)
+
+    def load_adapter(self, base: str, name: str, path: str) -> ModelInfo:
+        """Serve the peft LoRA adapter at `path` over loaded model `base`, in its batches:
+        slices whose `adapter` is `name` run under it (drivers/lora.py)."""
+        if base not in self.runners:
+            raise ValueError(f"the base model {base!r} of adapter {name!r} is not loaded")
+        runner = self.runners[base]
+        adapter = runner.lora.load(name, path)
+        self.adapters[name] = base
+        return dataclasses.replace(self._info(name, runner), num_parameters=adapter.num_parameters,
+                                   weight_bytes=adapter.nbytes, base=base, lora_rank=adapter.rank)
+
+    @staticmethod
+    def _info(name: str, runner: ModelRunner) -> ModelInfo:
+        model, cfg = runner.model, runner.model.config
         nparams = sum(p.numel() for p in model.parameters())
         return ModelInfo(
             name=name, architecture=(cfg.architectures or [type(model).__name__])[0],
@@ -77,15 +93,26 @@ class TorchDriver(TrainingDriver):
 
     def score(self, name: str, token_ids: list[int]) -> tuple[float, int]:
         """Summed next-token NLL of one window and how many tokens it predicts (drivers/score.py)."""
-        runner = self.runners[name]
-        return score.window_nll(runner.model, self.device, token_ids)
+        base = self.adapters.get(name)
+        runner = self.runners[base or name]
+        with runner.lora.applied([(name if base else "", max(len(token_ids) - 1, 0))]):
+            return score.window_nll(runner.model, self.device, token_ids)
 
     def unload(self, name: str) -> None:
+        """Unload a model (with any adapters still over it) or one adapter."""
+        if name in self.adapters:
+            runner = self.runners.get(self.adapters.pop(name))
+            if runner is not None:
+                runner.lora.remove(name)
+            return
         self.runners.pop(name, None)
+        for adapter in [a for a, b in self.adapters.items() if b == name]:
+            del self.adapters[adapter]
         self._empty_cache()
 
     def release(self) -> None:
         self.runners.clear()
+        self.adapters.clear()
         self._empty_cache()
 
     def _empty_cache(self) -> None:

@@ -10,8 +10,6 @@ Everything crossing the driver boundary is plain data: token id lists, floats, p
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +23,6 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 class _Session:
     model: torch.nn.Module  # the peft-wrapped twin
     opt: torch.optim.Optimizer
-    base: torch.nn.Module   # the served model (for export)
-    cfg: dict
 
 
 class Trainer:
@@ -56,7 +52,7 @@ class Trainer:
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=float(cfg["lr"]), weight_decay=float(cfg.get("weight_decay", 0.0)))
-        self.sessions[adapter] = _Session(model, opt, base, dict(cfg))
+        self.sessions[adapter] = _Session(model, opt)
         return sum(p.numel() for p in params)
 
     def micro(self, adapter: str, seqs: list[list[int]], loss_from: list[int], denom: int) -> float:
@@ -101,24 +97,12 @@ class Trainer:
         s.opt.load_state_dict(torch.load(Path(path) / "optimizer.pt", map_location=self.device))
 
     def export(self, adapter: str, path: str) -> None:
-        """Save base weights with the adapter merged in, as a transformers directory at `path`
-        (a private copy is merged, never the served weights)."""
-        from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
-
+        """Save the trained adapter alone, in peft's format (adapter_config.json and
+        adapter_model.safetensors), into the directory `path`: it is served over the base
+        model's own weights (drivers/lora.py), never as a merged copy."""
         s = self.sessions[adapter]
-        copy_ = get_peft_model(copy.deepcopy(s.base), copy.deepcopy(s.model.peft_config["default"]))
-        set_peft_model_state_dict(copy_, get_peft_model_state_dict(s.model))
-        merged = copy_.merge_and_unload()
-        merged.config._attn_implementation = "sdpa"
-        tmp = Path(path + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        merged.save_pretrained(str(tmp))
-        (tmp / "llmos-adapter.json").write_text(json.dumps({"adapter": adapter, **s.cfg}))
-        dest = Path(path)
-        dest.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            f.replace(dest / f.name)
-        tmp.rmdir()
+        Path(path).mkdir(parents=True, exist_ok=True)
+        s.model.save_pretrained(path)
 
     def end(self, adapter: str) -> None:
         """Forget a session and its optimizer state."""

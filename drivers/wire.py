@@ -11,13 +11,15 @@ from llmos.drivers.driver import DeviceInfo, ModelInfo, SamplingParams, SeqSlice
 
 def pack_step(batch: StepInput) -> bytes:
     seqs = [[s.seq_id, s.token_ids, s.start_pos, s.page_table, s.sample,
-             [s.sampling.temperature, s.sampling.top_k, s.sampling.top_p, s.sampling.seed]] for s in batch.seqs]
+             [s.sampling.temperature, s.sampling.top_k, s.sampling.top_p, s.sampling.seed], s.adapter]
+            for s in batch.seqs]
     return msgpack.packb({"seqs": seqs, "moves": [list(m) for m in batch.moves]})
 
 
 def unpack_step(data: bytes) -> StepInput:
     d = msgpack.unpackb(data)
-    seqs = [SeqSlice(i, toks, start, table, sample, SamplingParams(*sp)) for i, toks, start, table, sample, sp in d["seqs"]]
+    seqs = [SeqSlice(i, toks, start, table, sample, SamplingParams(*sp), adapter)
+            for i, toks, start, table, sample, sp, adapter in d["seqs"]]
     return StepInput(seqs, [tuple(m) for m in d["moves"]])
 
 

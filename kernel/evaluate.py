@@ -126,6 +126,7 @@ class GenerationTask:
         self.children: dict[int, int] = {}  # live child pid → item index
         self.next_item = 0
         self.done = 0
+        self.spawn_refused = False  # a quota or a full table said no: wait for a child to end
 
     def run_unit(self, kernel: "Kernel", proc: "Process") -> bool:
         before = self.done
@@ -136,6 +137,19 @@ class GenerationTask:
                                     before // max(1, n // PROGRESS_LINES)):
             proc.stdout += f"generated {self.done}/{n}\n"
         return self._finish(proc) if self.done == n else False
+
+    def waiting(self, kernel: "Kernel") -> bool:
+        """Nothing to collect and nothing that may be spawned: wait for a child to finish."""
+        if not self.children or any(kernel.procs[pid].state.done for pid in self.children if pid in kernel.procs):
+            return False
+        full = len(self.children) >= MAX_CHILDREN or self.next_item == len(self.items) or self.spawn_refused
+        return full and all(pid in kernel.procs for pid in self.children)
+
+    def signal(self, kernel: "Kernel", sig: str) -> None:
+        """STOP and CONT reach the eval's live children: a stopped eval generates nothing."""
+        for pid in self.children:
+            if pid in kernel.procs and not kernel.procs[pid].state.done:
+                kernel.signal(pid, sig)
 
     def _collect(self, kernel: "Kernel") -> None:
         for pid, i in list(self.children.items()):
@@ -151,6 +165,7 @@ class GenerationTask:
             del self.children[pid]
             kernel.reap(pid)
             self.done += 1
+            self.spawn_refused = False
 
     def _spawn(self, kernel: "Kernel", proc: "Process") -> None:
         while len(self.children) < MAX_CHILDREN and self.next_item < len(self.items):
@@ -162,7 +177,8 @@ class GenerationTask:
                                      priority=proc.priority, owner=proc.owner, ppid=proc.pid)
             except (ResourceExhausted, Overloaded) as e:
                 if self.children:
-                    return  # a quota or a full table: try again once a child has finished
+                    self.spawn_refused = True  # try again once a child has finished
+                    return
                 raise type(e)(f"item at line {item.line}: {e}") from None
             except KernelError as e:
                 raise type(e)(f"item at line {item.line}: {e}") from None

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from llmos.drivers.driver import QUANT_MODES, Driver, SamplingParams, SeqSlice, StepInput
-from llmos.kernel import loader
+from llmos.kernel import adapters, loader
 from llmos.kernel.errors import (FailedPrecondition, InvalidArgument, KernelError, NotFound, Overloaded,
                                   ResourceExhausted)
 from llmos.kernel.memory import MemInfo
@@ -71,8 +71,12 @@ class Kernel:
         Returns the loaded model itself when the name is already serving."""
         if self.store is None:
             raise FailedPrecondition("this kernel has no model store to load from")
-        quantize = loader.check_quantize(self.config.quantize if quantize is None else quantize)
         try:
+            stored = self.store.adapter(ref)
+            if stored is not None:  # a LoRA model, served over its base (kernel/adapters.py)
+                name = name or loader.default_name(ref)
+                return adapters.prepare(self, stored, name, dtype, quantize)
+            quantize = loader.check_quantize(self.config.quantize if quantize is None else quantize)
             name = name or loader.default_name(ref, quantize)
             if name in self.models:
                 return self.models[name]
@@ -88,7 +92,7 @@ class Kernel:
     def install_model(self, prep: loader.Prepared) -> loader.LoadedModel:
         """The quick half: a KV pool and a scheduler for a prepared model."""
         if prep.name not in self.models:
-            self.models[prep.name] = loader.install(self, prep)
+            self.models[prep.name] = (adapters.install if prep.base else loader.install)(self, prep)
         return self.models[prep.name]
 
     def adopt_model(self, name: str, model, tokenizer) -> loader.LoadedModel:
@@ -102,6 +106,7 @@ class Kernel:
         live = [p.pid for p in self.procs.values() if p.model == name and not p.state.done]
         if live:
             raise FailedPrecondition(f"model {name!r} is in use by {len(live)} live process(es), e.g. pid {live[0]}")
+        adapters.check_unload(self, name)
         self.driver.unload(name)
         del self.models[name]
         self.log(f"unloaded model {name}")
@@ -132,7 +137,7 @@ class Kernel:
             ids = list(tokens or [])
         p = Process(pid=0, model=model, tokens=ids, ppid=ppid, owner=owner, priority=priority,
                     sampling=sampling or SamplingParams(), stop=stop or StopRules(), limits=limits or Limits(),
-                    interactive=interactive, preamble=preamble)
+                    interactive=interactive, preamble=preamble, kv_salt=m.kv_salt)
         self._check_spawn(m, p)
         return self._admit(p, State.NEW if p.tokens else State.BLOCKED)
 
@@ -147,7 +152,7 @@ class Kernel:
                         priority=parent.priority, sampling=sampling or parent.sampling,
                         stop=StopRules(max_tokens if max_tokens is not None else parent.stop.max_tokens,
                                        list(parent.stop.stop), parent.stop.ignore_eos),
-                        limits=parent.limits, interactive=parent.interactive)
+                        limits=parent.limits, interactive=parent.interactive, kv_salt=parent.kv_salt)
         if text and parent.interactive:
             child.tokens += m.codec.user_turn(text, after_eos=child.tokens[-1] in m.codec.eos)
         elif text:
@@ -210,6 +215,8 @@ class Kernel:
             p.state = State.STOPPED
         elif p.state == State.STOPPED:
             p.state = p.resume_state
+        if p.task is not None and sig in (Signal.STOP, Signal.CONT):
+            tasks.forward_signal(p.task, self, sig.value)
         self._notify({pid})
         return p
 
@@ -234,6 +241,7 @@ class Kernel:
             raise FailedPrecondition(f"pid {p.pid} is already in the process table")
         self.procs[p.pid] = p
         self.reserve_pids(p.pid + 1)
+        p.kv_salt = self.models[p.model].kv_salt if p.model in self.models else 0
 
     def reserve_pids(self, next_pid: int) -> None:
         """New pids start at next_pid or above (pids of reaped processes are never reused)."""
@@ -279,7 +287,9 @@ class Kernel:
             self.step()
 
     def _step_model(self, m: loader.LoadedModel, now: float, changed: set[int]) -> int:
-        live = [p for p in self.procs.values() if p.model == m.name and not p.state.done and p.task is None]
+        """One step of a model's pool: its processes and those of the LoRA models over it."""
+        live = [p for p in self.procs.values() if not p.state.done and p.task is None
+                and self.models[p.model].pool == m.name]
         if not live:
             return 0
         plan = m.scheduler.schedule(live, now, self.quota.allowance(live, now))
@@ -292,7 +302,7 @@ class Kernel:
             p.admitted = p.admitted or now
             start = p.num_computed
             seqs.append(SeqSlice(p.pid, p.tokens[start:start + n], start, m.memory.page_table(p.pid),
-                                 start + n == len(p.tokens), p.sampling))
+                                 start + n == len(p.tokens), p.sampling, self.models[p.model].adapter))
         moves = m.memory.ops.take()
         if not seqs and not moves:
             return 0
@@ -326,7 +336,7 @@ class Kernel:
 
     def _run_task(self, now: float, token_work: bool, changed: set[int]) -> None:
         """One unit of non-token work, if a task process is due (kernel/tasks.py)."""
-        p = tasks.pick(list(self.procs.values()), token_work, self.device_share.task_fraction())
+        p = tasks.pick(list(self.procs.values()), token_work, self.device_share.task_fraction(), self)
         if p is None:
             return
         p.admitted = p.admitted or now

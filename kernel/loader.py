@@ -25,7 +25,8 @@ MAX_TEMPERATURE = 100.0
 
 @dataclass(eq=False)
 class LoadedModel:
-    """A model resident on the kernel's device with its own KV pool and scheduler."""
+    """A model resident on the kernel's device with its own KV pool and scheduler; or a LoRA
+    model, which shares its base model's pool, scheduler and codec (kernel/adapters.py)."""
 
     name: str
     info: ModelInfo
@@ -35,6 +36,18 @@ class LoadedModel:
     source: str = ""
     loaded_at: float = field(default_factory=time.time)
     kv_bytes: int = 0
+    base: str = ""    # a LoRA model: the model whose KV pool and batches its processes share
+    kv_salt: int = 0  # a LoRA model: its processes' prefix-cache namespace (their KV differs)
+
+    @property
+    def pool(self) -> str:
+        """The model whose KV pool and steps serve this one's processes."""
+        return self.base or self.name
+
+    @property
+    def adapter(self) -> str:
+        """What a step's slices name to run under this model: "" for a base model."""
+        return self.name if self.base else ""
 
 
 def default_name(ref: str, quantize: str = "none") -> str:
@@ -68,6 +81,8 @@ class Prepared:
     eos: int | list[int] | None
     source: str
     seconds: float
+    base: str = ""                    # a LoRA model over this loaded model (kernel/adapters.py)
+    needs: "Prepared | None" = None   # its base, prepared in the same load, to install first
 
 
 def prepare(kernel: "Kernel", ref: str, name: str, dtype: str, quantize: str = "none") -> Prepared:

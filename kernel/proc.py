@@ -90,6 +90,7 @@ class Process:
     turn_text_start: int = 0  # where this turn's text begins in stdout (stop strings search from here)
     task: object | None = None  # non-token work (kernel/tasks.py Task): training, evaluation
     results: dict[str, float] = field(default_factory=dict)  # a task's structured results (eval metrics)
+    kv_salt: int = 0  # prefix-cache namespace of its KV: a LoRA model's own (set by the kernel from the model)
 
     @property
     def owed(self) -> int:

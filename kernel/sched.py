@@ -138,7 +138,7 @@ class Scheduler:
         """Whether the next page p would compute is being filled by a process ahead of it."""
         if not inflight:
             return False
-        hashes = self.memory.prefix_hashes(p.tokens)
+        hashes = self.memory.prefix_hashes(p.tokens, p.kv_salt)
         k = self.memory.cached_pages(hashes)
         return k < len(hashes) and hashes[k] in inflight
 
@@ -152,7 +152,7 @@ class Scheduler:
                     return False
             p.usage.swaps += 1
             return True
-        cached = mem.match_prefix(p.pid, p.tokens)
+        cached = mem.match_prefix(p.pid, p.tokens, p.kv_salt)
         if cached > p.num_computed:
             p.usage.cached_tokens += cached - p.num_computed
             p.num_computed = cached

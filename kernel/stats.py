@@ -109,7 +109,8 @@ def queue_depth(k: "Kernel") -> int:
 def take(k: "Kernel", meter: TokenMeter) -> Stats:
     """The figures now. Call it on the kernel thread."""
     counts = collections.Counter(p.state.value for p in k.procs.values())
-    pools = [PoolStats(name, k.meminfo(name), m.kv_bytes) for name, m in sorted(k.models.items())]
+    pools = [PoolStats(name, k.meminfo(name), m.kv_bytes) for name, m in sorted(k.models.items())
+             if not m.base]  # a LoRA model shares its base's pool
     now = meter.clock()
     return Stats(generated_tokens=meter.total, tokens_per_s=meter.rate(now), rate_window_s=meter.window_s,
                  queue_depth=queue_depth(k), procs={s.value: counts.get(s.value, 0) for s in State},

@@ -41,6 +41,22 @@ class Task(Protocol):
         ...
 
 
+def waiting(task: object, kernel: "Kernel") -> bool:
+    """Whether a task has nothing to do until other processes move (an eval whose children are
+    all still generating): such a task is not picked, so it neither spins nor takes device time.
+    Tasks opt in with a `waiting(kernel) -> bool` method."""
+    check = getattr(task, "waiting", None)
+    return bool(check and check(kernel))
+
+
+def forward_signal(task: object, kernel: "Kernel", sig: str) -> None:
+    """Pass STOP/CONT on to the processes a task runs (its children), if it has a
+    `signal(kernel, sig)` method: stopping an eval stops its generation too."""
+    handler = getattr(task, "signal", None)
+    if handler:
+        handler(kernel, sig)
+
+
 @dataclass
 class DeviceShare:
     """Recent device time, split between token steps and task units (exponentially decayed,
@@ -70,11 +86,11 @@ def share(nice: int) -> float:
     return min(MAX_SHARE, max(MIN_SHARE, 0.5 * 2 ** (-nice / 5)))
 
 
-def pick(procs: list["Process"], token_work: bool, used: float) -> "Process | None":
+def pick(procs: list["Process"], token_work: bool, used: float, kernel: "Kernel | None" = None) -> "Process | None":
     """The task process that gets this step's unit, if any: the runnable one with the lowest
     nice (then the one that ran longest ago), if tasks have used less than its share of the
-    device lately (`used`); on an idle device, every step."""
-    ready = [p for p in procs if p.task is not None and p.runnable]
+    device lately (`used`); on an idle device, every step. Tasks waiting on others are skipped."""
+    ready = [p for p in procs if p.task is not None and p.runnable and not waiting(p.task, kernel)]
     if not ready:
         return None
     best = min(ready, key=lambda p: (p.priority, p.last_run, p.pid))

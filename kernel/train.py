@@ -6,8 +6,9 @@ applies it, prints `step k/n loss ... steps/s ... tok/s` to stdout, and every
 `checkpoint_every` steps saves adapter + optimizer + step into the model store at
 `<store>/<name>/checkpoints/step-K/`. Data order is a pure function of (seed, step) and there
 is no dropout, so a resumed run continues the same loss trajectory. When done the adapter is
-merged into a copy of the base weights, saved as model `<name>` (default `BASE+DATASTEM`) in
-the store and loaded, so it can be spawned, listed and unloaded like any model.
+saved as LoRA model `<name>` (default `BASE+DATASTEM`) in the store, in peft's format, and
+loaded over the base (kernel/adapters.py): it is spawned, listed and unloaded like any model,
+and its processes share the base model's batches.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llmos.kernel import dataset
+from llmos.kernel import adapters, dataset
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument
 
 if TYPE_CHECKING:
@@ -136,10 +137,12 @@ class TrainTask:
             shutil.rmtree(self.ckpt_root / f"step-{old}", ignore_errors=True)
 
     def _register(self, kernel: "Kernel", p: "Process") -> None:
-        """Merge, save as a model in the store, and serve it (replacing an idle older copy)."""
-        dest = kernel.store.root / self.name
-        kernel.driver.train_export(self.name, str(dest))
-        kernel.models[self.base].codec.tokenizer.save_pretrained(str(dest))
+        """Save the adapter as a LoRA model in the store and serve it (replacing an idle older copy)."""
+        s, staged = self.spec, kernel.store.staging(self.name)
+        kernel.driver.train_export(self.name, str(staged))
+        meta = {"adapter": self.name, "base": self.base, "base_source": adapters.base_source(kernel.model(self.base)),
+                "rank": s.rank, "lr": s.lr, "seed": s.seed, "steps": self.step, "dataset_sha256": self.digest}
+        dest = kernel.store.save_adapter(staged, self.name, meta)
         served = ""
         if self.name in kernel.models:
             try:
@@ -147,7 +150,7 @@ class TrainTask:
             except FailedPrecondition as e:
                 served = f"; not reloaded: {e}"
         if not served:
-            kernel.load_model(str(dest), name=self.name, dtype=kernel.models[self.base].info.dtype)
+            kernel.load_model(str(dest), name=self.name)
             served = "; loaded"
         p.results = {"loss": self.losses[-1], "first_loss": self.losses[0], "steps": float(self.step)}
         p.reason = f"trained {self.step} steps, final loss {self.losses[-1]:.4f}; registered model {self.name}{served}"
@@ -173,6 +176,8 @@ def start(kernel: "Kernel", model: str, spec: TrainSpec, resume: bool = False, p
         raise FailedPrecondition(f"the {kernel.driver.kind} driver cannot train")
     if m.info.quantize != "none":
         raise InvalidArgument(f"model {model!r} has {m.info.quantize} weights; train on an unquantized model")
+    if m.base:
+        raise InvalidArgument(f"model {model!r} is a LoRA model; train a new adapter on its base {m.base!r}")
     spec.name = spec.name or f"{model}+{dataset.stem(spec.dataset)}"
     root = kernel.store.root / spec.name / "checkpoints"
     start_step, losses = 0, []

@@ -182,6 +182,10 @@ def models(sh: Shell, a: argparse.Namespace) -> int:
 
 def load(sh: Shell, a: argparse.Namespace) -> int:
     m = sh.c.load(a.model, name=a.name or "", dtype=a.dtype or "", quantize=a.quantize or "")
+    if m.base:
+        sh.out.write(f"loaded {m.name} (LoRA rank {m.lora_rank} over {m.base}, {m.num_parameters / 1e6:.2f}M "
+                     f"parameters; its processes share {m.base}'s {m.kv_pages} KV pages and batches)\n")
+        return 0
     quality = f", perplexity {m.ppl_ratio:.3f}x unquantized" if m.ppl_ratio else ""
     sh.out.write(f"loaded {m.name} ({m.architecture}, {m.num_parameters / 1e6:.1f}M parameters, "
                  f"{render.size(m.weight_bytes)} of {m.quantize if m.quantize != 'none' else m.dtype} weights"

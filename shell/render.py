@@ -82,6 +82,8 @@ def models_table(resp: pb.ModelsResponse) -> Table:
     loaded = {m.name for m in resp.loaded}
     for m in resp.loaded:
         weights = m.dtype if m.quantize in ("", "none") else m.quantize
+        if m.base:  # a LoRA model: its own parameters are the adapter's; it runs in its base's pool
+            weights = f"LoRA r{m.lora_rank} over {m.base}"
         t.add_row(m.name, m.architecture, f"{m.num_parameters / 1e6:.1f}M", weights, size(m.weight_bytes),
                   str(m.max_context), str(m.kv_pages), str(m.live_procs), m.source)
     for name in resp.stored:

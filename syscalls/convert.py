@@ -72,4 +72,4 @@ def model_info(m: "LoadedModel", live_procs: int) -> pb.ModelInfo:
                         vocab_size=i.vocab_size, max_context=i.max_context, dtype=i.dtype,
                         num_parameters=i.num_parameters, weight_bytes=i.weight_bytes, kv_bytes=m.kv_bytes,
                         kv_pages=m.memory.pool.num_pages, live_procs=live_procs, loaded_at=m.loaded_at,
-                        quantize=i.quantize, ppl_ratio=i.ppl_ratio)
+                        quantize=i.quantize, ppl_ratio=i.ppl_ratio, base=i.base, lora_rank=i.lora_rank)

@@ -239,7 +239,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
     @syscall
     async def MemInfo(self, req: pb.MemInfoRequest, context) -> pb.MemInfoResponse:
         def meminfo(k: Kernel) -> list[pb.PoolInfo]:
-            names = [req.model] if req.model else sorted(k.models)
+            names = [req.model] if req.model else sorted(n for n, m in k.models.items() if not m.base)
             return [convert.pool_info(n, k.meminfo(n), k.models[n].kv_bytes) for n in names]
         return pb.MemInfoResponse(pools=await self.call(meminfo))
 

@@ -31,7 +31,9 @@ def test_auto_picks_cpu_without_a_gpu():
 
 def test_a_step_survives_the_wire_unchanged():
     step = StepInput([SeqSlice(3, [1, 2, 3], 0, [4, 5], True, SamplingParams(0.7, 40, 0.9, 11)),
-                      SeqSlice(9, [7], 33, [1, 2, 8], False)], [("copy", 1, 2), ("out", 3, 0)])
+                      SeqSlice(9, [7], 33, [1, 2, 8], False),
+                      SeqSlice(4, [5, 6], 2, [3], True, adapter="smollm2-135m+mydata")],
+                     [("copy", 1, 2), ("out", 3, 0)])
     assert unpack_step(pack_step(step)) == step
 
 

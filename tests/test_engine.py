@@ -133,3 +133,20 @@ def test_processes_spawned_together_compute_a_shared_prefix_once(make_kernel):
     for t, p in zip(batch, procs):
         assert p.out_tokens == ref.greedy(t, 6)
     assert [p.usage.cached_tokens for p in procs] == [0, 32, 32, 32]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_lean_forward_and_transformers_forward_give_the_same_tokens(make_kernel, family):
+    """Llama-shaped models run through drivers/lean.py; any other model through transformers'
+    own forward. Both paths must meet the same bar."""
+    for lean in (True, False):
+        k, ref = make_kernel(family, budget=16)
+        runner = k.driver.runners["tiny"]
+        assert runner.lean is not None  # every family here has the Llama shape
+        if not lean:
+            runner.lean = None
+        batch = prompts(4, seed=7)
+        procs = spawn_all(k, batch, 10)
+        k.run_until_idle()
+        for t, p in zip(batch, procs):
+            assert p.out_tokens == ref.greedy(t, 10), f"lean={lean}"

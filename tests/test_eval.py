@@ -157,6 +157,43 @@ def test_killing_an_eval_kills_its_children(make_kernel, tmp_path):
     assert all(p.state.value == "killed" for p in kids)
 
 
+def test_stop_and_cont_of_an_eval_reach_its_children(make_kernel, tmp_path):
+    k, _ = make_kernel()
+    ev = evaluate.spawn_eval(k, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS), "rouge",
+                                                          max_tokens=30)))
+    k.step()
+    kids = [p for p in k.procs.values() if p.ppid == ev.pid]
+    assert kids and all(p.state.value != "stopped" for p in kids)
+    k.signal(ev.pid, "STOP")
+    assert all(p.state.value == "stopped" for p in kids)
+    made = [len(p.out_tokens) for p in kids]
+    for _ in range(5):
+        k.step()
+    assert [len(p.out_tokens) for p in kids] == made  # a stopped eval generates nothing
+    k.signal(ev.pid, "CONT")
+    assert not any(p.state.value == "stopped" for p in kids)
+    k.run_until_idle()
+    assert ev.state.value == "exited", ev.reason
+
+
+def test_an_eval_waiting_on_its_children_is_not_run(make_kernel, tmp_path):
+    """Once its children are spawned, the eval has nothing to do until one ends: it must not be
+    picked every step (each pick costs a unit of device share and a pass over its children)."""
+    k, _ = make_kernel()
+    ev = evaluate.spawn_eval(k, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS), "rouge",
+                                                          max_tokens=20)))
+    task, units = ev.task, []
+    run = task.run_unit
+    task.run_unit = lambda kernel, proc: units.append(sum(1 for p in kernel.procs.values() if p.ppid == proc.pid
+                                                          and p.state.done)) or run(kernel, proc)
+    steps = 0
+    while not ev.state.done:
+        k.step()
+        steps += 1
+    assert steps >= 20 and len(units) <= 1 + len(ITEMS)  # the first unit spawns; then one per finished child
+    assert all(done > 0 for done in units[1:])
+
+
 def test_a_child_that_cannot_run_fails_the_eval_naming_its_line(make_kernel, tmp_path):
     k, _ = make_kernel()
     items = ITEMS[:2] + [{"prompt": "word " * 600, "reference": "x"}]

@@ -61,6 +61,20 @@ def test_a_row_never_depends_on_its_batch():
     assert (together - lin(x)).abs().max() < 0.05 * lin(x).abs().max()
 
 
+def test_prepacked_weights_give_the_same_bits():
+    """The CPU driver's oneDNN path (unsigned activations, packed weights) equals _int_mm."""
+    torch.manual_seed(0)
+    lins = [nn.Linear(64, 96), nn.Linear(64, 32, bias=False)]
+    group = Int8Group(lins, act_max=torch.rand(64) * 4)
+    x = torch.randn(1, 21, 64) * 3
+    with torch.inference_mode():
+        plain = group.compute(x)
+        group.prepack()
+        assert group.packed is not None and group.weight_t is None
+        assert torch.equal(group.compute(x), plain)
+        assert torch.equal(group.compute(x[:, :1]), plain[:, :1])
+
+
 def test_fused_projections_equal_separate_ones(monkeypatch):
     from llmos.drivers import fuse
 

@@ -87,7 +87,7 @@ def test_int8_copy_serves_beside_fp32_and_is_batch_invariant(kernel):
     shapes, is amplified by activation re-quantization, so near-ties can split later.)"""
     m = kernel.load_model(DEFAULT_MODEL, quantize="int8")
     assert m.name == f"{DEFAULT_MODEL}:int8" and DEFAULT_MODEL in kernel.models
-    assert 1.0 <= m.info.ppl_ratio <= 1.03 and m.info.weight_bytes < kernel.models[DEFAULT_MODEL].info.weight_bytes / 2
+    assert 0.95 < m.info.ppl_ratio <= 1.03 and m.info.weight_bytes < kernel.models[DEFAULT_MODEL].info.weight_bytes / 2
 
     def spawn(q, n=20):
         return kernel.spawn(m.name, messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],

@@ -54,6 +54,7 @@ class MemoryManager:
         self.swapped: dict[int, list[int]] = {}
         self.tokens: dict[int, int] = {}  # pid -> tokens the table covers
         self._hashes: dict[int, list[int]] = {}  # pid -> chain hashes of its full pages, in order
+        self._salts: dict[int, int] = {}  # pid -> its prefix-cache namespace, where not the pool's own
         self.ops = PageOps()
 
     # --- queries -------------------------------------------------------------------------
@@ -81,10 +82,11 @@ class MemoryManager:
             cached=pool.num_cached, swapped=self.swap.num_used, swap_total=self.swap.num_slots,
             waste_tokens=max(0, waste))
 
-    def prefix_hashes(self, tokens: Sequence[int]) -> list[int]:
-        """Chain hashes of the full pages of `tokens` that a prefix match may use."""
+    def prefix_hashes(self, tokens: Sequence[int], salt: int = 0) -> list[int]:
+        """Chain hashes of the full pages of `tokens` that a prefix match may use. A nonzero
+        `salt` puts them in a namespace of their own (a LoRA adapter's KV differs from the base's)."""
         usable = (len(tokens) - 1) // self.page_size
-        return page_hashes(tokens[:usable * self.page_size], self.page_size, salt=self.salt)
+        return page_hashes(tokens[:usable * self.page_size], self.page_size, salt=self._seed(salt))
 
     def unpublished_hashes(self, pid: int, tokens: Sequence[int]) -> list[int]:
         """Chain hashes of pid's prompt pages not yet offered to the prefix cache, continuing
@@ -92,7 +94,7 @@ class MemoryManager:
         done = self._hashes.get(pid, [])
         usable = (len(tokens) - 1) // self.page_size
         return page_hashes(tokens[:usable * self.page_size], self.page_size, start=len(done),
-                           parent=done[-1] if done else None, salt=self.salt)
+                           parent=done[-1] if done else None, salt=self._seed(self._salts.get(pid, 0)))
 
     def cached_pages(self, hashes: Sequence[int]) -> int:
         """How many of these chained pages the prefix cache holds right now."""
@@ -102,14 +104,17 @@ class MemoryManager:
         return n
 
     # --- allocation ------------------------------------------------------------------------
-    def match_prefix(self, pid: int, tokens: Sequence[int]) -> int:
+    def match_prefix(self, pid: int, tokens: Sequence[int], salt: int = 0) -> int:
         """Map cached pages holding a prefix of `tokens`; return how many tokens they cover.
+        `salt` is pid's namespace (prefix_hashes) for this match and the pages it publishes.
 
         At least one token is always left to compute, so the process still gets logits.
         """
         assert pid not in self.tables, f"pid {pid} already has a page table"
+        if salt:
+            self._salts[pid] = salt
         table: list[int] = []
-        hashes = self.prefix_hashes(tokens)
+        hashes = self.prefix_hashes(tokens, salt)
         for h in hashes:
             page = self.pool.lookup(h)
             if page is None:
@@ -147,7 +152,7 @@ class MemoryManager:
             return
         parent = hashes[-1] if hashes else None
         new = page_hashes(tokens[:full * self.page_size], self.page_size, start=len(hashes),
-                          parent=parent, salt=self.salt)
+                          parent=parent, salt=self._seed(self._salts.get(pid, 0)))
         table = self.tables[pid]
         for i, h in enumerate(new, start=len(hashes)):
             self.pool.publish(table[i], h)
@@ -160,6 +165,8 @@ class MemoryManager:
             self.pool.incref(page)
         self.tables[child] = list(table)
         self._hashes[child] = list(self._hashes.get(parent, []))
+        if parent in self._salts:
+            self._salts[child] = self._salts[parent]
         self.tokens[child] = self.tokens.get(parent, 0)
 
     def free(self, pid: int) -> None:
@@ -167,6 +174,7 @@ class MemoryManager:
             self.pool.decref(page)
         self.swap.free(self.swapped.pop(pid, []))
         self._hashes.pop(pid, None)
+        self._salts.pop(pid, None)
         self.tokens.pop(pid, None)
 
     # --- swap --------------------------------------------------------------------------------
@@ -197,6 +205,9 @@ class MemoryManager:
         for page, h in zip(table, self._hashes.get(pid, [])):
             self.pool.publish(page, h)
         return True
+
+    def _seed(self, salt: int) -> int:
+        return hash((self.salt, salt)) if salt else self.salt
 
     def _needs_cow(self, table: list[int], num_computed: int, num_tokens: int) -> bool:
         i = num_computed // self.page_size

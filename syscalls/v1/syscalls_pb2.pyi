@@ -349,7 +349,7 @@ class DevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio")
+    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio", "base", "lora_rank")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -365,6 +365,8 @@ class ModelInfo(_message.Message):
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
     PPL_RATIO_FIELD_NUMBER: _ClassVar[int]
+    BASE_FIELD_NUMBER: _ClassVar[int]
+    LORA_RANK_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     source: str
@@ -380,7 +382,9 @@ class ModelInfo(_message.Message):
     loaded_at: float
     quantize: str
     ppl_ratio: float
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ...) -> None: ...
+    base: str
+    lora_rank: int
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ..., base: _Optional[str] = ..., lora_rank: _Optional[int] = ...) -> None: ...
 
 class ModelsRequest(_message.Message):
     __slots__ = ()

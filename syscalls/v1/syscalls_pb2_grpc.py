@@ -310,7 +310,8 @@ class SyscallsServicer:
     def Train(self, request, context):
         """Start a training process: a LoRA fine-tune of a loaded model on a dataset file, time-sliced
         with decode steps. Its stdout shows loss and rates; when done the adapter is served as a new
-        model (BASE+DATASTEM). Wait's results hold the final loss and step count.
+        LoRA model (BASE+DATASTEM) over the base, sharing its batches. Wait's results hold the final
+        loss and step count.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,84 @@
+"""A direct forward pass for Llama-shaped decoders (Llama, Qwen2, Mistral families).
+
+transformers' generic forward costs a few milliseconds a step on the CPU beyond its tensor
+math: per-layer decorators, keyword plumbing, output recording, mask building, a norm over
+every prompt row although only the sampled rows need logits. At batch 1 that is a third of
+a decode step. This forward calls the same modules and functions in the same order (so
+the arithmetic, and the tokens, are the same) and skips the rest. Models of any other
+shape keep transformers' own forward (drivers/runner.py decides).
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+
+from llmos.drivers.attention import PagedBatch, paged_attention
+
+FAMILIES = ("llama", "qwen2", "mistral")
+_ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
+_MLP = ("gate_proj", "up_proj", "down_proj", "act_fn")
+
+
+class LeanDecoder:
+    """Runs a supported transformers causal LM over one packed paged batch, sharing its modules."""
+
+    def __init__(self, model: nn.Module) -> None:
+        inner = model.model
+        self.embed, self.layers, self.norm = inner.embed_tokens, list(inner.layers), inner.norm
+        self.rotary, self.lm_head = inner.rotary_emb, model.lm_head
+        attn = self.layers[0].self_attn
+        self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
+        self.windows = [_window(layer.self_attn, model.config) for layer in self.layers]
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """Whether `model` has exactly the structure this forward reproduces."""
+        cfg = getattr(model, "config", None)
+        inner = getattr(model, "model", None)
+        if getattr(cfg, "model_type", None) not in FAMILIES or inner is None:
+            return False
+        if not all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb")):
+            return False
+        if not hasattr(model, "lm_head") or getattr(cfg, "num_hidden_layers", -1) != len(inner.layers):
+            return False
+        return all(_layer_ok(layer) for layer in inner.layers) and \
+            hasattr(sys.modules[type(inner.layers[0].self_attn).__module__], "apply_rotary_pos_emb")
+
+    def __call__(self, ids: torch.Tensor, pos: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
+        """ids, pos: [1, T]; keep: rows that need logits → logits [len(keep), vocab]."""
+        h = self.embed(ids)
+        cos, sin = self.rotary(h, pos)
+        shape = (1, ids.shape[1], -1)
+        for layer, window in zip(self.layers, self.windows):
+            a = layer.self_attn
+            x = layer.input_layernorm(h)
+            heads = (1, ids.shape[1], -1, a.head_dim)
+            q = a.q_proj(x).view(heads).transpose(1, 2)
+            k = a.k_proj(x).view(heads).transpose(1, 2)
+            v = a.v_proj(x).view(heads).transpose(1, 2)
+            q, k = self.rope(q, k, cos, sin)
+            o, _ = paged_attention(a, q, k, v, None, scaling=a.scaling, sliding_window=window, llmos_batch=batch)
+            h = h + a.o_proj(o.reshape(shape))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        # The final norm is per row: norming only the kept rows gives the same numbers.
+        return self.lm_head(self.norm(h[:, keep]))[0]
+
+
+def _layer_ok(layer: nn.Module) -> bool:
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if attn is None or mlp is None or hasattr(attn, "q_norm") or not hasattr(attn, "scaling"):
+        return False
+    if not hasattr(attn, "head_dim") or not all(hasattr(attn, n) for n in _ATTN):
+        return False
+    return all(hasattr(mlp, n) for n in _MLP) and hasattr(layer, "input_layernorm") and \
+        hasattr(layer, "post_attention_layernorm")
+
+
+def _window(attn: nn.Module, config) -> int | None:
+    """The sliding window transformers passes this layer's attention (Qwen2 per layer, Mistral
+    from the config, Llama none)."""
+    if hasattr(attn, "sliding_window"):
+        return attn.sliding_window
+    return getattr(config, "sliding_window", None)
