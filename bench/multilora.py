@@ -170,7 +170,7 @@ def table(rows: list[Row], args: argparse.Namespace) -> Table:
     t = Table(title=f"multi-LoRA serving: {args.adapters} adapters (rank {args.rank}) × {args.procs} processes "
                     f"in all, {args.new_tokens} new tokens each, {MODEL} on the CPU ({args.threads} threads)")
     for col in ("system", "models", "tok/s", "×base", "×merged", "passes", "wall s", "weights"):
-        t.add_column(col, justify="left" if col == "system" else "right")
+        t.add_column(col, justify="left" if col == "system" else "right", no_wrap=col == "system")
     for r in rows:
         ratio = {s: f"{r.tok_s / by[s].tok_s:.2f}x" if s in by and by[s].tok_s else "-"
                  for s in ("base_only", "merged_models")}

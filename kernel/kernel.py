@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from llmos.drivers.driver import QUANT_MODES, Driver, SamplingParams, SeqSlice, StepInput
+from llmos.drivers.driver import QUANT_MODES, Driver, SamplingParams
 from llmos.kernel import adapters, loader
 from llmos.kernel.errors import (FailedPrecondition, InvalidArgument, KernelError, NotFound, Overloaded,
                                   ResourceExhausted)
@@ -18,6 +18,7 @@ from llmos.kernel.proc import Limits, Process, Signal, State, StopRules
 from llmos.kernel.quota import QuotaKeeper, Quotas
 from llmos.kernel.sched import SchedConfig
 from llmos.kernel.text import Detokenizer
+from llmos.kernel import step as token_step
 from llmos.kernel import tasks
 
 
@@ -254,7 +255,7 @@ class Kernel:
             return self._feed(p, tokens)
         m = self._model(p.model)
         for t in tokens:
-            self._emit(m, p, t)
+            token_step.emit(self, m, p, t)
 
     def end(self, p: Process, state: State, reason: str) -> None:
         """End a restored process as its journal says it ended (a signal, a limit, an error)."""
@@ -271,10 +272,10 @@ class Kernel:
                 changed.add(p.pid)
         total = 0
         for m in list(self.models.values()):
-            total += self._step_model(m, now, changed)
+            total += token_step.step_model(self, m, now, changed)
         if total:
             self.device_share.add(task=False, seconds=time.monotonic() - now)
-        self._run_task(now, token_work=total > 0, changed=changed)
+        tasks.run_unit(self, now, token_work=total > 0, changed=changed)
         self.steps += 1
         if changed:
             self._notify(changed)
@@ -286,46 +287,6 @@ class Kernel:
                 return
             self.step()
 
-    def _step_model(self, m: loader.LoadedModel, now: float, changed: set[int]) -> int:
-        """One step of a model's pool: its processes and those of the LoRA models over it."""
-        live = [p for p in self.procs.values() if not p.state.done and p.task is None
-                and self.models[p.model].pool == m.name]
-        if not live:
-            return 0
-        plan = m.scheduler.schedule(live, now, self.quota.allowance(live, now))
-        for p in plan.over_quota:
-            self._exit(p, State.KILLED, f"limit: KV pages over max_pages={p.limits.max_pages}")
-            changed.add(p.pid)
-        seqs = []
-        for p, n in plan.runs:
-            p.state = State.RUNNING
-            p.admitted = p.admitted or now
-            start = p.num_computed
-            seqs.append(SeqSlice(p.pid, p.tokens[start:start + n], start, m.memory.page_table(p.pid),
-                                 start + n == len(p.tokens), p.sampling, self.models[p.model].adapter))
-        moves = m.memory.ops.take()
-        if not seqs and not moves:
-            return 0
-        try:
-            sampled = self.driver.step(m.name, StepInput(seqs, moves))
-        except Exception as e:  # noqa: BLE001 - a failed step ends its own batch, nothing more
-            self._step_failed(m, plan, e, changed)
-            return 0
-        for p, n in plan.runs:
-            p.num_computed += n
-            p.last_run = now
-            m.memory.publish(p.pid, p.tokens, p.num_computed)
-            m.scheduler.account(p.owner, n)
-            self.quota.charge(p.owner, n, now)
-            if p.state == State.RUNNING:
-                p.state = State.READY
-            if p.pid in sampled:
-                self._emit(m, p, sampled[p.pid])
-                changed.add(p.pid)
-            if not p.state.done:
-                p.usage.pages_held = m.memory.pages_held(p.pid)
-        return sum(n for _, n in plan.runs)
-
     def spawn_task(self, model: str, task: "tasks.Task", priority: int = 0, owner: str = "root") -> Process:
         """A process that runs `task` (kernel/tasks.py) on `model` instead of sampling tokens."""
         self._model(model)
@@ -333,74 +294,6 @@ class Kernel:
             raise InvalidArgument(f"priority (nice) must be in [-20, 19], got {priority}")
         p = Process(pid=0, model=model, tokens=[], owner=owner, priority=priority, task=task)
         return self._admit(p, State.READY)
-
-    def _run_task(self, now: float, token_work: bool, changed: set[int]) -> None:
-        """One unit of non-token work, if a task process is due (kernel/tasks.py)."""
-        p = tasks.pick(list(self.procs.values()), token_work, self.device_share.task_fraction(), self)
-        if p is None:
-            return
-        p.admitted = p.admitted or now
-        p.last_run = now
-        changed.add(p.pid)
-        t0 = time.monotonic()
-        try:
-            done = p.task.run_unit(self, p)
-        except KernelError as e:
-            return self._exit(p, State.KILLED, str(e))
-        except Exception as e:  # noqa: BLE001 - a failed task ends its own process, nothing more
-            return self._exit(p, State.KILLED, f"task error: {type(e).__name__}: {e}")
-        finally:
-            self.device_share.add(task=True, seconds=time.monotonic() - t0)
-        if done and not p.state.done:
-            self._exit(p, State.EXITED, p.reason or "done")
-
-    def _step_failed(self, m: loader.LoadedModel, plan, error: Exception, changed: set[int]) -> None:
-        """The driver failed a step: end the processes in it; those swapped out for it lost
-        their pages' contents, so they start over by recompute."""
-        self.log(f"model {m.name}: step failed: {type(error).__name__}: {error}", "error")
-        for p, _ in plan.runs:
-            self._exit(p, State.KILLED, f"driver error: {type(error).__name__}: {error}")
-            changed.add(p.pid)
-        for p in plan.preempted:
-            if m.memory.is_swapped(p.pid):
-                m.memory.free(p.pid)
-                p.num_computed = 0
-
-    def _emit(self, m: loader.LoadedModel, p: Process, token: int) -> None:
-        """Append a sampled token: output text, stop rules, end of turn."""
-        p.tokens.append(token)
-        p.out_tokens.append(token)
-        p.turn_tokens += 1
-        p.usage.generated_tokens += 1
-        if p.usage.ttft_s is None:
-            p.usage.ttft_s = time.monotonic() - p.created
-        eos = token in m.codec.eos and not p.stop.ignore_eos
-        if not eos:
-            before = len(p.stdout)
-            p.stdout += self._detok.setdefault(p.pid, Detokenizer(m.codec)).step(p.out_tokens)
-            if p.stop.stop and len(p.stdout) > before and self._cut_stop(p, before):
-                return self._end_turn(p, "stop")
-        if eos:
-            self._end_turn(p, "eos")
-        elif p.turn_tokens >= p.stop.max_tokens:
-            self._end_turn(p, "length")
-        elif len(p.tokens) >= m.info.max_context:
-            self._end_turn(p, "context window full")
-
-    def _cut_stop(self, p: Process, before: int) -> bool:
-        start = max(p.turn_text_start, before - max(len(s) for s in p.stop.stop))
-        hits = [i for i in (p.stdout.find(s, start) for s in p.stop.stop) if i >= 0]
-        if hits:
-            p.stdout = p.stdout[:min(hits)]
-        return bool(hits)
-
-    def _end_turn(self, p: Process, reason: str) -> None:
-        if reason != "stop" and p.pid in self._detok:
-            p.stdout += self._detok[p.pid].step(p.out_tokens, final=True)
-        if p.interactive and reason != "context window full":
-            p.state, p.reason = State.BLOCKED, reason
-        else:
-            self._exit(p, State.EXITED, reason)
 
     def _exit(self, p: Process, state: State, reason: str) -> None:
         p.exit(state, reason)

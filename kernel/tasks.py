@@ -17,8 +17,12 @@ process with the error as its reason; the kernel goes on.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
+
+from llmos.kernel.errors import KernelError
+from llmos.kernel.proc import State
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -95,3 +99,24 @@ def pick(procs: list["Process"], token_work: bool, used: float, kernel: "Kernel 
         return None
     best = min(ready, key=lambda p: (p.priority, p.last_run, p.pid))
     return best if not token_work or used < share(best.priority) else None
+
+
+def run_unit(k: "Kernel", now: float, token_work: bool, changed: set[int]) -> None:
+    """One unit of non-token work, if a task process is due; the kernel calls this once a step."""
+    p = pick(list(k.procs.values()), token_work, k.device_share.task_fraction(), k)
+    if p is None:
+        return
+    p.admitted = p.admitted or now
+    p.last_run = now
+    changed.add(p.pid)
+    t0 = time.monotonic()
+    try:
+        done = p.task.run_unit(k, p)
+    except KernelError as e:
+        return k._exit(p, State.KILLED, str(e))
+    except Exception as e:  # noqa: BLE001 - a failed task ends its own process, nothing more
+        return k._exit(p, State.KILLED, f"task error: {type(e).__name__}: {e}")
+    finally:
+        k.device_share.add(task=True, seconds=time.monotonic() - t0)
+    if done and not p.state.done:
+        k._exit(p, State.EXITED, p.reason or "done")
