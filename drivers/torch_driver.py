@@ -54,11 +54,12 @@ class TorchDriver(TrainingDriver):
     def adopt(self, name: str, model: PreTrainedModel) -> ModelInfo:
         """Take an already-built model (on any device) and serve it under `name`."""
         model = model.to(self.device).eval()
+        nparams = sum(p.numel() for p in model.parameters())  # before prepacking hides them
         self.prepare(model)
         model.set_attn_implementation(attention.ATTN_NAME)
         runner = ModelRunner(model, self.device)
         self.runners[name] = runner
-        return self._info(name, runner)
+        return dataclasses.replace(self._info(name, runner), num_parameters=nparams)
 
     def load_adapter(self, base: str, name: str, path: str) -> ModelInfo:
         """Serve the peft LoRA adapter at `path` over loaded model `base`, in its batches:
@@ -74,12 +75,11 @@ class TorchDriver(TrainingDriver):
     @staticmethod
     def _info(name: str, runner: ModelRunner) -> ModelInfo:
         model, cfg = runner.model, runner.model.config
-        nparams = sum(p.numel() for p in model.parameters())
         return ModelInfo(
             name=name, architecture=(cfg.architectures or [type(model).__name__])[0],
             num_layers=runner.num_layers, kv_heads=runner.kv_heads, head_dim=runner.head_dim,
             vocab_size=cfg.vocab_size, max_context=int(getattr(cfg, "max_position_embeddings", 2048)),
-            dtype=str(runner.dtype).removeprefix("torch."), num_parameters=nparams,
+            dtype=str(runner.dtype).removeprefix("torch."), num_parameters=0,
             weight_bytes=quant.model_bytes(model))
 
     def prepare(self, model: PreTrainedModel) -> None:

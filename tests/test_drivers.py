@@ -105,7 +105,10 @@ def test_the_cpu_driver_serves_packed_weights(tokenizer):
     from llmos.drivers.packed import PackedLinear
 
     k = Kernel(open_driver("cpu", threads=2), KernelConfig(page_size=4, kv_pages=64))
-    k.adopt_model("tiny", tiny_model("llama"), tokenizer)
+    model = tiny_model("llama")
+    nparams = sum(p.numel() for p in model.parameters())
+    m = k.adopt_model("tiny", model, tokenizer)
+    assert m.info.num_parameters == nparams  # counted before packing moved the weights out of parameters
     served = k.driver.runners["tiny"].model
     assert isinstance(served.model.layers[0].self_attn.q_proj, PackedLinear)
     assert isinstance(served.lm_head, PackedLinear)
