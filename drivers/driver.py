@@ -66,6 +66,12 @@ class QuantizeError(ValueError):
     """A model or mode that cannot be quantized; the message names what is unsupported."""
 
 
+def score_windows(ids: list[int], window: int) -> list[list[int]]:
+    """How a document is cut for Driver.score: windows of window + 1 tokens overlapping by one,
+    so every token but the first is predicted exactly once, the context reset at each window."""
+    return [ids[s:s + window + 1] for s in range(0, len(ids) - 1, window)]
+
+
 def check_quantize(mode: str) -> str:
     """The mode, normalized ("" is "none"); QuantizeError names the supported ones."""
     mode = (mode or "none").lower()

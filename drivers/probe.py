@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from llmos.drivers.driver import score_windows
 from llmos.drivers.score import window_nll
 
 PROBE_TEXT = (
@@ -42,7 +43,7 @@ def perplexity(model: torch.nn.Module, ids: list[int], window: int = 512) -> flo
     dev = next(model.parameters()).device
     window = min(window, getattr(model.config, "max_position_embeddings", window) - 1)
     nll, count = 0.0, 0
-    for start in range(0, len(ids) - 1, window):
-        n, c = window_nll(model, dev, ids[start:start + window + 1])
+    for chunk in score_windows(ids, window):
+        n, c = window_nll(model, dev, chunk)
         nll, count = nll + n, count + c
     return math.exp(nll / max(1, count))

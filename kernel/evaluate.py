@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from llmos.drivers.driver import SamplingParams
+from llmos.drivers.driver import SamplingParams, score_windows
 from llmos.kernel import evaldata, metrics
 from llmos.kernel.errors import InvalidArgument, KernelError, Overloaded, ResourceExhausted
 from llmos.kernel.proc import Signal, State, StopRules
@@ -94,7 +94,7 @@ class PerplexityTask:
                 return self._finish(proc)
             ids = kernel.model(self.spec.model).codec.encode(self.docs[self.next_doc])
             self.next_doc += 1
-            self.pending = [ids[s:s + self.window + 1] for s in range(0, len(ids) - 1, self.window)][::-1]
+            self.pending = score_windows(ids, self.window)[::-1]
             return False
         nll, n = kernel.driver.score(self.spec.model, self.pending.pop())
         self.nll, self.count, self.windows = self.nll + nll, self.count + n, self.windows + 1
