@@ -94,6 +94,10 @@ def run_memory(k, model: str, tokenizer, n: int, new_tokens: int, system_tokens:
     }
     summary.update(least_pages(prompts, new_tokens, m.memory.page_size))
     summary["vs_least"] = summary[f"pages_{n}"] / summary[f"ideal_pages_{n}"]
+    # The system prompt's own pages: held once however many processes read it.
+    prefix_pages = summary["common_prefix_tokens"] // m.memory.page_size
+    summary["prefix_pages_1"], summary[f"prefix_pages_{n}"] = prefix_pages, cold["peak_shared_pages"]
+    summary["prefix_ratio"] = cold["peak_shared_pages"] / prefix_pages if prefix_pages else None
     return summary
 
 

@@ -107,6 +107,8 @@ def print_memory(console: Console, m: dict) -> None:
         (f"least possible (all resident, full prefix pages shared): 1 / {n} / ratio",
          f"{m['ideal_pages_1']} / {m[f'ideal_pages_{n}']} / {_fmt(m['ideal_ratio'], 2)}×"),
         (f"measured / least possible ({n} processes)", _fmt(m["vs_least"], 2) + "×"),
+        (f"pages holding the shared prompt prefix: 1 / {n} processes / ratio",
+         f"{m['prefix_pages_1']} / {m[f'prefix_pages_{n}']} / {_fmt(m['prefix_ratio'], 2)}×"),
         (f"pages without any sharing ({n} × private)", str(m["unshared_pages"])),
         (f"peak shared pages / prefix-cache hits ({n} processes; warm)",
          f"{m[f'peak_shared_pages_{n}']} / {m[f'prefix_cached_tokens_{n}']:,} tokens; "
