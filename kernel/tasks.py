@@ -63,16 +63,25 @@ def forward_signal(task: object, kernel: "Kernel", sig: str) -> None:
 
 @dataclass
 class DeviceShare:
-    """Recent device time, split between token steps and task units (exponentially decayed,
-    so the split follows the last few dozen steps, not the daemon's whole life)."""
+    """Recent device time, split between token steps and task units. Both decay with the
+    device time that passes, not per event: one long unit then weighs as much as the many
+    short decode steps that fill the same time. The half-life is at least `min_halflife_s`
+    and `units_per_halflife` of the last unit's length, so a unit is a small part of the
+    window and the split holds to about a point of the share (tests/test_train.py)."""
 
     task_s: float = 0.0
     token_s: float = 0.0
-    decay: float = 0.9
+    last_unit_s: float = 0.0
+    min_halflife_s: float = 8.0
+    units_per_halflife: float = 32.0
 
     def add(self, task: bool, seconds: float) -> None:
-        self.task_s *= self.decay
-        self.token_s *= self.decay
+        if task:
+            self.last_unit_s = seconds
+        halflife = max(self.min_halflife_s, self.units_per_halflife * self.last_unit_s)
+        decay = 0.5 ** (seconds / halflife)
+        self.task_s *= decay
+        self.token_s *= decay
         if task:
             self.task_s += seconds
         else:

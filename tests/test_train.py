@@ -54,9 +54,25 @@ def test_tasks_get_a_share_of_device_time_by_nice():
     share.add(task=False, seconds=0.03)
     share.add(task=True, seconds=0.5)   # one big unit
     assert share.task_fraction() > 0.9
-    for _ in range(40):                 # then only decode steps: the unit's weight fades
+    for _ in range(1000):               # then 30 s of decode steps: the unit's weight fades
         share.add(task=False, seconds=0.03)
-    assert share.task_fraction() < 0.5
+    assert share.task_fraction() < 0.1
+
+
+@pytest.mark.parametrize("nice,unit_s", [(0, 0.5), (0, 2.0), (10, 0.5), (10, 2.0)])
+def test_streams_keep_the_time_their_share_leaves_them(nice, unit_s):
+    """A task whose units are far longer than a decode step still takes only its share of the
+    device's time, measured over a long run (no model: the step loop's bookkeeping alone)."""
+    share, task = tasks.DeviceShare(), Process(pid=1, model="m", tokens=[], priority=nice, task=Unit(),
+                                               state=State.READY)
+    spent = {True: 0.0, False: 0.0}
+    while sum(spent.values()) < 1200:
+        share.add(task=False, seconds=0.03)  # a decode step
+        spent[False] += 0.03
+        if tasks.pick([task], token_work=True, used=share.task_fraction()) is task:
+            share.add(task=True, seconds=unit_s)
+            spent[True] += unit_s
+    assert spent[True] / sum(spent.values()) == pytest.approx(tasks.share(nice), abs=0.015)
 
 
 # --- fine-tuning ------------------------------------------------------------------------------------
