@@ -93,6 +93,18 @@ def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def drive(k, procs: list, tick: "Tick") -> int:
+    """Step kernel k until it is idle, ticking the progress bar with tokens as they come;
+    returns the tokens `procs` generated."""
+    done = 0
+    while k.has_work():
+        k.step()
+        now = sum(p.usage.generated_tokens for p in procs)
+        tick(now - done)
+        done = now
+    return done
+
+
 def default_store() -> Path:
     state = os.environ.get("LLMOS_STATE_DIR")
     return Path(state) / "models" if state else Path("~/.local/state/llmos/models").expanduser()

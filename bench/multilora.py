@@ -37,7 +37,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.common import MODEL, QUESTIONS, Tick, chat, default_store  # noqa: E402
+from bench.common import MODEL, QUESTIONS, Tick, chat, default_store, drive  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 SYSTEMS = {"llmos_multilora": "K LoRA models over the base, batched together",
@@ -109,12 +109,7 @@ def run(k, system: str, models: list[str], procs: int, new_tokens: int, tick: Ti
     t0 = time.perf_counter()
     ps = [k.spawn(models[i % len(models)], messages=chat(QUESTIONS[i % len(QUESTIONS)]),
                   stop=StopRules(max_tokens=new_tokens, ignore_eos=True)) for i in range(procs)]
-    done = 0
-    while k.has_work():
-        k.step()
-        now = sum(p.usage.generated_tokens for p in ps)
-        tick(now - done)
-        done = now
+    done = drive(k, ps, tick)
     wall = time.perf_counter() - t0
     k.driver.step = real
     for p in ps:

@@ -32,7 +32,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench import report  # noqa: E402
 from bench.common import (MODEL, QUESTIONS, FirstTokenStreamer, RunResult, Tick, chat, default_store,  # noqa: E402
-                          encode_chat, result)
+                          drive, encode_chat, result)
 from bench.daemon import run_daemon  # noqa: E402
 from bench.gateway import run_http  # noqa: E402
 from bench.memory import run_memory  # noqa: E402
@@ -90,12 +90,7 @@ def run_kernel(k, bench: Bench, idx: list[int], new_tokens: int, tick: Tick, sys
     t0 = time.perf_counter()
     procs = [k.spawn(model, messages=bench.requests[i], stop=StopRules(max_tokens=new_tokens, ignore_eos=True))
              for i in idx]
-    done = 0
-    while k.has_work():
-        k.step()
-        now = sum(p.usage.generated_tokens for p in procs)
-        tick(now - done)
-        done = now
+    done = drive(k, procs, tick)
     wall = time.perf_counter() - t0
     for p in procs:
         k.reap(p.pid)
