@@ -25,6 +25,9 @@ from llmos.drivers.driver import QuantizeError, check_quantize
 from llmos.drivers.fuse import FusedGroup, FusedLinear, linear_parents, replace_linears
 
 
+CUDA_INT_MM_MIN_ROWS = 16
+
+
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """int8 weights [in, out] (ready for `_int_mm`) and one float32 scale per output channel."""
     w = w.detach().float()
@@ -44,7 +47,10 @@ def int8_matmul(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor, bi
         rows = rows * smooth
     sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(127)  # (vector_norm(inf) is slower)
     xq = torch.div(rows, sx).round_().to(torch.int8)
-    y = torch._int_mm(xq, weight_t).mul(scale).mul_(sx)  # the order oneDNN's packed path computes in
+    m = xq.shape[0]
+    if xq.is_cuda and m <= CUDA_INT_MM_MIN_ROWS:  # cuBLASLt's int8 GEMM wants more than 16 rows
+        xq = torch.cat([xq, xq.new_zeros(CUDA_INT_MM_MIN_ROWS + 1 - m, xq.shape[1])])
+    y = torch._int_mm(xq, weight_t)[:m].mul(scale).mul_(sx)  # the order oneDNN's packed path computes in
     if bias is not None:
         y.add_(bias)
     if x.dtype != torch.float32:
