@@ -26,6 +26,9 @@ from llmos.drivers.fuse import FusedGroup, FusedLinear, linear_parents, replace_
 
 
 CUDA_INT_MM_MIN_ROWS = 16
+# The quantization constants as 0-dim tensors: a Python number becomes a fresh tensor copy on
+# every op, which at ~120 Linear groups a step costs more than the arithmetic at batch 1.
+_EPS, _QMAX, _SHIFT = torch.tensor(1e-12), torch.tensor(127.0), torch.tensor(128.0)
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +48,7 @@ def int8_matmul(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor, bi
         rows = rows.float()
     if smooth is not None:
         rows = rows * smooth
-    sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(127)  # (vector_norm(inf) is slower)
+    sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(_EPS).div_(_QMAX)  # (vector_norm(inf) is slower)
     xq = torch.div(rows, sx).round_().to(torch.int8)
     m = xq.shape[0]
     if xq.is_cuda and m <= CUDA_INT_MM_MIN_ROWS:  # cuBLASLt's int8 GEMM wants more than 16 rows
@@ -68,8 +71,8 @@ def int8_matmul_packed(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tenso
         rows = rows.float()
     if smooth is not None:
         rows = rows * smooth
-    sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(1e-12).div_(127)
-    xu = torch.div(rows, sx).round_().add_(128).to(torch.uint8)
+    sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(_EPS).div_(_QMAX)
+    xu = torch.div(rows, sx).round_().add_(_SHIFT).to(torch.uint8)
     y = torch.ops.onednn.qlinear_pointwise(xu, 1.0, 128, packed, scale, zeros, None, 1.0, 0, torch.float32,
                                            "none", [], "").mul_(sx)
     if bias is not None:
