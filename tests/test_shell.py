@@ -96,6 +96,7 @@ def test_ctrl_c_during_run_terminates_the_process(llmosd):
         while not c.ps(live_only=True, model=MODEL) and time.monotonic() < deadline:
             time.sleep(0.02)
         (proc,) = c.ps(live_only=True, model=MODEL)
+        c.kill(proc.pid, "STOP")  # the tiny model could finish 480 tokens before Ctrl-C lands
         p.send_signal(signal.SIGINT)
         assert p.wait(30) == 130
         r = c.wait(proc.pid, timeout=10)
