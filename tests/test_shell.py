@@ -93,8 +93,11 @@ def test_ctrl_c_during_run_terminates_the_process(llmosd):
                          stderr=subprocess.PIPE, env=llmosd.env)
     with llmosd.client() as c:
         deadline = time.monotonic() + 30
-        while not c.ps(live_only=True, model=MODEL) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # Tokens flowing means `run` has its pid and is streaming (Ctrl-C inside the Spawn call
+        # itself would leave it nothing to signal).
+        while not any(q.usage.generated_tokens for q in c.ps(live_only=True, model=MODEL)) \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
         (proc,) = c.ps(live_only=True, model=MODEL)
         c.kill(proc.pid, "STOP")  # the tiny model could finish 480 tokens before Ctrl-C lands
         p.send_signal(signal.SIGINT)
