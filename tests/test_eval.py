@@ -2,6 +2,7 @@
 (kernel/evaldata.py), the Eval syscall and `llmos eval`."""
 import json
 import math
+import time
 
 import pytest
 import sacrebleu
@@ -268,8 +269,10 @@ def test_llmos_eval_bleu_through_the_daemon(llmosd, tmp_path):
                                else it["messages"][:-1], max_tokens=10)).output.strip() for it in ITEMS]
         refs = [it.get("reference") or it["messages"][-1]["content"] for it in ITEMS]
         assert json.loads(r.stdout)["results"] == {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score, "items": 4}
-        pid = c.eval("tiny-llama", path, "rouge", max_tokens=10, priority=3)
-        kids = [p for p in c.ps() if p.ppid == pid]
+        pid = c.eval("tiny-llama", path, "rouge", max_tokens=200, priority=3)
+        kids, deadline = [], time.monotonic() + 30  # the eval spawns them on its first unit
+        while not kids and time.monotonic() < deadline:
+            kids = [p for p in c.ps() if p.ppid == pid]
         res = c.wait(pid)
         assert res.state == "exited" and set(res.results) == {"rouge1", "rouge2", "rougeL", "items"}
         assert res.output.splitlines()[-2] == "generated 4/4"

@@ -89,16 +89,18 @@ def test_no_daemon_says_how_to_start_one(tmp_path):
 
 
 def test_ctrl_c_during_run_terminates_the_process(llmosd):
-    p = subprocess.Popen([*LLMOS, "run", MODEL, "Hello", "-n", "480", "--ignore-eos"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=llmosd.env)
     with llmosd.client() as c:
+        before = {q.pid for q in c.ps()}  # the daemon is shared: other tests' processes may be live
+        p = subprocess.Popen([*LLMOS, "run", MODEL, "Hello", "-n", "480", "--ignore-eos"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=llmosd.env)
         deadline = time.monotonic() + 30
         # Tokens flowing means `run` has its pid and is streaming (Ctrl-C inside the Spawn call
         # itself would leave it nothing to signal).
-        while not any(q.usage.generated_tokens for q in c.ps(live_only=True, model=MODEL)) \
-                and time.monotonic() < deadline:
+        mine: list = []
+        while not mine and time.monotonic() < deadline:
+            mine = [q for q in c.ps(live_only=True, model=MODEL) if q.pid not in before and q.usage.generated_tokens]
             time.sleep(0.01)
-        (proc,) = c.ps(live_only=True, model=MODEL)
+        (proc,) = mine
         c.kill(proc.pid, "STOP")  # the tiny model could finish 480 tokens before Ctrl-C lands
         p.send_signal(signal.SIGINT)
         assert p.wait(30) == 130
