@@ -3,6 +3,7 @@ and its parsed arguments and returns an exit status."""
 from __future__ import annotations
 
 import argparse
+import signal as signals  # (this module's `signal` is the kill/stop/cont command maker)
 import sys
 from collections.abc import Callable
 from typing import TextIO
@@ -33,10 +34,14 @@ class Shell:
         self.err.write(text + "\n")
         self.err.flush()
 
-    def stream(self, pid: int, offset: int = 0, until: str = "exit", on_interrupt: str | None = "TERM") -> int:
-        """Print a process's output as it comes. Ctrl-C sends it `on_interrupt` (None: just detach)."""
+    def stream(self, pid: int, offset: int = 0, until: str = "exit", on_interrupt: str | None = "TERM",
+               held: "HeldInterrupt | None" = None) -> int:
+        """Print a process's output as it comes. Ctrl-C sends it `on_interrupt` (None: just detach).
+        A `held` Ctrl-C (see `run`) is released inside, where it is handled like any other."""
         state, reason, last = "", "", ""
         try:
+            if held is not None:
+                held.release()
             for ch in self.c.read(pid, offset, until):
                 if ch.text:
                     self.out.write(ch.text)
@@ -82,10 +87,36 @@ def spawn_run(sh: Shell, a: argparse.Namespace, interactive: bool = False, reads
     return sh.c.spawn(a.model, a.prompt, **_sampling(a))
 
 
+class HeldInterrupt:
+    """Ctrl-C noted instead of raised, from creation until release(); a second one still raises.
+    `llmos run` holds it over the Spawn call: raised inside the call, it would leave a process
+    that nobody signals. release() restores the handler and raises a noted Ctrl-C there."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.old = signals.signal(signals.SIGINT, self._note)
+
+    def _note(self, signum: int, frame: object) -> None:
+        if self.seen:
+            raise KeyboardInterrupt
+        self.seen = True
+
+    def release(self) -> None:
+        signals.signal(signals.SIGINT, self.old)
+        if self.seen:
+            raise KeyboardInterrupt
+
+
 def run(sh: Shell, a: argparse.Namespace) -> int:
-    pid = spawn_run(sh, a)
     if not a.json:
-        return sh.stream(pid)
+        held = HeldInterrupt()
+        try:
+            pid = spawn_run(sh, a)
+        except BaseException:
+            signals.signal(signals.SIGINT, held.old)
+            raise
+        return sh.stream(pid, held=held)
+    pid = spawn_run(sh, a)
     try:
         r = sh.c.wait(pid)
     except KeyboardInterrupt:
