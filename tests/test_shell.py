@@ -94,8 +94,10 @@ def test_ctrl_c_during_run_terminates_the_process(llmosd):
     with llmosd.client() as c:
         for _ in range(5):
             before = {q.pid for q in c.ps()}  # the daemon is shared: other tests' processes may be live
+            # A test run started in the background (`... &`) inherits SIGINT ignored: restore it.
             p = subprocess.Popen([*LLMOS, "run", MODEL, "Hello", "-n", "480", "--ignore-eos"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=llmosd.env)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=llmosd.env,
+                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             mine, deadline = [], time.monotonic() + 30
             while not mine and time.monotonic() < deadline:
                 mine = [q for q in c.ps(model=MODEL) if q.pid not in before]
