@@ -90,4 +90,14 @@ def pack_model(model: nn.Module) -> int:
             for p in m.parameters(recurse=False) if id(p) in linear_weights}
 
     layers, _ = replace_linears(linear_parents(model), lambda linears: PackedGroup(linears, tied), member=PackedLinear)
+    _own_memory(model)
     return layers
+
+
+def _own_memory(model: nn.Module) -> None:
+    """Give the tensors left (embeddings, norms) storage of their own. Loaded weights are views
+    of the checkpoint's file mapping, and one of them alive keeps every page of the file that
+    packing read resident: ~400 MB more RSS for the default model."""
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            t.data = t.data.clone()
