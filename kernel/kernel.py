@@ -293,6 +293,9 @@ class Kernel:
         if not -20 <= priority <= 19:
             raise InvalidArgument(f"priority (nice) must be in [-20, 19], got {priority}")
         p = Process(pid=0, model=model, tokens=[], owner=owner, priority=priority, task=task)
+        if not any(q.task is not None and not q.state.done for q in self.procs.values()):
+            # Decode time spent while no task existed is no credit for the first one to come.
+            self.device_share = tasks.DeviceShare()
         return self._admit(p, State.READY)
 
     def _exit(self, p: Process, state: State, reason: str) -> None:

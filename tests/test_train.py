@@ -59,6 +59,17 @@ def test_tasks_get_a_share_of_device_time_by_nice():
     assert share.task_fraction() < 0.1
 
 
+def test_decode_time_before_any_task_is_no_credit_for_the_first(kernel):
+    k, _ = kernel
+    k.device_share.add(task=False, seconds=60.0)  # a minute of streams, no task anywhere
+    first = k.spawn_task("tiny", Unit())
+    assert k.device_share.token_s == 0.0
+    k.device_share.add(task=True, seconds=1.0)
+    k.spawn_task("tiny", Unit())  # a second task joins the running account
+    assert k.device_share.task_s > 0.0
+    k.signal(first.pid, "KILL")
+
+
 @pytest.mark.parametrize("nice,unit_s", [(0, 0.5), (0, 2.0), (10, 0.5), (10, 2.0)])
 def test_streams_keep_the_time_their_share_leaves_them(nice, unit_s):
     """A task whose units are far longer than a decode step still takes only its share of the
