@@ -1,9 +1,9 @@
 """Prepacked weights for the CPU: Linear layers run by oneDNN on weights reordered once.
 
-transformers' Linear layers call MKL's sgemm with the weights as stored ([out, in]), which
-re-reads and re-blocks them on every call. Reordered once into oneDNN's blocked layout, the
-same products take about a third of the time on this kind of CPU, at batch 1 and at 16
-(see bench/linear.py), and a row's result never depends on the other rows in its batch.
+transformers' Linear layers call MKL's sgemm with the weights as stored ([out, in]). Reordered
+once into oneDNN's blocked layout, the same products take about a third of the time on this
+kind of CPU, at batch 1 and at 16 (measured by bench/linear.py), and a row's result never
+depends on the other rows in its batch.
 q/k/v and gate/up are fused into one product each (drivers/fuse.py).
 
 The packed tensor is opaque: it has no autograd and cannot be copied. Deep-copying a packed
