@@ -91,22 +91,14 @@ def paged_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Ten
 
     q = query[0]  # [H, T, D]
     gqa = q.shape[0] != kv_heads
-    if not b.prefills and b.decode_rows is not None:  # every row is a decode, in order: no gather or scatter
-        kd = _gather(k_pool, b.decode_pages, q.shape[1]).to(q.dtype)
-        vd = _gather(v_pool, b.decode_pages, q.shape[1]).to(q.dtype)
-        od = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(2), kd, vd,
-                                            attn_mask=b.decode_mask(sliding_window), scale=scaling, enable_gqa=gqa)
+    if not b.prefills and b.decode_rows is not None:  # every row is a decode, in order: no row gather or scatter
+        od = _decode(q.transpose(0, 1).unsqueeze(2), k_pool, v_pool, b, sliding_window, scaling, gqa)
         return od.transpose(1, 2), None  # [B, 1, H, D] is [1, T, H, D] in memory order
     out = torch.empty(q.shape[1], q.shape[0], q.shape[2], dtype=q.dtype, device=q.device)  # [T, H, D]
     if b.decode_rows is not None:
         rows = b.decode_rows
-        bsz = rows.shape[0]
         qd = q.index_select(1, rows).transpose(0, 1).unsqueeze(2)  # [B, H, 1, D]
-        kd = _gather(k_pool, b.decode_pages, bsz).to(q.dtype)  # [B, Hkv, L, D]
-        vd = _gather(v_pool, b.decode_pages, bsz).to(q.dtype)
-        od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask(sliding_window),
-                                            scale=scaling, enable_gqa=gqa)
-        out[rows] = od[:, :, 0, :]
+        out[rows] = _decode(qd, k_pool, v_pool, b, sliding_window, scaling, gqa)[:, :, 0, :]
     for i, s in enumerate(b.prefills):
         qp = q[:, s.start:s.end].unsqueeze(0)  # [1, H, n, D]
         mask = b.prefill_mask(i, sliding_window)
@@ -134,6 +126,14 @@ def plain_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None,
                                          dropout_p=dropout, scale=scaling, enable_gqa=query.shape[1] != key.shape[1])
     return out.transpose(1, 2).contiguous(), None
+
+
+def _decode(qd: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, b: PagedBatch, window: int | None,
+            scaling: float | None, gqa: bool) -> torch.Tensor:
+    """Attention of the decode rows qd [B, H, 1, D] over their page tables → [B, H, 1, D]."""
+    kd = _gather(k_pool, b.decode_pages, qd.shape[0]).to(qd.dtype)  # [B, Hkv, L, D]
+    vd = _gather(v_pool, b.decode_pages, qd.shape[0]).to(qd.dtype)
+    return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask(window), scale=scaling, enable_gqa=gqa)
 
 
 def _gather(pool: torch.Tensor, pages: torch.Tensor, bsz: int) -> torch.Tensor:

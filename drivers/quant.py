@@ -39,26 +39,36 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q.t().contiguous(), scale
 
 
-def int8_matmul(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                smooth: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., in] (float) times int8 weights, with x quantized per row. Every op counts at
-    batch 1 (each is a dispatch), so conversions that would do nothing are skipped."""
+def _quantize_rows(x: torch.Tensor, smooth: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., in] as float rows [M, in] (smoothed), and one scale per row, [M, 1]. Every op
+    counts at batch 1 (each is a dispatch), so conversions that would do nothing are skipped."""
     rows = x.reshape(-1, x.shape[-1])
     if rows.dtype != torch.float32:
         rows = rows.float()
     if smooth is not None:
         rows = rows * smooth
     sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(_EPS).div_(_QMAX)  # (vector_norm(inf) is slower)
-    xq = torch.div(rows, sx).round_().to(torch.int8)
-    m = xq.shape[0]
-    if xq.is_cuda and m <= CUDA_INT_MM_MIN_ROWS:  # cuBLASLt's int8 GEMM wants more than 16 rows
-        xq = torch.cat([xq, xq.new_zeros(CUDA_INT_MM_MIN_ROWS + 1 - m, xq.shape[1])])
-    y = torch._int_mm(xq, weight_t)[:m].mul(scale).mul_(sx)  # the order oneDNN's packed path computes in
+    return rows, sx
+
+
+def _finish(y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The dequantized rows y [M, out] with bias, in x's dtype and leading shape."""
     if bias is not None:
         y.add_(bias)
     if x.dtype != torch.float32:
         y = y.to(x.dtype)
-    return y.view(*x.shape[:-1], weight_t.shape[1])
+    return y.view(*x.shape[:-1], y.shape[1])
+
+
+def int8_matmul(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                smooth: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., in] (float) times int8 weights, with x quantized per row."""
+    rows, sx = _quantize_rows(x, smooth)
+    xq = torch.div(rows, sx).round_().to(torch.int8)
+    m = xq.shape[0]
+    if xq.is_cuda and m <= CUDA_INT_MM_MIN_ROWS:  # cuBLASLt's int8 GEMM wants more than 16 rows
+        xq = torch.cat([xq, xq.new_zeros(CUDA_INT_MM_MIN_ROWS + 1 - m, xq.shape[1])])
+    return _finish(torch._int_mm(xq, weight_t)[:m].mul(scale).mul_(sx), x, bias)  # oneDNN's order
 
 
 def int8_matmul_packed(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
@@ -66,20 +76,11 @@ def int8_matmul_packed(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tenso
     """int8_matmul on weights prepacked for oneDNN (CPU). oneDNN's fast int8 kernels take
     unsigned activations, so the int8 values are shifted by 128 and the shift is declared as
     the zero point: the int32 product, and the result, are exactly int8_matmul's."""
-    rows = x.reshape(-1, x.shape[-1])
-    if rows.dtype != torch.float32:
-        rows = rows.float()
-    if smooth is not None:
-        rows = rows * smooth
-    sx = rows.abs().amax(dim=1, keepdim=True).clamp_min_(_EPS).div_(_QMAX)
+    rows, sx = _quantize_rows(x, smooth)
     xu = torch.div(rows, sx).round_().add_(_SHIFT).to(torch.uint8)
     y = torch.ops.onednn.qlinear_pointwise(xu, 1.0, 128, packed, scale, zeros, None, 1.0, 0, torch.float32,
-                                           "none", [], "").mul_(sx)
-    if bias is not None:
-        y.add_(bias)
-    if x.dtype != torch.float32:
-        y = y.to(x.dtype)
-    return y.view(*x.shape[:-1], scale.shape[0])
+                                           "none", [], "")
+    return _finish(y.mul_(sx), x, bias)
 
 
 class Int8Group(FusedGroup):
