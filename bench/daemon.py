@@ -40,7 +40,7 @@ class DaemonUnderTest:
 
     def _token(self) -> str:
         """A bearer token for the HTTP gateway, made through the admin unix socket."""
-        from llmos.syscalls.client import Client
+        from llmos.syscalls.sdk import Client
 
         with Client(self.socket, timeout=60) as c:
             return c.create_token("bench")[1]
@@ -52,7 +52,7 @@ class DaemonUnderTest:
 
 
 async def _run(socket: Path, requests: list[list[dict]], new_tokens: int, tick: Tick) -> tuple[float, int, list]:
-    from llmos.syscalls.client import AsyncClient
+    from llmos.syscalls.sdk import AsyncClient
 
     async with AsyncClient(socket) as c:
         t0 = time.perf_counter()

@@ -29,7 +29,7 @@ from bench.common import QUESTIONS, chat, default_store  # noqa: E402
 
 def make_kernel(args: argparse.Namespace):
     from llmos.drivers import open_driver
-    from llmos.kernel import Kernel, KernelConfig
+    from llmos.kernel import ROOT, Kernel, KernelConfig
     from llmos.kernel.models import ModelStore
 
     k = Kernel(open_driver("cpu", threads=args.threads), KernelConfig(), ModelStore(args.store))
@@ -37,19 +37,19 @@ def make_kernel(args: argparse.Namespace):
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
         from tiny import tiny_model, tiny_tokenizer
         return k, k.adopt_model("tiny", tiny_model(), tiny_tokenizer()).name
-    return k, k.load_model(args.model).name
+    return k, k.load_model(ROOT, args.model).name
 
 
 def run_once(k, model: str, args: argparse.Namespace, journal_dir: Path | None) -> dict:
     """Spawn the processes, step until idle; figures for this run."""
-    from llmos.journal import attach
-    from llmos.kernel import StopRules
+    from llmos.journal_db import attach
+    from llmos.kernel import ROOT, SpawnSpec, StopRules
 
     journal = attach(k, journal_dir / "journal.db", interval_s=args.interval_ms / 1000) if journal_dir else None
     steps0 = k.steps
     t0 = time.perf_counter()
-    procs = [k.spawn(model, messages=chat(QUESTIONS[i % len(QUESTIONS)]),
-                     stop=StopRules(max_tokens=args.new_tokens, ignore_eos=True)) for i in range(args.procs)]
+    procs = [k.spawn(ROOT, SpawnSpec(model, messages=chat(QUESTIONS[i % len(QUESTIONS)]),
+                     stop=StopRules(max_tokens=args.new_tokens, ignore_eos=True))) for i in range(args.procs)]
     k.run_until_idle()
     wall = time.perf_counter() - t0
     out = {"journal": journal is not None, "wall_s": wall, "steps": k.steps - steps0,
@@ -64,7 +64,7 @@ def run_once(k, model: str, args: argparse.Namespace, journal_dir: Path | None) 
                    flush_after_s=time.perf_counter() - flush0,
                    journal_bytes=sum(f.stat().st_size for f in db.parent.glob("journal.db*")))
     for p in procs:
-        k.reap(p.pid)
+        k.reap(ROOT, p.pid)
     out["tok_s"], out["steps_s"] = out["tokens"] / wall, out["steps"] / wall
     return out
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from llmos.syscalls.client import AsyncClient, SyscallError
+from llmos.syscalls.sdk import AsyncClient, SyscallError
 
 FINAL = ("exited", "killed")
 CALL_TIMEOUT = 120.0  # a call slower than this counts as failed (deadline_exceeded), never hangs the run

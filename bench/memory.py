@@ -33,7 +33,7 @@ class PeekingDriver:
 
 def measure_pages(k, model: str, system_prompt: str, n: int, new_tokens: int, rss: RssSampler, tick: Tick) -> dict:
     """Peak KV pages used while n processes (spawned together) share one system prompt."""
-    from llmos.kernel import StopRules
+    from llmos.kernel import ROOT, SpawnSpec, StopRules
 
     base = k.meminfo(model).used
     peak = {"after_step": 0, "in_step": 0, "shared": 0}
@@ -43,8 +43,8 @@ def measure_pages(k, model: str, system_prompt: str, n: int, new_tokens: int, rs
         peak[where] = max(peak[where], info.used - base)
         peak["shared"] = max(peak["shared"], info.shared)
 
-    procs = [k.spawn(model, messages=chat(QUESTIONS[i % len(QUESTIONS)], system_prompt),
-                     stop=StopRules(max_tokens=new_tokens, ignore_eos=True)) for i in range(n)]
+    procs = [k.spawn(ROOT, SpawnSpec(model, messages=chat(QUESTIONS[i % len(QUESTIONS)], system_prompt),
+                     stop=StopRules(max_tokens=new_tokens, ignore_eos=True))) for i in range(n)]
     driver, k.driver = k.driver, PeekingDriver(k.driver, lambda: sample("in_step"))
     try:
         done = 0
@@ -61,7 +61,7 @@ def measure_pages(k, model: str, system_prompt: str, n: int, new_tokens: int, rs
            "peak_shared_pages": peak["shared"], "prompt_tokens": [p.usage.prompt_tokens for p in procs],
            "prefix_cached_tokens": sum(p.usage.cached_tokens for p in procs)}
     for p in procs:
-        k.reap(p.pid)
+        k.reap(ROOT, p.pid)
     return out
 
 

@@ -96,7 +96,7 @@ def merged(path: Path, adapter: Path) -> torch.nn.Module:
 
 def run(k, system: str, models: list[str], procs: int, new_tokens: int, tick: Tick) -> Row:
     """Spawn `procs` requests at once (process i on models[i mod K]), step until idle."""
-    from llmos.kernel import StopRules
+    from llmos.kernel import ROOT, SpawnSpec, StopRules
 
     passes = 0
     real = k.driver.step
@@ -107,13 +107,13 @@ def run(k, system: str, models: list[str], procs: int, new_tokens: int, tick: Ti
         return real(name, batch)
     k.driver.step = counted
     t0 = time.perf_counter()
-    ps = [k.spawn(models[i % len(models)], messages=chat(QUESTIONS[i % len(QUESTIONS)]),
-                  stop=StopRules(max_tokens=new_tokens, ignore_eos=True)) for i in range(procs)]
+    ps = [k.spawn(ROOT, SpawnSpec(models[i % len(models)], messages=chat(QUESTIONS[i % len(QUESTIONS)]),
+                  stop=StopRules(max_tokens=new_tokens, ignore_eos=True))) for i in range(procs)]
     done = drive(k, ps, tick)
     wall = time.perf_counter() - t0
     k.driver.step = real
     for p in ps:
-        k.reap(p.pid)
+        k.reap(ROOT, p.pid)
     weights = sum(k.model(m).info.weight_bytes for m in {*models, *(k.model(m).pool for m in models)})
     return Row(system, len(set(models)), procs, new_tokens, done / wall, wall, done, passes, weights)
 
@@ -122,7 +122,7 @@ def measure(args: argparse.Namespace, console: Console) -> list[Row]:
     from transformers import AutoTokenizer
 
     from llmos.drivers import open_driver
-    from llmos.kernel import Kernel, KernelConfig
+    from llmos.kernel import ROOT, Kernel, KernelConfig
     from llmos.kernel.models import ModelStore
 
     store = ModelStore(args.store)
@@ -145,11 +145,11 @@ def measure(args: argparse.Namespace, console: Console) -> list[Row]:
                 rows.append(run(k, system, models, args.procs, args.new_tokens, tick))
 
             k = Kernel(open_driver("cpu", threads=args.threads), cfg, store)
-            k.load_model(MODEL)
+            k.load_model(ROOT, MODEL)
             if "base_only" in args.systems:  # before any adapter is loaded: no hooks at all
                 timed(k, "base_only", [MODEL])
             if "llmos_multilora" in args.systems:
-                timed(k, "llmos_multilora", [k.load_model(str(a)).name for a in adapters])
+                timed(k, "llmos_multilora", [k.load_model(ROOT, str(a)).name for a in adapters])
             del k
             if "merged_models" in args.systems:
                 bar.update(task, description="merging the adapters into full models")

@@ -62,10 +62,10 @@ class Bench:
     def kernel(self):
         if self._kernel is None:
             from llmos.drivers import open_driver
-            from llmos.kernel import Kernel, KernelConfig
+            from llmos.kernel import ROOT, Kernel, KernelConfig
 
             k = Kernel(open_driver("cpu", threads=self.args.threads), KernelConfig(), self.store)
-            m = k.load_model(MODEL)
+            m = k.load_model(ROOT, MODEL)
             if m.codec.encode_chat(self.requests[0]) != self.prompt_ids[0]:
                 self.notes.append("the kernel tokenizes the chat prompts differently from the HF baselines")
             self._kernel = k
@@ -85,15 +85,15 @@ class Bench:
 def run_kernel(k, bench: Bench, idx: list[int], new_tokens: int, tick: Tick, system: str = "llmos",
                model: str = MODEL) -> RunResult:
     """Spawn every request at once on kernel k, step it until idle, reap the processes."""
-    from llmos.kernel import StopRules
+    from llmos.kernel import ROOT, SpawnSpec, StopRules
 
     t0 = time.perf_counter()
-    procs = [k.spawn(model, messages=bench.requests[i], stop=StopRules(max_tokens=new_tokens, ignore_eos=True))
+    procs = [k.spawn(ROOT, SpawnSpec(model, messages=bench.requests[i], stop=StopRules(max_tokens=new_tokens, ignore_eos=True)))
              for i in idx]
     done = drive(k, procs, tick)
     wall = time.perf_counter() - t0
     for p in procs:
-        k.reap(p.pid)
+        k.reap(ROOT, p.pid)
     return result(system, len(idx), new_tokens, wall, done, [p.usage.ttft_s for p in procs])
 
 
@@ -103,8 +103,10 @@ def run_llmos(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
 
 def run_llmos_int8(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
     """The same kernel serving the model's int8 copy (loaded beside the fp32 one)."""
+    from llmos.kernel import ROOT
+
     k = bench.kernel()
-    m = k.load_model(MODEL, quantize="int8")
+    m = k.load_model(ROOT, MODEL, quantize="int8")
     return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int8", m.name)
 
 

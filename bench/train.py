@@ -33,7 +33,7 @@ ANSWERS = ["A kernel schedules work fairly.", "Pages hold the keys and values.",
 def make_kernel(model: str, store: Path):
     """A kernel serving `model` ('tiny' builds a random one from tests/tiny.py)."""
     from llmos.drivers.cpu import CPUDriver
-    from llmos.kernel import Kernel, KernelConfig
+    from llmos.kernel import ROOT, Kernel, KernelConfig
     from llmos.kernel.models import ModelStore
 
     k = Kernel(CPUDriver(), KernelConfig(page_size=16, kv_pages=1024), store=ModelStore(store))
@@ -43,16 +43,16 @@ def make_kernel(model: str, store: Path):
         k.adopt_model("tiny", tiny_model(), tiny_tokenizer())
     else:
         k.store = ModelStore(default_store())
-        k.load_model(model)
+        k.load_model(ROOT, model)
     return k
 
 
 def stream(k, model: str, n: int, new_tokens: int) -> tuple[float, int]:
     """Run n streams to the end; returns (seconds, tokens)."""
-    from llmos.kernel.proc import StopRules
+    from llmos.kernel import ROOT, SpawnSpec, StopRules
 
-    procs = [k.spawn(model, messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                     stop=StopRules(max_tokens=new_tokens, ignore_eos=True)) for i in range(n)]
+    procs = [k.spawn(ROOT, SpawnSpec(model, messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                     stop=StopRules(max_tokens=new_tokens, ignore_eos=True))) for i in range(n)]
     t0 = time.perf_counter()
     while any(not p.state.done for p in procs):
         k.step()
@@ -60,7 +60,8 @@ def stream(k, model: str, n: int, new_tokens: int) -> tuple[float, int]:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from llmos.kernel import train
+    from llmos.kernel import ROOT
+    from llmos.kernel.workloads import train
 
     tmp = Path(tempfile.mkdtemp(prefix="llmos-bench-train-"))
     data = tmp / "bench.jsonl"
@@ -72,13 +73,13 @@ def run(args: argparse.Namespace) -> list[dict]:
     for n in args.streams:
         stream(k, args.model, n, 4)  # warm-up
         alone_s, alone_tok = stream(k, args.model, n, args.new_tokens)
-        t = train.start(k, args.model, train.TrainSpec(str(data), steps=1_000_000, batch=args.batch,
-                                                       checkpoint_every=0, name=f"bench{n}"),
+        t = train.start(k, ROOT, args.model, train.TrainSpec(str(data), steps=1_000_000, batch=args.batch,
+                                                             checkpoint_every=0, name=f"bench{n}"),
                         priority=args.nice)
         steps0 = len(t.task.losses)
         with_s, with_tok = stream(k, args.model, n, args.new_tokens)
         steps = len(t.task.losses) - steps0
-        k.signal(t.pid, "KILL")
+        k.signal(ROOT, t.pid, "KILL")
         alone, beside = alone_tok / alone_s, with_tok / with_s
         rows.append({"streams": n, "alone_tok_s": alone, "training_tok_s": beside, "ratio": beside / alone,
                      "train_steps": steps, "train_steps_s": steps / with_s})

@@ -1,7 +1,7 @@
 """Device drivers: every difference between devices stays behind the Driver interface."""
 from __future__ import annotations
 
-from llmos.drivers.driver import DeviceInfo, Driver, ModelInfo, SamplingParams, SeqSlice, StepInput
+from llmos.drivers.driver import DeviceInfo, Driver, ModelInfo, SamplingParams, SeqSlice, StepInput, TrainingDriver
 
 
 def open_driver(device: str = "auto", threads: int | None = None) -> "Driver":
@@ -22,4 +22,4 @@ def open_driver(device: str = "auto", threads: int | None = None) -> "Driver":
     raise ValueError(f"unknown device {device!r}: expected auto, cpu or cuda:N")
 
 
-__all__ = ["DeviceInfo", "Driver", "ModelInfo", "SamplingParams", "SeqSlice", "StepInput", "open_driver"]
+__all__ = ["DeviceInfo", "Driver", "ModelInfo", "SamplingParams", "SeqSlice", "StepInput", "TrainingDriver", "open_driver"]

@@ -6,21 +6,9 @@ live in another process or on another machine behind a msgpack or RPC transport.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-
-@dataclass
-class SamplingParams:
-    """How to pick the next token. temperature 0 means greedy."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature <= 0.0
+from llmos.syscalls.abi.spec import SamplingParams
 
 
 @dataclass
@@ -124,3 +112,23 @@ class Driver(Protocol):
     def unload(self, name: str) -> None: ...  # a model or an adapter
 
     def release(self) -> None: ...
+
+
+@runtime_checkable
+class TrainingDriver(Protocol):
+    """A driver that can also fine-tune: LoRA training sessions keyed by adapter name, in
+    small units (one micro-batch each) that the kernel time-slices with its steps."""
+
+    def train_begin(self, name: str, adapter: str, cfg: dict) -> int: ...
+
+    def train_micro(self, adapter: str, seqs: list[list[int]], loss_from: list[int], denom: int) -> float: ...
+
+    def train_apply(self, adapter: str) -> None: ...
+
+    def train_save(self, adapter: str, path: str) -> None: ...
+
+    def train_load(self, adapter: str, path: str) -> None: ...
+
+    def train_export(self, adapter: str, path: str) -> None: ...
+
+    def train_end(self, adapter: str) -> None: ...

@@ -9,14 +9,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from llmos.drivers import attention, probe, quant, score
 from llmos.drivers.driver import DeviceInfo, ModelInfo, StepInput, check_quantize
 from llmos.drivers.runner import ModelRunner
-from llmos.drivers.trainer import TrainingDriver
+from llmos.drivers.train import Trainer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 
 
-class TorchDriver(TrainingDriver):
-    """Loads transformers models onto one torch device and runs paged steps on them."""
+class TorchDriver:
+    """Loads transformers models onto one torch device, runs paged steps on them, and
+    fine-tunes them (the Driver and TrainingDriver protocols of drivers/driver.py)."""
 
     kind = "torch"
 
@@ -24,6 +25,7 @@ class TorchDriver(TrainingDriver):
         self.device = device
         self.runners: dict[str, ModelRunner] = {}
         self.adapters: dict[str, str] = {}  # LoRA adapter -> the model it is loaded over
+        self.trainer = Trainer(device)
         attention.register()
 
     def describe(self) -> DeviceInfo:  # pragma: no cover - overridden
@@ -117,3 +119,26 @@ class TorchDriver(TrainingDriver):
 
     def _empty_cache(self) -> None:
         pass
+
+    # --- training (drivers/train.py): plain data in and out -------------------------------------
+    def train_begin(self, name: str, adapter: str, cfg: dict) -> int:
+        """Start LoRA training of `adapter` on loaded model `name`; returns trainable parameters."""
+        return self.trainer.begin(self.runners[name].model, adapter, cfg)
+
+    def train_micro(self, adapter: str, seqs: list[list[int]], loss_from: list[int], denom: int) -> float:
+        return self.trainer.micro(adapter, seqs, loss_from, denom)
+
+    def train_apply(self, adapter: str) -> None:
+        self.trainer.apply(adapter)
+
+    def train_save(self, adapter: str, path: str) -> None:
+        self.trainer.save(adapter, path)
+
+    def train_load(self, adapter: str, path: str) -> None:
+        self.trainer.load(adapter, path)
+
+    def train_export(self, adapter: str, path: str) -> None:
+        self.trainer.export(adapter, path)
+
+    def train_end(self, adapter: str) -> None:
+        self.trainer.end(adapter)

@@ -1,25 +1,36 @@
-"""Kernel: owns the process table, the loaded models with their KV memory and schedulers,
-and runs the step loop. It is single-threaded: callers that live on other threads go
-through llmos.kernel.thread.KernelThread."""
+"""Kernel: the process table, the loaded models with their KV pools and schedulers, and the
+step loop of one llmos instance.
+
+Its methods are the kernel's operations, each a call into the file that owns the idea, like
+the `// proc.c` sections of xv6's defs.h: read this class to see everything the kernel does.
+Every operation a caller makes takes the caller's Cred (kernel/users/cred.py), and the rules
+it implies (visibility, owners, admin-only operations) are decided there and here, never in
+a transport. The kernel is single-threaded: callers on other threads go through
+llmos.kernel.thread.KernelThread.
+"""
 from __future__ import annotations
 
 import collections
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from llmos.drivers.driver import QUANT_MODES, Driver, SamplingParams
-from llmos.kernel import adapters, loader
-from llmos.kernel.errors import (FailedPrecondition, InvalidArgument, KernelError, NotFound, Overloaded,
-                                  ResourceExhausted)
+from llmos.drivers.driver import Driver
+from llmos.kernel import pipe as pipes
+from llmos.kernel import signals, spawn, stdio, step, tasks
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound, Overloaded
+from llmos.kernel.events import Event, Listener, Reaped, ShutdownRequested, Spawned, StateChanged
 from llmos.kernel.memory import MemInfo
-from llmos.kernel.models import ModelStore
-from llmos.kernel.proc import Limits, Process, Signal, State, StopRules
-from llmos.kernel.quota import QuotaKeeper, Quotas
+from llmos.kernel.models import loading
+from llmos.kernel.models.loading import LoadedModel, Prepared
+from llmos.kernel.models.store import ModelStore
+from llmos.kernel.proc import Process, Signal, State
 from llmos.kernel.sched import SchedConfig
-from llmos.kernel.text import Detokenizer
-from llmos.kernel import step as token_step
-from llmos.kernel import tasks
+from llmos.kernel.users.cred import Cred
+from llmos.kernel.users.quota import QuotaKeeper, Quotas, UserLimits
+from llmos.kernel.users.tokens import TokenInfo, TokenStore
+from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec
 
 
 @dataclass
@@ -35,250 +46,194 @@ class KernelConfig:
     keep_exited: int = 1024        # finished processes kept readable before the oldest are reaped
     dmesg_lines: int = 2000
     quantize: str = "none"         # weights of models loaded without a mode of their own
-    quotas: Quotas = field(default_factory=Quotas)  # per-user limits (kernel/quota.py)
+    quotas: Quotas = field(default_factory=Quotas)  # per-user limits (kernel/users/quota.py)
 
 
 class Kernel:
     """The process table, models and step loop of one llmos instance."""
 
-    def __init__(self, driver: Driver, config: KernelConfig | None = None, store: ModelStore | None = None) -> None:
+    def __init__(self, driver: Driver, config: KernelConfig | None = None, store: ModelStore | None = None,
+                 tokens: TokenStore | None = None) -> None:
+        # --- set at boot, never replaced
         self.driver = driver
         self.config = config or KernelConfig()
-        self.store = store
+        self.store = store      # the model store (kernel/models/store.py)
+        self.tokens = tokens    # the bearer tokens (kernel/users/tokens.py), if this kernel has users over TCP
+        self.listeners: list[Listener] = []  # called on the kernel thread with each batch of events
+        # --- the kernel thread only
         self.procs: dict[int, Process] = {}
-        self.models: dict[str, loader.LoadedModel] = {}
+        self.models: dict[str, LoadedModel] = {}
+        self.pipes: dict[int, pipes.Pipe] = {}
         self.ring: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=self.config.dmesg_lines)
-        self.listeners: list[Callable[[set[int]], None]] = []
-        self._detok: dict[int, Detokenizer] = {}
-        self._exited: collections.deque[int] = collections.deque()
-        self._next_pid = 1
-        self.steps = 0
         self.quota = QuotaKeeper(self.config.quotas)
         self.device_share = tasks.DeviceShare()  # device time of token steps against task units
+        self.accepting = True   # False once shutdown has begun: no new processes
+        self.steps = 0
+        self._exited: collections.deque[int] = collections.deque()
+        self._next_pid = 1
+        self._next_pipe = 1
+        self._events: list[Event] = []
+        self._batching = 0
 
-    # --- logging ---------------------------------------------------------------------------
-    def log(self, msg: str, level: str = "info") -> None:
-        self.ring.append((time.time(), level, msg))
+    # --- processes (kernel/spawn.py, stdio.py, signals.py, pipe.py) --------------------------------
+    def spawn(self, cred: Cred, spec: SpawnSpec, ppid: int = 0) -> Process:
+        """A new process running spec, owned by the caller (an admin may name spec.owner);
+        `ppid` is for the kernel's own (an eval's children)."""
+        return spawn.spawn(self, cred, spec, ppid)
 
-    # --- models ----------------------------------------------------------------------------
-    def load_model(self, ref: str, name: str | None = None, dtype: str = "float32",
-                   quantize: str | None = None) -> loader.LoadedModel:
-        prep = self.prepare_model(ref, name, dtype, quantize)
-        return prep if isinstance(prep, loader.LoadedModel) else self.install_model(prep)
+    def spawn_n(self, cred: Cred, spec: SpawnSpec, n: int) -> list[Process]:
+        """n choices of one prompt: a process and n - 1 forks of it, sharing its pages."""
+        return spawn.spawn_n(self, cred, spec, n)
 
-    def prepare_model(self, ref: str, name: str | None = None, dtype: str = "float32",
-                      quantize: str | None = None) -> "loader.Prepared | loader.LoadedModel":
-        """The slow half of a load (convert, read weights, quantize); callable from any thread.
-        Returns the loaded model itself when the name is already serving."""
-        if self.store is None:
-            raise FailedPrecondition("this kernel has no model store to load from")
-        try:
-            stored = self.store.adapter(ref)
-            if stored is not None:  # a LoRA model, served over its base (kernel/adapters.py)
-                name = name or loader.default_name(ref)
-                return adapters.prepare(self, stored, name, dtype, quantize)
-            quantize = loader.check_quantize(self.config.quantize if quantize is None else quantize)
-            name = name or loader.default_name(ref, quantize)
-            if name in self.models:
-                return self.models[name]
-            return loader.prepare(self, ref, name, dtype, quantize)
-        except KernelError:
-            raise
-        except Exception as e:  # noqa: BLE001 - unreadable: a corrupt config, weights or tokenizer, a bad path
-            if name and name not in self.models:
-                self.driver.unload(name)  # the weights it read before failing
-            raise InvalidArgument(f"cannot load the model {ref[:200]!r}: {type(e).__name__}: "
-                                  f"{' '.join(str(e).split())[:500]}") from None
-
-    def install_model(self, prep: loader.Prepared) -> loader.LoadedModel:
-        """The quick half: a KV pool and a scheduler for a prepared model."""
-        if prep.name not in self.models:
-            self.models[prep.name] = (adapters.install if prep.base else loader.install)(self, prep)
-        return self.models[prep.name]
-
-    def adopt_model(self, name: str, model, tokenizer) -> loader.LoadedModel:
-        """Serve an already-built transformers model (tests and in-process use)."""
-        m = loader.adopt(self, name, model, tokenizer)
-        self.models[name] = m
-        return m
-
-    def unload_model(self, name: str) -> None:
-        self._model(name)  # NotFound names what is loaded
-        live = [p.pid for p in self.procs.values() if p.model == name and not p.state.done]
-        if live:
-            raise FailedPrecondition(f"model {name!r} is in use by {len(live)} live process(es), e.g. pid {live[0]}")
-        adapters.check_unload(self, name)
-        self.driver.unload(name)
-        del self.models[name]
-        self.log(f"unloaded model {name}")
-
-    def meminfo(self, model: str) -> MemInfo:
-        return self._model(model).memory.meminfo()
-
-    # --- processes ---------------------------------------------------------------------------
-    def spawn(self, model: str, prompt: str | None = None, messages: list[dict] | None = None,
-              tokens: list[int] | None = None, sampling: SamplingParams | None = None,
-              stop: StopRules | None = None, limits: Limits | None = None, priority: int = 0,
-              owner: str = "root", interactive: bool = False, ppid: int = 0) -> Process:
-        m = self._model(model)
-        given = sum(1 for x in [prompt, messages, tokens] if x is not None)
-        if given > 1 or (given == 0 and not interactive):
-            raise InvalidArgument("give exactly one of prompt, messages or tokens "
-                                  "(an interactive process may give none and wait for input)")
-        preamble: list[dict] = []
-        if messages is not None:
-            _check_messages(messages)
-            if interactive and messages[-1]["role"] != "user":
-                preamble, ids = list(messages), []  # nothing to answer yet: wait for a user turn
-            else:
-                ids = m.codec.encode_chat(messages)
-        elif prompt is not None:
-            ids = m.codec.encode(prompt)
-        else:
-            ids = list(tokens or [])
-        p = Process(pid=0, model=model, tokens=ids, ppid=ppid, owner=owner, priority=priority,
-                    sampling=sampling or SamplingParams(), stop=stop or StopRules(), limits=limits or Limits(),
-                    interactive=interactive, preamble=preamble, kv_salt=m.kv_salt)
-        self._check_spawn(m, p)
-        return self._admit(p, State.NEW if p.tokens else State.BLOCKED)
-
-    def fork(self, pid: int, text: str | None = None, sampling: SamplingParams | None = None,
+    def fork(self, cred: Cred, pid: int, text: str | None = None, sampling: SamplingParams | None = None,
              max_tokens: int | None = None) -> Process:
-        """A child that shares the parent's KV pages copy-on-write and goes on from its tokens."""
-        parent = self._proc(pid)
-        if parent.state.done:
-            raise FailedPrecondition(f"pid {pid} has already {parent.state.value}; only a live process can fork")
-        m = self._model(parent.model)
-        child = Process(pid=0, model=parent.model, tokens=list(parent.tokens), ppid=pid, owner=parent.owner,
-                        priority=parent.priority, sampling=sampling or parent.sampling,
-                        stop=StopRules(max_tokens if max_tokens is not None else parent.stop.max_tokens,
-                                       list(parent.stop.stop), parent.stop.ignore_eos),
-                        limits=parent.limits, interactive=parent.interactive, kv_salt=parent.kv_salt)
-        if text and parent.interactive:
-            child.tokens += m.codec.user_turn(text, after_eos=child.tokens[-1] in m.codec.eos)
-        elif text:
-            child.tokens += m.codec.encode_more(text)
-        self._check_spawn(m, child)
-        self._admit(child)
-        if parent.pid in m.memory.tables:
-            m.memory.fork(parent.pid, child.pid)
-            child.num_computed = parent.num_computed
-            child.usage.cached_tokens = parent.num_computed
-        self.log(f"pid {pid} forked pid {child.pid}")
-        return child
+        """A child sharing pid's KV pages copy-on-write, optionally with more input."""
+        return spawn.fork(self, cred, pid, text, sampling, max_tokens)
 
-    def write(self, pid: int, text: str) -> None:
-        """Append a user turn to an interactive process's stdin."""
-        p = self._proc(pid)
-        if not p.interactive:
-            raise FailedPrecondition(f"pid {pid} is not interactive; spawn it with interactive=true to write to it")
-        if p.state.done:
-            raise FailedPrecondition(f"pid {pid} has already {p.state.value}")
-        if p.state != State.BLOCKED:
-            raise FailedPrecondition(f"pid {pid} is still answering (state {p.state.value}); wait for it to block")
-        m = self._model(p.model)
-        if p.tokens:
-            new = m.codec.user_turn(text, after_eos=p.tokens[-1] in m.codec.eos)
-        else:  # the first turn of a process that started waiting for input
-            new = m.codec.encode_chat(p.preamble + [{"role": "user", "content": text}])
-        if len(p.tokens) + len(new) + 1 > m.info.max_context:
-            raise ResourceExhausted(f"pid {pid}: the conversation would exceed the context window "
-                                    f"({len(p.tokens) + len(new)} of {m.info.max_context} tokens)")
-        pool = m.memory.pool  # a process larger than the whole pool could never run: it would preempt itself forever
-        need = -(-min(len(p.tokens) + len(new) + p.stop.max_tokens, m.info.max_context) // pool.page_size)
-        if need > pool.num_pages:
-            raise ResourceExhausted(f"pid {pid}: the conversation and its answer need up to {need} KV pages, "
-                                    f"but the pool holds only {pool.num_pages} pages of {pool.page_size} tokens")
-        self.quota.check_write(self, p, len(new), time.monotonic())
-        self._feed(p, new)
-        self._notify({pid})
+    def spawn_task(self, cred: Cred, model: str, task: "tasks.Task", priority: int = 0, owner: str = "") -> Process:
+        """A process that runs `task` (kernel/tasks.py) on `model` instead of sampling tokens."""
+        return spawn.spawn_task(self, cred, model, task, priority, owner)
 
-    def _feed(self, p: Process, new: list[int]) -> None:
-        if not p.tokens:
-            p.usage.prompt_tokens = len(new)
-        p.tokens += new
-        p.turn_tokens = 0
-        p.turn_text_start = len(p.stdout)
-        p.state = State.READY
+    def write(self, cred: Cred, pid: int, text: str) -> int:
+        """A user turn on an interactive process's stdin; the offset where its answer begins."""
+        return stdio.write(self, cred, pid, text)
 
-    def signal(self, pid: int, sig: Signal | str) -> Process:
-        p = self._proc(pid)
-        try:
-            sig = Signal(sig)
-        except ValueError:
-            raise InvalidArgument(f"unknown signal {sig!r}; use TERM, KILL, STOP or CONT") from None
-        if p.state.done:
-            return p
-        if sig in (Signal.TERM, Signal.KILL):
-            self._exit(p, State.KILLED, f"signal {sig.value}")
-        elif sig == Signal.STOP:
-            p.resume_state = p.state if p.state != State.RUNNING else State.READY
-            p.state = State.STOPPED
-        elif p.state == State.STOPPED:
-            p.state = p.resume_state
-        if p.task is not None and sig in (Signal.STOP, Signal.CONT):
-            tasks.forward_signal(p.task, self, sig.value)
-        self._notify({pid})
-        return p
+    def signal(self, cred: Cred, pid: int, sig: Signal | str) -> Process:
+        """TERM, KILL, STOP or CONT."""
+        return signals.signal(self, cred, pid, sig)
 
-    def reap(self, pid: int) -> Process:
+    def pipe(self, cred: Cred, src: int, dst: int) -> pipes.Pipe:
+        """src's output into interactive dst's stdin when src ends."""
+        return pipes.open_pipe(self, cred, src, dst)
+
+    def reap(self, cred: Cred, pid: int) -> Process:
         """Forget a finished process (its output stays readable until then)."""
-        p = self._proc(pid)
+        p = self.lookup(cred, pid)
         if not p.state.done:
             raise FailedPrecondition(f"pid {pid} is still {p.state.value}")
         del self.procs[pid]
-        self._notify({pid})
+        self.emit(Reaped(pid))
         return p
 
-    def has_work(self) -> bool:
-        now = time.monotonic()  # work held back by its owner's tokens-per-minute quota waits
-        return any((p.runnable and p.task is not None) or
-                   (p.runnable and p.owed > 0 and not self.quota.throttled(p.owner, now)) for p in self.procs.values())
+    def lookup(self, cred: Cred, pid: int) -> Process:
+        """The process pid, if the caller may see it; NotFound, as for no such pid, if not."""
+        p = self.procs.get(pid)
+        cred.check_visible(pid, p.owner if p is not None else None)
+        return p
 
-    # --- recovery: kernel/journal.py rebuilds processes after a crash through these ------------------
-    def restore(self, p: Process) -> None:
-        """Put a journaled process back under its own pid; new pids continue above it."""
-        if p.pid in self.procs:
-            raise FailedPrecondition(f"pid {p.pid} is already in the process table")
-        self.procs[p.pid] = p
-        self.reserve_pids(p.pid + 1)
-        p.kv_salt = self.models[p.model].kv_salt if p.model in self.models else 0
+    def ps(self, cred: Cred, model: str = "", states: Sequence[str] = (), owner: str = "",
+           live_only: bool = False) -> list[Process]:
+        """The processes the caller may see, filtered."""
+        known = {s.value for s in State}
+        bad = sorted(set(states) - known)
+        if bad:
+            raise InvalidArgument(f"unknown state {bad[0]!r}; states are {', '.join(s.value for s in State)}")
+        return [p for p in self.procs.values() if cred.sees(p.owner) and (not model or p.model == model)
+                and (not states or p.state.value in states) and (not owner or p.owner == owner)
+                and not (live_only and p.state.done)]
 
-    def reserve_pids(self, next_pid: int) -> None:
-        """New pids start at next_pid or above (pids of reaped processes are never reused)."""
-        self._next_pid = max(self._next_pid, next_pid)
+    def live(self, model: str | None = None) -> int:
+        """Live processes, all of them or those on one model."""
+        return sum(1 for p in self.procs.values() if not p.state.done and (model is None or p.model == model))
 
-    def replay(self, p: Process, tokens: list[int], generated: bool) -> None:
-        """Re-append journaled tokens: input (a user turn), or generated output, whose text,
-        stop strings and turn ends then come out exactly as they did the first time."""
-        if not generated:
-            return self._feed(p, tokens)
-        m = self._model(p.model)
-        for t in tokens:
-            token_step.emit(self, m, p, t)
+    # --- models (kernel/models/) -----------------------------------------------------------------
+    def load_model(self, cred: Cred, ref: str, name: str | None = None, dtype: str = "float32",
+                   quantize: str | None = None) -> LoadedModel:
+        """Load and serve a model (both halves; use the halves to keep the kernel thread free)."""
+        return self.install_model(self.prepare_model(cred, ref, name, dtype, quantize))
 
-    def end(self, p: Process, state: State, reason: str) -> None:
-        """End a restored process as its journal says it ended (a signal, a limit, an error)."""
-        self._exit(p, state, reason)
+    def prepare_model(self, cred: Cred, ref: str, name: str | None = None, dtype: str = "float32",
+                      quantize: str | None = None) -> "Prepared | LoadedModel":
+        """The slow half of a load (convert, read weights, quantize); callable from any thread."""
+        cred.check("load")
+        spawn.check_accepting(self)
+        return loading.prepare_model(self, ref, name, dtype, quantize)
+
+    def install_model(self, prep: "Prepared | LoadedModel") -> LoadedModel:
+        """The quick half: a KV pool and a scheduler for a prepared model."""
+        return loading.install_model(self, prep)
+
+    def adopt_model(self, name: str, model, tokenizer) -> LoadedModel:
+        """Serve an already-built transformers model (tests and in-process use)."""
+        return loading.adopt(self, name, model, tokenizer)
+
+    def unload_model(self, cred: Cred, name: str) -> None:
+        cred.check("unload")
+        loading.unload_model(self, name)
+
+    def model(self, name: str) -> LoadedModel:
+        """A loaded model by name; NotFound names what is loaded."""
+        if name not in self.models:
+            raise loading.not_loaded(self, name)
+        return self.models[name]
+
+    def meminfo(self, model: str) -> MemInfo:
+        return self.model(model).memory.meminfo()
+
+    # --- the system ------------------------------------------------------------------------------
+    def log(self, msg: str, level: str = "info") -> None:
+        self.ring.append((time.time(), level, msg))
+
+    def dmesg(self, cred: Cred, since: float = 0.0, limit: int = 0) -> list[tuple[float, str, str]]:
+        """The kernel log's last `limit` lines (0: all) since a unix time."""
+        cred.check("dmesg")
+        if limit < 0:
+            raise InvalidArgument(f"limit must be 0 (all) or positive, got {limit}")
+        lines = [line for line in self.ring if line[0] >= since]
+        return lines[-limit:] if limit else lines
+
+    def request_shutdown(self, cred: Cred, grace: float | None = None) -> None:
+        """Ask the daemon to stop (a ShutdownRequested event); `grace` overrides its grace period."""
+        cred.check("shutdown")
+        if grace is not None and not grace >= 0:
+            raise InvalidArgument(f"grace must be 0 or more seconds, got {grace}")
+        self.emit(ShutdownRequested(grace))
+
+    def close(self) -> None:
+        """Shutdown has begun: take no new processes."""
+        self.accepting = False
+
+    # --- users (kernel/users/) -------------------------------------------------------------------
+    def whoami(self, cred: Cred) -> tuple[UserLimits, UserLimits]:
+        """The caller's quota limits and what they use of each now."""
+        return self.quota.quotas.limits(cred.user), self.quota.usage(self, cred.user, time.monotonic())
+
+    def create_token(self, cred: Cred, name: str, user: str = "", admin: bool = False) -> tuple[TokenInfo, str]:
+        """A new bearer token and its secret (shown only now)."""
+        return self._token_store(cred).create(name, user, admin)
+
+    def list_tokens(self, cred: Cred) -> list[TokenInfo]:
+        return self._token_store(cred).list()
+
+    def revoke_token(self, cred: Cred, name_or_id: str) -> TokenInfo:
+        info = self._token_store(cred).revoke(name_or_id)
+        if info is None:
+            raise NotFound(f"no token named or numbered {name_or_id!r}")
+        return info
+
+    def _token_store(self, cred: Cred) -> TokenStore:
+        cred.check("tokens")
+        if self.tokens is None:
+            raise FailedPrecondition("this daemon has no token store")
+        return self.tokens
 
     # --- the step loop ---------------------------------------------------------------------------
     def step(self) -> int:
-        """One scheduling round over every model; returns the number of tokens computed."""
+        """One round: each KV pool schedules, runs one forward pass and applies what it
+        sampled; then at most one unit of task work. Returns the tokens computed."""
         now = time.monotonic()
-        changed: set[int] = set()
-        for p in list(self.procs.values()):
-            if p.limits.max_wall_s is not None and not p.state.done and now - p.created > p.limits.max_wall_s:
-                self._exit(p, State.KILLED, f"limit: wall time over {p.limits.max_wall_s:g} s")
-                changed.add(p.pid)
         total = 0
-        for m in list(self.models.values()):
-            total += token_step.step_model(self, m, now, changed)
-        if total:
-            self.device_share.add(task=False, seconds=time.monotonic() - now)
-        tasks.run_unit(self, now, token_work=total > 0, changed=changed)
-        self.steps += 1
-        if changed:
-            self._notify(changed)
+        with self.batch():
+            step.enforce_wall_limits(self, now)
+            for m in self.pools():
+                live = self.pool_procs(m)
+                plan = m.scheduler.schedule(live, now, self.quota.allowance(live, now))
+                out = step.run(self, m, plan)
+                total += step.apply(self, m, plan, out, now)
+            if total:
+                self.device_share.add(task=False, seconds=time.monotonic() - now)
+            tasks.run_unit(self, now, token_work=total > 0)
+            self.steps += 1
         return total
 
     def run_until_idle(self, max_steps: int = 1_000_000) -> None:
@@ -287,18 +242,39 @@ class Kernel:
                 return
             self.step()
 
-    def spawn_task(self, model: str, task: "tasks.Task", priority: int = 0, owner: str = "root") -> Process:
-        """A process that runs `task` (kernel/tasks.py) on `model` instead of sampling tokens."""
-        self._model(model)
-        if not -20 <= priority <= 19:
-            raise InvalidArgument(f"priority (nice) must be in [-20, 19], got {priority}")
-        p = Process(pid=0, model=model, tokens=[], owner=owner, priority=priority, task=task)
-        if not any(q.task is not None and not q.state.done for q in self.procs.values()):
-            # Decode time spent while no task existed is no credit for the first one to come.
-            self.device_share = tasks.DeviceShare()
-        return self._admit(p, State.READY)
+    def has_work(self) -> bool:
+        now = time.monotonic()  # work held back by its owner's tokens-per-minute quota waits
+        return any((p.runnable and p.task is not None) or
+                   (p.runnable and p.owed > 0 and not self.quota.throttled(p.owner, now)) for p in self.procs.values())
 
-    def _exit(self, p: Process, state: State, reason: str) -> None:
+    def pools(self) -> list[LoadedModel]:
+        """The models that own a KV pool (LoRA models run in their base's)."""
+        return [m for m in self.models.values() if not m.base]
+
+    def pool_procs(self, m: LoadedModel) -> list[Process]:
+        """The live token processes scheduled in m's pool: its own and its LoRA models'."""
+        return [p for p in self.procs.values() if not p.state.done and p.task is None
+                and self.models[p.model].pool == m.name]
+
+    # --- for the kernel's own files: the process table and the events --------------------------------
+    def admit(self, p: Process, state: State = State.NEW) -> Process:
+        """Give a new process a pid and a place in the table."""
+        live = self.live()
+        if live >= self.config.max_procs:
+            raise Overloaded(f"process table full: {live} live processes (max_procs={self.config.max_procs})")
+        p.pid = self._next_pid
+        self._next_pid += 1
+        p.usage.prompt_tokens = len(p.tokens)
+        p.state = state  # NEW until the scheduler first gives it tokens
+        if state == State.BLOCKED:
+            p.reason = "waiting for input"
+        self.procs[p.pid] = p
+        self.emit(Spawned(p.pid, tuple(p.tokens)))
+        return p
+
+    def exit(self, p: Process, state: State, reason: str) -> None:
+        """End a process (like xv6's exit): its pages go back, its task closes, it stays
+        readable until reaped or evicted (only the newest keep_exited finished ones stay)."""
         p.exit(state, reason)
         if p.task is not None:
             try:
@@ -309,61 +285,59 @@ class Kernel:
         if m is not None:
             m.memory.free(p.pid)
         p.usage.pages_held = 0
-        self._detok.pop(p.pid, None)
+        p.detok = None
         self.log(f"pid {p.pid} {state.value}: {reason}")
-        # Finished processes stay readable, but only the newest keep_exited of them.
+        self.emit(StateChanged(p.pid))
         self._exited.append(p.pid)
         while len(self._exited) > self.config.keep_exited:
             old = self._exited.popleft()
             if old in self.procs and self.procs[old].state.done:
                 del self.procs[old]
-                self._notify({old})
+                self.emit(Reaped(old))
 
-    def _admit(self, p: Process, state: State = State.NEW) -> Process:
-        live = sum(1 for q in self.procs.values() if not q.state.done)
-        if live >= self.config.max_procs:
-            raise Overloaded(f"process table full: {live} live processes (max_procs={self.config.max_procs})")
-        p.pid = self._next_pid
-        self._next_pid += 1
-        p.usage.prompt_tokens = len(p.tokens)
-        p.state = state  # NEW until the scheduler first gives it tokens
-        if state == State.BLOCKED:
-            p.reason = "waiting for input"
+    def emit(self, event: Event) -> None:
+        """Tell the listeners: at once, or at the end of the batch (a step) in progress."""
+        self._events.append(event)
+        if not self._batching:
+            self._flush()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold events until the end of the block, then deliver them together."""
+        self._batching += 1
+        try:
+            yield
+        finally:
+            self._batching -= 1
+            if not self._batching:
+                self._flush()
+
+    def _flush(self) -> None:
+        self._batching += 1  # a pipe that writes emits more: they join this batch
+        try:
+            if self.pipes:
+                pipes.pump(self)
+        finally:
+            self._batching -= 1
+        events, self._events = self._events, []
+        if events:
+            for fn in self.listeners:
+                fn(events)
+
+    def new_pipe_id(self) -> int:
+        self._next_pipe += 1
+        return self._next_pipe - 1
+
+    # --- recovery: kernel/recovery.py rebuilds processes after a crash through these --------------------
+    def restore(self, p: Process) -> None:
+        """Put a journaled process back under its own pid; new pids continue above it."""
+        if p.pid in self.procs:
+            raise FailedPrecondition(f"pid {p.pid} is already in the process table")
         self.procs[p.pid] = p
-        self._notify({p.pid})
-        return p
+        self.reserve_pids(p.pid + 1)
+        m = self.models.get(p.model)
+        p.kv_salt, p.adapter = (m.kv_salt, m.adapter) if m is not None else (0, "")
 
-    def _check_spawn(self, m: loader.LoadedModel, p: Process) -> None:
-        loader.check_request(m, p, self.config)
-        self.quota.check_admit(self, p, time.monotonic())
-
-    def _notify(self, pids: set[int]) -> None:
-        for fn in self.listeners:
-            fn(pids)
-
-    def model(self, name: str) -> loader.LoadedModel:
-        """A loaded model by name; NotFound names what is loaded."""
-        return self._model(name)
-
-    def _model(self, name: str) -> loader.LoadedModel:
-        if name not in self.models:
-            loaded = ", ".join(sorted(self.models)) or "none"
-            base, _, mode = name.rpartition(":")
-            hint = f"; load it with `llmos load {base} --quantize {mode}`" if base and mode in QUANT_MODES else ""
-            raise NotFound(f"model {name!r} is not loaded (loaded: {loaded}){hint}")
-        return self.models[name]
-
-    def _proc(self, pid: int) -> Process:
-        if pid not in self.procs:
-            raise NotFound(f"no process with pid {pid}")
-        return self.procs[pid]
-
-
-def _check_messages(messages: list[dict]) -> list[dict]:
-    if not messages:
-        raise InvalidArgument("messages is empty; give at least one message")
-    for i, msg in enumerate(messages):
-        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str) or \
-                msg.get("role") not in ("system", "user", "assistant", "tool"):
-            raise InvalidArgument(f"message {i} needs a role (system, user, assistant or tool) and string content")
-    return messages
+    def reserve_pids(self, next_pid: int) -> None:
+        """New pids start at next_pid or above (pids of reaped processes are never reused)."""
+        self._next_pid = max(self._next_pid, next_pid)

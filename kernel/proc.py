@@ -1,12 +1,19 @@
 """Process: one token sequence bound to a model, with a pid, a state machine, signals,
-limits and counters (like xv6's proc.c)."""
+limits and counters (like xv6's proc.h). Fields are grouped by who may touch them."""
 from __future__ import annotations
 
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from llmos.drivers.driver import SamplingParams
+from llmos.syscalls.abi.spec import Limits, SamplingParams, SpawnSpec, StopRules
+
+if TYPE_CHECKING:
+    from llmos.kernel.tasks import Task
+    from llmos.kernel.text import Detokenizer
+
+__all__ = ["State", "Signal", "Usage", "Process", "Limits", "SamplingParams", "SpawnSpec", "StopRules"]
 
 
 class State(str, enum.Enum):
@@ -31,23 +38,6 @@ class Signal(str, enum.Enum):
 
 
 @dataclass
-class StopRules:
-    """When generation ends: max new tokens, stop strings, end-of-sequence tokens."""
-
-    max_tokens: int = 256
-    stop: list[str] = field(default_factory=list)
-    ignore_eos: bool = False
-
-
-@dataclass
-class Limits:
-    """Per-process resource limits; None means unlimited."""
-
-    max_pages: int | None = None
-    max_wall_s: float | None = None
-
-
-@dataclass
 class Usage:
     """Counters kept for every process."""
 
@@ -64,33 +54,56 @@ class Usage:
 class Process:
     """The kernel's view of one LLM process."""
 
+    # --- set when the process is made, never changed: who it is and what it was asked to be
     pid: int
-    model: str
-    tokens: list[int]  # everything the model has seen or said: prompt, output, later input
+    spec: SpawnSpec          # what Spawn (or Fork) named; the journal keeps it
+    owner: str = ""          # the user it runs as and is charged to
     ppid: int = 0
-    owner: str = "root"
-    priority: int = 0  # nice: lower runs first, -20..19
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    stop: StopRules = field(default_factory=StopRules)
-    limits: Limits = field(default_factory=Limits)
-    interactive: bool = False
+    created: float = field(default_factory=time.monotonic)
+    adapter: str = ""        # the LoRA model its tokens run under ("" = a base model)
+    kv_salt: int = 0         # the prefix-cache namespace of its KV (a LoRA model's own)
+    task: "Task | None" = None  # non-token work (kernel/tasks.py): training, evaluation
+
+    # --- the kernel thread only: its tokens, state and output
+    tokens: list[int] = field(default_factory=list)  # everything the model has seen or said
+    priority: int = 0        # nice: lower runs first, -20..19
     preamble: list[dict] = field(default_factory=list)  # chat messages awaiting the first user turn
     state: State = State.NEW
     resume_state: State = State.READY  # where SIGCONT returns a stopped process
     reason: str = ""
-    num_computed: int = 0  # tokens whose KV is in pages
+    num_computed: int = 0    # tokens whose KV is in pages
     out_tokens: list[int] = field(default_factory=list)  # generated tokens, all turns
-    turn_tokens: int = 0   # tokens generated in the current turn
-    stdout: str = ""       # generated text, all turns
+    turn_tokens: int = 0     # tokens generated in the current turn
+    stdout: str = ""         # generated text, all turns
+    turn_text_start: int = 0  # where this turn's text begins in stdout (stop strings search from here)
+    detok: "Detokenizer | None" = None  # turns out_tokens into stdout
+    results: dict[str, float] = field(default_factory=dict)  # a task's structured results (eval metrics)
+
+    # --- the kernel thread only: counters and times
     usage: Usage = field(default_factory=Usage)
-    created: float = field(default_factory=time.monotonic)
     admitted: float | None = None
     finished: float | None = None
-    last_run: float = 0.0  # when the scheduler last gave it tokens (for aging)
-    turn_text_start: int = 0  # where this turn's text begins in stdout (stop strings search from here)
-    task: object | None = None  # non-token work (kernel/tasks.py Task): training, evaluation
-    results: dict[str, float] = field(default_factory=dict)  # a task's structured results (eval metrics)
-    kv_salt: int = 0  # prefix-cache namespace of its KV: a LoRA model's own (set by the kernel from the model)
+    last_run: float = 0.0    # when the scheduler last gave it tokens (for aging)
+
+    @property
+    def model(self) -> str:
+        return self.spec.model
+
+    @property
+    def sampling(self) -> SamplingParams:
+        return self.spec.sampling
+
+    @property
+    def stop(self) -> StopRules:
+        return self.spec.stop
+
+    @property
+    def limits(self) -> Limits:
+        return self.spec.limits
+
+    @property
+    def interactive(self) -> bool:
+        return self.spec.interactive
 
     @property
     def owed(self) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from llmos.drivers.driver import SeqSlice, StepInput
 from llmos.kernel.memory import MemoryManager
 from llmos.kernel.proc import Process, State
 
@@ -38,11 +39,12 @@ class SchedConfig:
 
 @dataclass
 class Schedule:
-    """The scheduler's decision for one step."""
+    """The scheduler's decision for one step, and the driver's input for it."""
 
     runs: list[tuple[Process, int]] = field(default_factory=list)  # process, tokens to compute
     preempted: list[Process] = field(default_factory=list)
     over_quota: list[Process] = field(default_factory=list)
+    input: StepInput = field(default_factory=lambda: StepInput([]))
 
     @property
     def num_tokens(self) -> int:
@@ -84,7 +86,7 @@ class Scheduler:
                  allowance: dict[str, int] | None = None) -> Schedule:
         """Decide this step. `procs` is every live process; those that hold pages but
         cannot run (blocked, stopped) are the first to give pages back under pressure.
-        `allowance` caps the tokens of rate-limited owners (kernel/quota.py); it is spent here."""
+        `allowance` caps the tokens of rate-limited owners (kernel/users/quota.py); it is spent here."""
         now = time.monotonic() if now is None else now
         mem, out = self.memory, Schedule()
         ready = self.order([p for p in procs if p.runnable and p.owed > 0], now)
@@ -132,7 +134,16 @@ class Scheduler:
                 inflight.update(mem.unpublished_hashes(p.pid, p.tokens))
             budget -= n
             seats -= 1
+        out.input = StepInput([self._slice(p, n, now) for p, n in out.runs], mem.ops.take())
         return out
+
+    def _slice(self, p: Process, n: int, now: float) -> SeqSlice:
+        """p runs this step: its next n tokens, where their KV goes, whether it samples after them."""
+        p.state = State.RUNNING
+        p.admitted = p.admitted or now
+        start = p.num_computed
+        return SeqSlice(p.pid, p.tokens[start:start + n], start, self.memory.page_table(p.pid),
+                        start + n == len(p.tokens), p.sampling, p.adapter)
 
     def _prefix_in_flight(self, p: Process, inflight: set[int]) -> bool:
         """Whether the next page p would compute is being filled by a process ahead of it."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llmos.drivers.driver import DeviceInfo
+from llmos.kernel.events import Event, Output
 from llmos.kernel.memory import MemInfo
 from llmos.kernel.proc import State
 
@@ -46,33 +47,21 @@ class Stats:
 
 
 class TokenMeter:
-    """Counts generated tokens from the kernel's change notifications.
+    """Counts generated tokens from the kernel's Output events.
 
     Append `listener` to Kernel.listeners before the kernel thread starts; the meter is then
-    only ever touched on that thread. Processes already in the table (restored from the
-    journal) count from what they have now.
+    only ever touched on that thread. Tokens replayed from the journal are not counted.
     """
 
-    def __init__(self, kernel: "Kernel", window_s: float = RATE_WINDOW_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.kernel = kernel
+    def __init__(self, window_s: float = RATE_WINDOW_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.window_s = window_s
         self.clock = clock
         self.started = clock()
         self.total = 0
-        self._seen = {pid: p.usage.generated_tokens for pid, p in kernel.procs.items()}
         self._buckets: collections.deque[list[int]] = collections.deque()  # [second, tokens]
 
-    def listener(self, pids: set[int]) -> None:
-        procs, new = self.kernel.procs, 0
-        for pid in pids:
-            p = procs.get(pid)
-            if p is None:
-                self._seen.pop(pid, None)
-                continue
-            n = p.usage.generated_tokens
-            new += max(0, n - self._seen.get(pid, 0))
-            self._seen[pid] = n
+    def listener(self, events: list[Event]) -> None:
+        new = sum(len(e.tokens) for e in events if isinstance(e, Output))
         if new:
             self.add(new)
 
@@ -109,8 +98,7 @@ def queue_depth(k: "Kernel") -> int:
 def take(k: "Kernel", meter: TokenMeter) -> Stats:
     """The figures now. Call it on the kernel thread."""
     counts = collections.Counter(p.state.value for p in k.procs.values())
-    pools = [PoolStats(name, k.meminfo(name), m.kv_bytes) for name, m in sorted(k.models.items())
-             if not m.base]  # a LoRA model shares its base's pool
+    pools = [PoolStats(m.name, k.meminfo(m.name), m.kv_bytes) for m in sorted(k.pools(), key=lambda m: m.name)]
     now = meter.clock()
     return Stats(generated_tokens=meter.total, tokens_per_s=meter.rate(now), rate_window_s=meter.window_s,
                  queue_depth=queue_depth(k), procs={s.value: counts.get(s.value, 0) for s in State},

@@ -12,7 +12,7 @@ TERM/KILL end them through Task.close. All of this is plain Python, testable wit
 To write a task: implement `run_unit(kernel, proc) -> bool` (True when finished; write progress
 lines to `proc.stdout`; set `proc.reason` for the exit status) and `close(kernel, proc, reason)`
 (release driver state; called once when the process ends for any reason). Spawn it with
-`kernel.spawn_task(model, task, priority=..., owner=...)`. An exception from run_unit kills the
+`kernel.spawn_task(cred, model, task, priority=...)`. An exception from run_unit kills the
 process with the error as its reason; the kernel goes on.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from llmos.kernel.errors import KernelError
+from llmos.kernel.events import StateChanged
 from llmos.kernel.proc import State
 
 if TYPE_CHECKING:
@@ -110,22 +111,22 @@ def pick(procs: list["Process"], token_work: bool, used: float, kernel: "Kernel 
     return best if not token_work or used < share(best.priority) else None
 
 
-def run_unit(k: "Kernel", now: float, token_work: bool, changed: set[int]) -> None:
+def run_unit(k: "Kernel", now: float, token_work: bool) -> None:
     """One unit of non-token work, if a task process is due; the kernel calls this once a step."""
     p = pick(list(k.procs.values()), token_work, k.device_share.task_fraction(), k)
     if p is None:
         return
     p.admitted = p.admitted or now
     p.last_run = now
-    changed.add(p.pid)
     t0 = time.monotonic()
     try:
         done = p.task.run_unit(k, p)
     except KernelError as e:
-        return k._exit(p, State.KILLED, str(e))
+        return k.exit(p, State.KILLED, str(e))
     except Exception as e:  # noqa: BLE001 - a failed task ends its own process, nothing more
-        return k._exit(p, State.KILLED, f"task error: {type(e).__name__}: {e}")
+        return k.exit(p, State.KILLED, f"task error: {type(e).__name__}: {e}")
     finally:
         k.device_share.add(task=True, seconds=time.monotonic() - t0)
+    k.emit(StateChanged(p.pid))  # its stdout (progress) moved
     if done and not p.state.done:
-        k._exit(p, State.EXITED, p.reason or "done")
+        k.exit(p, State.EXITED, p.reason or "done")

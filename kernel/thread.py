@@ -7,6 +7,7 @@ thread sleeps on a condition, so an idle daemon burns no CPU.
 """
 from __future__ import annotations
 
+import asyncio
 import collections
 import concurrent.futures
 import threading
@@ -14,7 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from llmos.kernel.proc import Signal
+from llmos.kernel.errors import Unavailable
+from llmos.kernel.proc import State
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -58,6 +60,15 @@ class KernelThread:
         """submit() and wait for the result (for threads that may block)."""
         return self.submit(fn).result(timeout)
 
+    async def run(self, fn: Callable[["Kernel"], T]) -> T:
+        """submit() from an event loop and await the result, never blocking the loop;
+        Unavailable once the thread has stopped."""
+        try:
+            fut = self.submit(fn)
+        except RuntimeError:
+            raise Unavailable("llmosd is shutting down: its kernel has stopped") from None
+        return await asyncio.wrap_future(fut)
+
     def stop(self, timeout: float | None = 10.0) -> None:
         """Finish the queued calls, then end the loop; steps in flight complete first."""
         with self._cond:
@@ -84,7 +95,9 @@ class KernelThread:
             for fn, fut in calls:
                 if fut.set_running_or_notify_cancel():
                     try:
-                        fut.set_result(fn(k))
+                        with k.batch():  # its events reach the listeners together, after it
+                            result = fn(k)
+                        fut.set_result(result)
                     except BaseException as e:  # noqa: BLE001 - every error belongs to its caller
                         fut.set_exception(e)
             if stopping:
@@ -100,9 +113,10 @@ class KernelThread:
         except Exception as e:  # noqa: BLE001 - a driver failure must not kill the loop
             self.steps_failed += 1
             k.log(f"step failed: {type(e).__name__}: {e}; killing the processes that were running", "error")
-            for p in list(k.procs.values()):
-                if p.runnable and p.owed > 0:
-                    k.signal(p.pid, Signal.KILL)
+            with k.batch():
+                for p in list(k.procs.values()):
+                    if p.runnable and p.owed > 0:
+                        k.exit(p, State.KILLED, f"step failed: {type(e).__name__}: {e}")
 
     def _needs_tick(self) -> bool:
         """Whether time alone can change something: a wall-time limit, or a tokens-per-minute quota."""

@@ -14,6 +14,6 @@ __all__ = ["load_model", "Client", "AsyncClient", "SyscallError", "DaemonNotRunn
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from llmos.syscalls import client
-        return getattr(client, name)
+        from llmos.syscalls import sdk
+        return getattr(sdk, name)
     raise AttributeError(f"module 'llmos' has no attribute {name!r}")

@@ -1,7 +1,8 @@
 """llmosd's configuration: one Config, filled from defaults, a TOML file, LLMOS_* environment
 variables and command-line flags, each overriding the one before.
 
-This module imports nothing heavy: the client SDK uses it to find the default socket.
+This module imports nothing heavy. The default state dir and socket are the SDK's
+(llmos.syscalls.sdk.paths), so clients and the daemon agree on them.
 """
 from __future__ import annotations
 
@@ -16,32 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from llmos.drivers.driver import QUANT_MODES
+from llmos.kernel.models.store import DEFAULT_MODEL
+from llmos.kernel.sched import POLICIES
+from llmos.syscalls.sdk.paths import SOCKET_NAME, default_socket, default_state_dir
 from llmos.userconf import parse_mode, parse_users
 
-DEFAULT_MODEL = "smollm2-135m"
-SOCKET_NAME = "llmosd.sock"
-POLICIES = ("fcfs", "priority", "fair")
+__all__ = ["Config", "ConfigError", "load", "parser", "parse_size", "default_state_dir", "default_socket"]
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1 << 10, "m": 1000**2, "mb": 1000**2, "mib": 1 << 20,
           "g": 1000**3, "gb": 1000**3, "gib": 1 << 30, "t": 1000**4, "tb": 1000**4, "tib": 1 << 40}
 
 
 class ConfigError(ValueError):
     """A setting that cannot be used, named with where it came from."""
-
-
-def default_state_dir(env: Mapping[str, str] | None = None) -> Path:
-    """$LLMOS_STATE_DIR, else $XDG_STATE_HOME/llmos, else ~/.local/state/llmos."""
-    env = os.environ if env is None else env
-    if env.get("LLMOS_STATE_DIR"):
-        return Path(env["LLMOS_STATE_DIR"]).expanduser()
-    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "llmos"
-
-
-def default_socket(env: Mapping[str, str] | None = None) -> Path:
-    """Where the daemon listens and clients connect unless told otherwise."""
-    env = os.environ if env is None else env
-    return Path(env["LLMOS_SOCKET"]).expanduser() if env.get("LLMOS_SOCKET") else default_state_dir(env) / SOCKET_NAME
 
 
 def parse_size(text: str | int) -> int:

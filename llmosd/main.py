@@ -46,10 +46,10 @@ class Daemon:
         import sqlite3
 
         from llmos.drivers import open_driver
-        from llmos.journal import JournalCorrupt, attach as attach_journal
-        from llmos.kernel import Kernel, KernelConfig, KernelError, SchedConfig
+        from llmos.journal_db import JournalCorrupt, attach as attach_journal
+        from llmos.kernel import ROOT, Kernel, KernelConfig, KernelError, SchedConfig
         from llmos.kernel.models import ModelStore
-        from llmos.accounts import admin_names, quotas
+        from llmos.listeners import admin_names, quotas
 
         from transformers.utils import logging as hf_logging
 
@@ -62,13 +62,13 @@ class Daemon:
         kcfg = KernelConfig(page_size=cfg.page_size, kv_memory=cfg.kv_memory, kv_pages=cfg.kv_pages,
                             max_procs=cfg.max_procs, quantize=cfg.quantize, quotas=quotas(cfg, admin_names()),
                             sched=SchedConfig(policy=cfg.policy, token_budget=cfg.token_budget))
-        kernel = Kernel(driver, kcfg, ModelStore(cfg.store_path))
+        kernel = Kernel(driver, kcfg, ModelStore(cfg.store_path), tokens=self.tokens)
         d = driver.describe()
         self.log.info("device opened", extra={"fields": {"device": d.name, "kind": d.kind, "threads": d.threads}})
         if cfg.model:
             t0 = time.monotonic()
             try:
-                m = kernel.load_model(cfg.model, dtype=cfg.dtype)
+                m = kernel.load_model(ROOT, cfg.model, dtype=cfg.dtype)
             except (KernelError, ValueError, OSError) as e:
                 raise BootError(f"cannot load the model {cfg.model!r}: {e}") from None
             self.model_name = m.name
@@ -86,33 +86,38 @@ class Daemon:
         from grpc_health.v1._async import HealthServicer
         from grpc_reflection.v1alpha import reflection
 
-        from llmos.accounts import Accounts
+        from llmos.kernel.events import ShutdownRequested
+        from llmos.kernel.mirror import ProcMirror
         from llmos.kernel.stats import TokenMeter
         from llmos.kernel.thread import KernelThread, in_fresh_thread
-        from llmos.syscalls.mirror import ProcMirror
-        from llmos.syscalls.malformed import MalformedInterceptor
-        from llmos.syscalls.server import SyscallServer
+        from llmos.listeners import Listeners
+        from llmos.syscalls.server.interceptors import MalformedInterceptor
+        from llmos.syscalls.server.servicer import SyscallServer
         from llmos.syscalls.v1 import syscalls_pb2, syscalls_pb2_grpc
 
         cfg, loop = self.cfg, asyncio.get_running_loop()
         path = cfg.socket_path
         _prepare_socket(cfg.state_dir, path)
         try:
-            accounts = Accounts(cfg)
+            listeners = Listeners(cfg)
         except Exception as e:  # noqa: BLE001 - the token database or the private socket dir
             raise BootError(f"cannot set up users and tokens in {cfg.state_dir}: {e}") from None
+        self.tokens = listeners.tokens
         self.model_name = ""
         kernel = await asyncio.wrap_future(in_fresh_thread(self.boot))
         kt = KernelThread(kernel, on_log=_kernel_log)
-        mirror = ProcMirror(kernel, loop)
-        kernel.listeners.append(mirror.listener)
-        meter = TokenMeter(kernel)
-        kernel.listeners.append(meter.listener)
+        mirror = ProcMirror(kt, loop)
+        meter = TokenMeter()
+
+        def on_shutdown(events) -> None:
+            for e in events:
+                if isinstance(e, ShutdownRequested):
+                    loop.call_soon_threadsafe(self.request_stop, e.grace)
+        kernel.listeners += [mirror.listener, meter.listener, on_shutdown]
         kt.start()
-        servicer = SyscallServer(kt, mirror, on_shutdown=lambda grace: loop.call_soon(self.request_stop, grace),
-                                 tokens=accounts.tokens, meter=meter)
+        servicer = SyscallServer(kt, mirror, meter)
         opts = [("grpc.max_receive_message_length", cfg.max_message), ("grpc.max_send_message_length", 64 << 20)]
-        server = grpc.aio.server(options=opts, interceptors=[accounts.interceptor, MalformedInterceptor()])
+        server = grpc.aio.server(options=opts, interceptors=[listeners.interceptor, MalformedInterceptor()])
         syscalls_pb2_grpc.add_SyscallsServicer_to_server(servicer, server)
         health = HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -120,13 +125,13 @@ class Daemon:
                                              health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                                              reflection.SERVICE_NAME], server)
         try:  # the unix socket is a relay that knows each peer's uid (llmosd/relay.py)
-            targets = accounts.add_ports(server)
+            targets = listeners.add_ports(server)
         except RuntimeError as e:
             raise BootError(str(e)) from None
         exporter, metrics_url = self._start_metrics(kt, meter) if cfg.metrics else (None, "")
-        gateway = await self._start_http(servicer, targets, accounts, exporter) if cfg.http else None
+        gateway = await self._start_http(kt, mirror, targets, listeners, exporter) if cfg.http else None
         await server.start()
-        await accounts.start()
+        await listeners.start()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         for name in ("", SERVICE):
@@ -138,7 +143,7 @@ class Daemon:
                                                    "model": self.model_name, "metrics": metrics_url}})
         await self.stopping.wait()
 
-        servicer.accepting = False
+        await kt.run(lambda k: k.close())
         await health.enter_graceful_shutdown()
         await self._drain(kt)
         if gateway is not None:
@@ -146,7 +151,7 @@ class Daemon:
         if exporter is not None:
             await asyncio.to_thread(exporter.stop)
         await server.stop(grace=2.0)
-        await accounts.close()
+        await listeners.close()
         kt.stop()
         self.journal.close()
         kernel.driver.release()
@@ -154,12 +159,12 @@ class Daemon:
         self.log.info("stopped")
         return 0
 
-    async def _start_http(self, servicer, targets: list[str], accounts, exporter=None):
-        """The OpenAI-compatible HTTP gateway (syscalls/http.py) on --http, on this event loop.
-        Every request needs a bearer token (accounts.http_user), as gRPC over TCP does."""
-        from llmos.syscalls.http import HttpGateway
+    async def _start_http(self, kt, mirror, targets: list[str], listeners, exporter=None):
+        """The OpenAI-compatible HTTP gateway (syscalls/http/) on --http, on this event loop.
+        Every request needs a bearer token (listeners.http_cred), as gRPC over TCP does."""
+        from llmos.syscalls.http.gateway import HttpGateway
 
-        gateway = HttpGateway(servicer, authenticate=accounts.http_user, max_body=self.cfg.max_message,
+        gateway = HttpGateway(kt, mirror, authenticate=listeners.http_cred, max_body=self.cfg.max_message,
                               metrics=exporter.page if exporter is not None else None)
         try:
             targets.append(await gateway.start(self.cfg.http))
@@ -168,8 +173,8 @@ class Daemon:
         return gateway
 
     def _start_metrics(self, kt, meter):
-        """Prometheus metrics (llmosd/metrics.py) on --metrics; returns the exporter and its URL."""
-        from llmos.metrics import MetricsExporter
+        """Prometheus metrics (llmosd/prometheus.py) on --metrics; returns the exporter and its URL."""
+        from llmos.prometheus import MetricsExporter
 
         exporter = MetricsExporter(kt, meter)
         try:
@@ -179,7 +184,7 @@ class Daemon:
 
     async def _drain(self, kt) -> None:
         """Let running processes finish within the grace period, then end the rest."""
-        from llmos.kernel import Signal
+        from llmos.kernel import ROOT, Signal
 
         deadline = time.monotonic() + self.grace
         while time.monotonic() < deadline and not self.hurry.is_set():
@@ -193,7 +198,7 @@ class Daemon:
         def end_all(k) -> int:
             live = [p.pid for p in k.procs.values() if not p.state.done]
             for pid in live:
-                k.signal(pid, Signal.TERM)
+                k.signal(ROOT, pid, Signal.TERM)
             return len(live)
         ended = await asyncio.wrap_future(kt.submit(end_all))
         if ended:

@@ -19,9 +19,8 @@ import shutil
 import socket
 import struct
 import tempfile
+import threading
 from pathlib import Path
-
-from llmos.syscalls.auth import PeerTable
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -30,6 +29,30 @@ def peer_uid(sock: socket.socket) -> int:
     """The uid of the process that connected `sock`, as the kernel recorded it at connect()."""
     _, uid, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     return uid
+
+
+class PeerTable:
+    """Relay connections, by the name context.peer() shows for them, → the uid on the far side."""
+
+    def __init__(self) -> None:
+        self._uids: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, peer: str, uid: int) -> None:
+        with self._lock:
+            self._uids[peer] = uid
+
+    def discard(self, peer: str) -> None:
+        with self._lock:
+            self._uids.pop(peer, None)
+
+    def get(self, peer: str) -> int | None:
+        with self._lock:
+            return self._uids.get(peer)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._uids)
 
 
 class _End(asyncio.Protocol):

@@ -13,8 +13,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from llmos.shell import accounts, evaluate, train
-from llmos.syscalls.messages import DaemonNotRunning, SyscallError
+from llmos.shell import evaluate, train, users
+from llmos.syscalls.sdk import DaemonNotRunning, SyscallError
 
 
 class UsageError(Exception):
@@ -105,7 +105,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("shutdown", help="stop the daemon")
     p.add_argument("--grace", type=float, default=None)
-    accounts.add_parsers(sub, Parser)
+    users.add_parsers(sub, Parser)
     evaluate.add_parsers(sub, Parser)
     train.add_parsers(sub, Parser)
     return ap
@@ -114,7 +114,7 @@ def build_parser() -> Parser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `llmos`."""
     from llmos.shell.commands import COMMANDS, Shell
-    from llmos.syscalls.client import Client
+    from llmos.syscalls.sdk import Client
 
     ap = build_parser()
     try:

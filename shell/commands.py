@@ -10,9 +10,8 @@ from typing import TextIO
 
 from rich.console import Console
 
-from llmos.drivers.driver import PPL_TOLERANCE
-from llmos.shell import accounts, evaluate, render, top, train
-from llmos.syscalls.client import Client
+from llmos.shell import evaluate, render, top, train, users
+from llmos.syscalls.sdk import Client
 
 
 class Shell:
@@ -221,8 +220,8 @@ def load(sh: Shell, a: argparse.Namespace) -> int:
     sh.out.write(f"loaded {m.name} ({m.architecture}, {m.num_parameters / 1e6:.1f}M parameters, "
                  f"{render.size(m.weight_bytes)} of {m.quantize if m.quantize != 'none' else m.dtype} weights"
                  f"{quality}, {m.kv_pages} KV pages)\n")
-    if m.ppl_ratio > PPL_TOLERANCE:
-        sh.say(f"warning: {m.name} is outside the {PPL_TOLERANCE:.2f}x perplexity tolerance: expect worse output")
+    if m.ppl_tolerance and m.ppl_ratio > m.ppl_tolerance:
+        sh.say(f"warning: {m.name} is outside the {m.ppl_tolerance:.2f}x perplexity tolerance: expect worse output")
     return 0
 
 
@@ -245,7 +244,7 @@ def shutdown(sh: Shell, a: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[Shell, argparse.Namespace], int]] = {
     "run": run, "chat": chat, "ps": ps, "top": top.run, "kill": signal(None), "stop": signal("STOP"),
     "cont": signal("CONT"), "fork": fork, "wait": wait, "attach": attach, "free": free, "lsdev": lsdev,
-    "models": models, "load": load, "unload": unload, "dmesg": dmesg, "shutdown": shutdown, **accounts.COMMANDS,
+    "models": models, "load": load, "unload": unload, "dmesg": dmesg, "shutdown": shutdown, **users.COMMANDS,
     **evaluate.COMMANDS,
     **train.COMMANDS,
 }

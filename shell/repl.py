@@ -12,11 +12,11 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory, InMemoryHistory
 
-from llmos.config import default_state_dir
+from llmos.syscalls.sdk.paths import default_state_dir
 from llmos.shell.cli import UsageError, build_parser
 from llmos.shell.commands import COMMANDS, Shell, chat, spawn_run
-from llmos.syscalls.client import Client
-from llmos.syscalls.messages import DaemonNotRunning, SyscallError
+from llmos.syscalls.sdk import Client
+from llmos.syscalls.sdk import DaemonNotRunning, SyscallError
 
 BUILTINS = ("help", "exit", "quit")
 MODEL_ARG = ("run", "chat", "unload", "load")

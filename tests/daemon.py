@@ -22,7 +22,7 @@ class Daemon:
         self.env = {**os.environ, "LLMOS_SOCKET": str(socket), "LLMOS_STATE_DIR": str(state_dir)}
 
     def client(self, **kw):
-        from llmos.syscalls.client import Client
+        from llmos.syscalls.sdk import Client
         return Client(self.socket, **kw)
 
     def stop_cleanly(self) -> None:

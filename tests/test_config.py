@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from llmos import config
-from llmos.syscalls.messages import resolve_target
+from llmos.syscalls.sdk.paths import resolve_target
 
 
 def test_defaults_follow_xdg(tmp_path):

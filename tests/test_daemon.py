@@ -8,7 +8,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from llmos.syscalls.client import AsyncClient, SyscallError
+from llmos.syscalls.sdk import AsyncClient, SyscallError
 from llmos.syscalls.v1 import syscalls_pb2 as pb
 from llmos.syscalls.v1 import syscalls_pb2_grpc as pb_grpc
 

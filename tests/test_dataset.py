@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from llmos.kernel import dataset
-from llmos.kernel.dataset import DatasetError
+from llmos.kernel.workloads import dataset
+from llmos.kernel.workloads.dataset import DatasetError
 from llmos.kernel.text import TextCodec
 
 

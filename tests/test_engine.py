@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from llmos.kernel import StopRules
+from llmos.kernel import ROOT, SpawnSpec, StopRules
 
 FAMILIES = ["llama", "qwen2", "mistral"]
 
@@ -15,7 +15,7 @@ def prompts(n, seed=0, lo=1, hi=40):
 
 
 def spawn_all(k, batch, n):
-    return [k.spawn("tiny", tokens=t, stop=StopRules(max_tokens=n, ignore_eos=True)) for t in batch]
+    return [k.spawn(ROOT, SpawnSpec("tiny", tokens=t, stop=StopRules(max_tokens=n, ignore_eos=True))) for t in batch]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -48,7 +48,7 @@ def test_fork_child_continues_from_the_parent(make_kernel):
     for _ in range(5):
         k.step()
     at_fork = list(parent.tokens)
-    child = k.fork(parent.pid, max_tokens=8)
+    child = k.fork(ROOT, parent.pid, max_tokens=8)
     assert child.usage.cached_tokens == parent.num_computed > 0
     assert k.meminfo("tiny").shared >= 1
     k.run_until_idle()
@@ -60,7 +60,7 @@ def test_fork_with_input_and_many_children(make_kernel, tokenizer):
     k, ref = make_kernel()
     parent = spawn_all(k, [list(range(30, 50))], 4)[0]
     k.step()
-    kids = [k.fork(parent.pid, text=f" child {i}", max_tokens=6) for i in range(4)]
+    kids = [k.fork(ROOT, parent.pid, text=f" child {i}", max_tokens=6) for i in range(4)]
     seen = [list(c.tokens) for c in kids]
     k.run_until_idle()
     for c, toks in zip(kids, seen):
@@ -106,7 +106,7 @@ def test_everything_at_once(make_kernel):
     batch = [system + t for t in prompts(6, seed=4, lo=1, hi=12)]
     procs = spawn_all(k, batch, 12)
     k.step(); k.step(); k.step()
-    forks = [(k.fork(p.pid, max_tokens=7), list(p.tokens)) for p in procs[:2] if not p.state.done]
+    forks = [(k.fork(ROOT, p.pid, max_tokens=7), list(p.tokens)) for p in procs[:2] if not p.state.done]
     k.run_until_idle()
     for t, p in zip(batch, procs):
         assert p.out_tokens == ref.greedy(t, 12)

@@ -9,10 +9,11 @@ import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 
-from llmos.kernel import evaldata, evaluate
-from llmos.kernel.dataset import DatasetError
-from llmos.kernel.evaluate import EvalSpec
+from llmos.kernel.workloads import evaldata, evaluate
+from llmos.kernel.workloads.dataset import DatasetError
+from llmos.kernel.workloads.evaluate import EvalSpec
 from llmos.kernel.proc import StopRules
+from llmos.kernel import ROOT, SpawnSpec
 
 TEXT = ("The quick brown fox jumps over the lazy dog. Hello world, this is llmos speaking. "
         "An operating system for language models: processes, pages, signals and syscalls. ") * 6
@@ -31,7 +32,7 @@ def write(tmp_path, name: str, lines) -> str:
 
 
 def run_eval(k, spec: EvalSpec, priority: int = 0):
-    p = evaluate.spawn_eval(k, evaluate.prepare(spec), priority=priority)
+    p = evaluate.spawn_eval(k, ROOT, evaluate.prepare(spec), priority=priority)
     k.run_until_idle()
     return p
 
@@ -77,8 +78,8 @@ def test_scoring_shares_the_device_with_decoding(make_kernel, tmp_path):
     """Token processes keep streaming, token for token as transformers, while an eval runs."""
     k, ref = make_kernel()
     prompt = [5, 6, 7, 8, 9]
-    run = k.spawn("tiny", tokens=prompt, stop=StopRules(20))
-    ev = evaluate.spawn_eval(k, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "t.txt", TEXT * 3), "ppl",
+    run = k.spawn(ROOT, SpawnSpec("tiny", tokens=prompt, stop=StopRules(20)))
+    ev = evaluate.spawn_eval(k, ROOT, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "t.txt", TEXT * 3), "ppl",
                                                           window=32)))
     k.run_until_idle()
     assert run.out_tokens == ref.greedy(prompt, 20)
@@ -87,16 +88,16 @@ def test_scoring_shares_the_device_with_decoding(make_kernel, tmp_path):
 
 def test_an_eval_is_a_process_signals_end_it(make_kernel, tmp_path):
     k, _ = make_kernel()
-    ev = evaluate.spawn_eval(k, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "t.txt", TEXT), "ppl",
+    ev = evaluate.spawn_eval(k, ROOT, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "t.txt", TEXT), "ppl",
                                                           window=16)), priority=5)
-    k.signal(ev.pid, "STOP")
+    k.signal(ROOT, ev.pid, "STOP")
     for _ in range(5):
         k.step()
     assert ev.stdout == "" and ev.state.value == "stopped"
-    k.signal(ev.pid, "CONT")
+    k.signal(ROOT, ev.pid, "CONT")
     k.step(), k.step()
     assert ev.stdout.startswith("window 1 ")
-    k.signal(ev.pid, "TERM")
+    k.signal(ROOT, ev.pid, "TERM")
     assert ev.state.value == "killed" and ev.reason == "signal TERM" and ev.results == {}
 
 
@@ -108,7 +109,7 @@ def expected_outputs(k, items: list[dict], max_tokens: int) -> list[str]:
         msgs = it.get("messages")
         if msgs and "reference" not in it:
             msgs = msgs[:-1]
-        pids.append(k.spawn("tiny", prompt=it.get("prompt"), messages=msgs, stop=StopRules(max_tokens)).pid)
+        pids.append(k.spawn(ROOT, SpawnSpec("tiny", prompt=it.get("prompt"), messages=msgs, stop=StopRules(max_tokens))).pid)
     k.run_until_idle()
     return [k.procs[pid].stdout.strip() for pid in pids]
 
@@ -117,7 +118,7 @@ def expected_outputs(k, items: list[dict], max_tokens: int) -> list[str]:
 def test_bleu_and_rouge_match_the_libraries(make_kernel, tmp_path, metric):
     k, _ = make_kernel()
     refs = [it.get("reference") or it["messages"][-1]["content"] for it in ITEMS]
-    ev = evaluate.spawn_eval(k, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS), metric,
+    ev = evaluate.spawn_eval(k, ROOT, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS), metric,
                                                           max_tokens=12)))
     k.step()
     kids = [p for p in k.procs.values() if p.ppid == ev.pid]
@@ -149,29 +150,29 @@ def test_bleu_of_exact_outputs_is_100(make_kernel, tmp_path):
 
 def test_killing_an_eval_kills_its_children(make_kernel, tmp_path):
     k, _ = make_kernel()
-    ev = evaluate.spawn_eval(k, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS * 5), "rouge",
+    ev = evaluate.spawn_eval(k, ROOT, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS * 5), "rouge",
                                                           max_tokens=50)))
     k.step()
     kids = [p for p in k.procs.values() if p.ppid == ev.pid]
     assert len(kids) == evaluate.MAX_CHILDREN  # 20 items, at most 16 live children
-    k.signal(ev.pid, "TERM")
+    k.signal(ROOT, ev.pid, "TERM")
     assert all(p.state.value == "killed" for p in kids)
 
 
 def test_stop_and_cont_of_an_eval_reach_its_children(make_kernel, tmp_path):
     k, _ = make_kernel()
-    ev = evaluate.spawn_eval(k, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS), "rouge",
+    ev = evaluate.spawn_eval(k, ROOT, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS), "rouge",
                                                           max_tokens=30)))
     k.step()
     kids = [p for p in k.procs.values() if p.ppid == ev.pid]
     assert kids and all(p.state.value != "stopped" for p in kids)
-    k.signal(ev.pid, "STOP")
+    k.signal(ROOT, ev.pid, "STOP")
     assert all(p.state.value == "stopped" for p in kids)
     made = [len(p.out_tokens) for p in kids]
     for _ in range(5):
         k.step()
     assert [len(p.out_tokens) for p in kids] == made  # a stopped eval generates nothing
-    k.signal(ev.pid, "CONT")
+    k.signal(ROOT, ev.pid, "CONT")
     assert not any(p.state.value == "stopped" for p in kids)
     k.run_until_idle()
     assert ev.state.value == "exited", ev.reason
@@ -181,7 +182,7 @@ def test_an_eval_waiting_on_its_children_is_not_run(make_kernel, tmp_path):
     """Once its children are spawned, the eval has nothing to do until one ends: it must not be
     picked every step (each pick costs a unit of device share and a pass over its children)."""
     k, _ = make_kernel()
-    ev = evaluate.spawn_eval(k, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS), "rouge",
+    ev = evaluate.spawn_eval(k, ROOT, evaluate.prepare(EvalSpec("tiny", write(tmp_path, "e.jsonl", ITEMS), "rouge",
                                                           max_tokens=20)))
     task, units = ev.task, []
     run = task.run_unit

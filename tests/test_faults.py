@@ -16,13 +16,13 @@ import time
 import pytest
 
 from daemon import start_daemon
-from llmos.syscalls.client import SyscallError
+from llmos.syscalls.sdk import SyscallError
 
 MODEL = "tiny-llama"
 PAGES = 8  # 128 tokens of KV for everyone together
 CLIENT = """
 import sys
-from llmos.syscalls.client import Client
+from llmos.syscalls.sdk import Client
 with Client(sys.argv[1]) as c:
     interactive = sys.argv[2] == "interactive"
     pid = c.spawn("tiny-llama", messages=[{"role": "user", "content": "Hi"}], max_tokens=int(sys.argv[3]),

@@ -16,7 +16,7 @@ import openai
 import pytest
 from daemon import start_daemon
 
-from llmos.syscalls.client import SyscallError
+from llmos.syscalls.sdk import SyscallError
 
 MODEL = "tiny-llama"
 GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
@@ -205,21 +205,24 @@ def test_errors_have_openai_shape_and_status(gw, oai, c):
 def test_authentication_hook_quota_status_and_metrics_hook(make_kernel):
     """The gateway in-process, with an authenticate hook (401), a pool too small for a request
     (the kernel's ResourceExhausted: 429) and a metrics hook."""
+    from llmos.kernel import Cred
+    from llmos.kernel.events import Spawned
+    from llmos.kernel.mirror import ProcMirror
     from llmos.kernel.thread import KernelThread
-    from llmos.syscalls.http import HttpGateway
-    from llmos.syscalls.mirror import ProcMirror
-    from llmos.syscalls.server import SyscallServer
+    from llmos.syscalls.http.gateway import HttpGateway
 
     k, _ = make_kernel(pages=8, page_size=4)
     owners: list[str] = []
-    k.listeners.append(lambda pids: owners.extend(k.procs[p].owner for p in pids if p in k.procs))
+    k.listeners.append(lambda events: owners.extend(k.procs[e.pid].owner for e in events
+                                                    if isinstance(e, Spawned) and e.pid in k.procs))
+    alice = Cred("alice")
 
     async def main():
         kt = KernelThread(k).start()
-        mirror = ProcMirror(k, asyncio.get_running_loop())
+        mirror = ProcMirror(kt, asyncio.get_running_loop())
         k.listeners.append(mirror.listener)
-        gw = HttpGateway(SyscallServer(kt, mirror), metrics=lambda: (b"llmos_up 1\n", "text/plain; version=0.0.4"),
-                         authenticate=lambda h: "alice" if h.get("Authorization") == "Bearer s3cret" else None)
+        gw = HttpGateway(kt, mirror, metrics=lambda: (b"llmos_up 1\n", "text/plain; version=0.0.4"),
+                         authenticate=lambda h: alice if h.get("Authorization") == "Bearer s3cret" else None)
         url = await gw.start("127.0.0.1:0")
         try:
             async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0) as bad:

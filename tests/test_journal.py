@@ -7,8 +7,8 @@ import pytest
 from daemon import start_daemon
 
 from llmos.drivers.driver import SamplingParams
-from llmos.journal import Journal, attach
-from llmos.kernel import Limits, State, StopRules
+from llmos.journal_db import Journal, attach
+from llmos.kernel import Limits, ROOT, SpawnSpec, State, StopRules
 
 MODEL = "tiny-llama"
 
@@ -23,13 +23,13 @@ def crash(k, journal) -> None:
 
 def spawn_mix(k):
     long = StopRules(max_tokens=60, ignore_eos=True)
-    return [k.spawn("tiny", prompt="Hello world", stop=long),
-            k.spawn("tiny", prompt="Once upon a time", stop=long, sampling=SamplingParams(temperature=0.9, seed=7)),
-            k.spawn("tiny", messages=[{"role": "user", "content": "Hi"}], interactive=True,
-                    stop=StopRules(max_tokens=5, ignore_eos=True)),
-            k.spawn("tiny", prompt="The quick brown fox", stop=StopRules(max_tokens=8, ignore_eos=True)),
-            k.spawn("tiny", prompt="An operating system", stop=long),
-            k.spawn("tiny", prompt="Hello", stop=StopRules(max_tokens=60, stop=["e"], ignore_eos=True))]
+    return [k.spawn(ROOT, SpawnSpec("tiny", prompt="Hello world", stop=long)),
+            k.spawn(ROOT, SpawnSpec("tiny", prompt="Once upon a time", stop=long, sampling=SamplingParams(temperature=0.9, seed=7))),
+            k.spawn(ROOT, SpawnSpec("tiny", messages=[{"role": "user", "content": "Hi"}], interactive=True,
+                    stop=StopRules(max_tokens=5, ignore_eos=True))),
+            k.spawn(ROOT, SpawnSpec("tiny", prompt="The quick brown fox", stop=StopRules(max_tokens=8, ignore_eos=True))),
+            k.spawn(ROOT, SpawnSpec("tiny", prompt="An operating system", stop=long)),
+            k.spawn(ROOT, SpawnSpec("tiny", prompt="Hello", stop=StopRules(max_tokens=60, stop=["e"], ignore_eos=True)))]
 
 
 def test_a_recovered_kernel_goes_on_exactly_as_an_uninterrupted_one(make_kernel, tmp_path):
@@ -38,7 +38,7 @@ def test_a_recovered_kernel_goes_on_exactly_as_an_uninterrupted_one(make_kernel,
     procs = spawn_mix(k)
     for _ in range(12):
         k.step()
-    k.signal(procs[4].pid, "STOP")
+    k.signal(ROOT, procs[4].pid, "STOP")
     crash(k, journal)
     seen = {p.pid: (p.state, p.stdout, list(p.tokens)) for p in procs}
     for _ in range(5):  # uncommitted: lost by the crash, recomputed after it
@@ -51,11 +51,11 @@ def test_a_recovered_kernel_goes_on_exactly_as_an_uninterrupted_one(make_kernel,
         assert (q.stdout, q.tokens) == (stdout, tokens)
         assert q.state == (State.NEW if state == State.READY else state)
     assert k2.procs[procs[4].pid].state == State.STOPPED
-    assert k2.spawn("tiny", prompt="x", stop=StopRules(max_tokens=2)).pid == len(procs) + 1
+    assert k2.spawn(ROOT, SpawnSpec("tiny", prompt="x", stop=StopRules(max_tokens=2))).pid == len(procs) + 1
     for kern in (k, k2):
-        kern.signal(procs[4].pid, "CONT")
+        kern.signal(ROOT, procs[4].pid, "CONT")
         kern.run_until_idle()
-        kern.write(procs[2].pid, "Tell me more")
+        kern.write(ROOT, procs[2].pid, "Tell me more")
         kern.run_until_idle()
     for p in procs:
         q = k2.procs[p.pid]
@@ -68,9 +68,9 @@ def test_reaped_and_evicted_processes_leave_the_journal(make_kernel, tmp_path):
     k, _ = make_kernel()
     k.config.keep_exited = 2
     journal = attach(k, tmp_path / "journal.db")
-    pids = [k.spawn("tiny", prompt=f"Hello {i}", stop=StopRules(max_tokens=2)).pid for i in range(4)]
+    pids = [k.spawn(ROOT, SpawnSpec("tiny", prompt=f"Hello {i}", stop=StopRules(max_tokens=2))).pid for i in range(4)]
     k.run_until_idle()
-    k.reap(pids[3])
+    k.reap(ROOT, pids[3])
     crash(k, journal)
     with sqlite3.connect(tmp_path / "journal.db") as db:
         assert [r[0] for r in db.execute("SELECT pid FROM procs")] == [pids[2]]
@@ -78,14 +78,14 @@ def test_reaped_and_evicted_processes_leave_the_journal(make_kernel, tmp_path):
     k2, _ = make_kernel()
     attach(k2, tmp_path / "journal.db").close()
     assert list(k2.procs) == [pids[2]] and k2.procs[pids[2]].stdout == k.procs[pids[2]].stdout
-    assert k2.spawn("tiny", prompt="x", stop=StopRules(max_tokens=2)).pid == pids[3] + 1  # the reaped pid is not reused
+    assert k2.spawn(ROOT, SpawnSpec("tiny", prompt="x", stop=StopRules(max_tokens=2))).pid == pids[3] + 1  # the reaped pid is not reused
 
 
 def test_commits_are_batched(make_kernel, tmp_path):
     k, _ = make_kernel(pages=256)
     journal = attach(k, tmp_path / "journal.db", interval_s=30, max_tokens=40)
     for i in range(4):
-        k.spawn("tiny", prompt=f"Hello {i}", stop=StopRules(max_tokens=50, ignore_eos=True))
+        k.spawn(ROOT, SpawnSpec("tiny", prompt=f"Hello {i}", stop=StopRules(max_tokens=50, ignore_eos=True)))
     k.run_until_idle()
     deadline = time.monotonic() + 10
     while journal.stats.tokens < 160 and time.monotonic() < deadline:
@@ -102,7 +102,7 @@ def test_a_corrupt_journal_is_moved_aside(make_kernel, tmp_path):
     assert aside.read_bytes().startswith(b"this is not")
     (msg,) = [m for _, level, m in k.ring if level == "error"]
     assert "is corrupt" in msg and aside.name in msg
-    pid = k.spawn("tiny", prompt="Hello", stop=StopRules(max_tokens=3)).pid
+    pid = k.spawn(ROOT, SpawnSpec("tiny", prompt="Hello", stop=StopRules(max_tokens=3))).pid
     k.run_until_idle()
     crash(k, journal)
     records, next_pid = Journal(tmp_path / "journal.db").load()
@@ -112,7 +112,7 @@ def test_a_corrupt_journal_is_moved_aside(make_kernel, tmp_path):
 def test_a_process_whose_model_is_gone_ends_with_a_reason(make_kernel, tmp_path):
     k, _ = make_kernel()
     journal = attach(k, tmp_path / "journal.db")
-    pid = k.spawn("tiny", prompt="Hello", stop=StopRules(max_tokens=30), limits=Limits(max_pages=40)).pid
+    pid = k.spawn(ROOT, SpawnSpec("tiny", prompt="Hello", stop=StopRules(max_tokens=30), limits=Limits(max_pages=40))).pid
     k.step(), k.step()
     crash(k, journal)
     from llmos.drivers.cpu import CPUDriver

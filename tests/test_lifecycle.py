@@ -7,7 +7,7 @@ import threading
 
 from daemon import start_daemon
 
-from llmos.syscalls.client import Client
+from llmos.syscalls.sdk import Client
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from daemon import start_daemon
 from llmos.kernel.proc import StopRules
 from llmos.kernel.stats import TokenMeter, queue_depth, take
+from llmos.kernel import ROOT, SpawnSpec
 
 MODEL = "tiny-llama"
 LLMOS = [sys.executable, "-m", "llmos.shell.cli"]
@@ -31,18 +32,18 @@ class Clock:
 def test_the_meter_counts_generated_tokens_and_their_recent_rate(make_kernel):
     k, _ = make_kernel(pages=64, page_size=4)
     clock = Clock()
-    meter = TokenMeter(k, window_s=10, clock=clock)
+    meter = TokenMeter(window_s=10, clock=clock)
     k.listeners.append(meter.listener)
-    a = k.spawn("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=6, ignore_eos=True))
-    b = k.spawn("tiny", tokens=[9, 6, 7, 8], stop=StopRules(max_tokens=5))
-    k.fork(a.pid, max_tokens=3)
+    a = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=6, ignore_eos=True)))
+    b = k.spawn(ROOT, SpawnSpec("tiny", tokens=[9, 6, 7, 8], stop=StopRules(max_tokens=5)))
+    k.fork(ROOT, a.pid, max_tokens=3)
     k.run_until_idle()
     generated = sum(p.usage.generated_tokens for p in k.procs.values())
     assert generated > 0 and meter.total == generated
     clock.t += 4.5
     assert meter.rate() == pytest.approx(generated / 4.5)  # less than a window since the start
-    k.reap(b.pid)  # reaping or signalling a finished process counts nothing twice
-    k.signal(a.pid, "TERM")
+    k.reap(ROOT, b.pid)  # reaping or signalling a finished process counts nothing twice
+    k.signal(ROOT, a.pid, "TERM")
     assert meter.total == generated
     clock.t += 5.0
     assert meter.rate() == pytest.approx(generated / 9.5)  # the window: 9 whole seconds and this one's half
@@ -52,9 +53,9 @@ def test_the_meter_counts_generated_tokens_and_their_recent_rate(make_kernel):
 
 def test_queue_depth_is_runnable_processes_without_pages(make_kernel):
     k, _ = make_kernel(pages=6, page_size=4, budget=64)
-    meter = TokenMeter(k)
+    meter = TokenMeter()
     # 12 distinct tokens each: 3 pages, so only two of the three fit in 6 pages.
-    pids = [k.spawn("tiny", tokens=list(range(3 + 20 * i, 15 + 20 * i)), stop=StopRules(max_tokens=8, ignore_eos=True)).pid
+    pids = [k.spawn(ROOT, SpawnSpec("tiny", tokens=list(range(3 + 20 * i, 15 + 20 * i)), stop=StopRules(max_tokens=8, ignore_eos=True))).pid
             for i in range(3)]
     assert queue_depth(k) == 3  # spawned, not yet admitted
     k.step()

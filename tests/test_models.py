@@ -2,7 +2,7 @@
 import pytest
 
 from llmos.drivers.cpu import CPUDriver
-from llmos.kernel import FailedPrecondition, Kernel, KernelConfig, NotFound, StopRules
+from llmos.kernel import FailedPrecondition, Kernel, KernelConfig, NotFound, ROOT, SpawnSpec, StopRules
 from llmos.kernel.models import ModelStore
 
 
@@ -21,10 +21,10 @@ def test_load_a_local_directory_and_run(model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     k = Kernel(CPUDriver(), KernelConfig(kv_pages=32), ModelStore(tmp_path / "store"))
-    m = k.load_model(str(model_dir))
+    m = k.load_model(ROOT, str(model_dir))
     assert m.name == "tiny-llama" and m.info.architecture == "LlamaForCausalLM" and m.info.num_layers == 2
-    assert k.load_model(str(model_dir)) is m  # already loaded: the same model
-    p = k.spawn("tiny-llama", prompt="Hello world", stop=StopRules(max_tokens=8, ignore_eos=True))
+    assert k.load_model(ROOT, str(model_dir)) is m  # already loaded: the same model
+    p = k.spawn(ROOT, SpawnSpec("tiny-llama", prompt="Hello world", stop=StopRules(max_tokens=8, ignore_eos=True)))
     k.run_until_idle()
     ref = Reference(AutoModelForCausalLM.from_pretrained(model_dir))
     assert p.out_tokens == ref.greedy(p.tokens[:p.usage.prompt_tokens], 8)
@@ -33,21 +33,21 @@ def test_load_a_local_directory_and_run(model_dir, tmp_path):
 
 def test_unload_frees_the_name(model_dir, tmp_path):
     k = Kernel(CPUDriver(), KernelConfig(kv_pages=32), ModelStore(tmp_path / "store"))
-    k.load_model(str(model_dir), name="a")
-    k.unload_model("a")
+    k.load_model(ROOT, str(model_dir), name="a")
+    k.unload_model(ROOT, "a")
     with pytest.raises(NotFound, match="not loaded"):
-        k.spawn("a", prompt="x")
+        k.spawn(ROOT, SpawnSpec("a", prompt="x"))
     with pytest.raises(NotFound, match="not loaded"):
-        k.unload_model("a")
+        k.unload_model(ROOT, "a")
 
 
 def test_a_directory_without_config_is_named_as_such(tmp_path):
     k = Kernel(CPUDriver(), KernelConfig(kv_pages=8), ModelStore(tmp_path / "store"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(NotFound, match="no config.json"):
-        k.load_model(str(tmp_path / "empty"))
+        k.load_model(ROOT, str(tmp_path / "empty"))
 
 
 def test_a_kernel_without_a_store_cannot_load(tmp_path):
     with pytest.raises(FailedPrecondition, match="no model store"):
-        Kernel(CPUDriver(), KernelConfig(kv_pages=8)).load_model("smollm2-135m")
+        Kernel(CPUDriver(), KernelConfig(kv_pages=8)).load_model(ROOT, "smollm2-135m")

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import Reference
-from llmos.kernel import Kernel, KernelConfig, StopRules, train
+from llmos.kernel import Kernel, KernelConfig, ROOT, SpawnSpec, StopRules
+from llmos.kernel.workloads import train
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument
 from llmos.kernel.memory import MemoryManager
 from llmos.kernel.models import ModelStore
@@ -46,12 +47,12 @@ def served(make_kernel, tmp_path):
     refs = {"tiny": ref}
     for i, name in enumerate(["tiny+a", "tiny+b"]):
         refs[name] = Reference(store_adapter(k.store, make_adapter(base, seed=10 + i), name, "tiny"))
-        k.load_model(name)
+        k.load_model(ROOT, name)
     return k, refs
 
 
 def spawn(k, model, tokens, n=10):
-    return k.spawn(model, tokens=tokens, stop=StopRules(max_tokens=n, ignore_eos=True))
+    return k.spawn(ROOT, SpawnSpec(model, tokens=tokens, stop=StopRules(max_tokens=n, ignore_eos=True)))
 
 
 def record_steps(k):
@@ -78,7 +79,7 @@ def test_adapters_and_base_in_one_batch_match_their_merged_models(served):
     k.step()
     forks = []
     for m, _, p in procs[2:4]:  # an adapter process and the child that keeps its adapter
-        forks.append((m, list(p.tokens), k.fork(p.pid, max_tokens=8)))
+        forks.append((m, list(p.tokens), k.fork(ROOT, p.pid, max_tokens=8)))
     k.run_until_idle()
     for m, t, p in procs:
         assert p.out_tokens == refs[m].greedy(t, 12), f"{m}: pid {p.pid} ({len(t)} prompt tokens)"
@@ -116,8 +117,8 @@ def test_the_prefix_cache_never_shares_pages_across_adapters(served):
     for p in (a1, a2, b):
         assert p.out_tokens == refs[p.model].greedy(p.tokens[:33], 6)
     # A reload of the same name may carry other weights: its pages start afresh.
-    k.unload_model("tiny+a")
-    k.load_model("tiny+a")
+    k.unload_model(ROOT, "tiny+a")
+    k.load_model(ROOT, "tiny+a")
     a3 = spawn(k, "tiny+a", system + [9], 6)
     k.run_until_idle()
     assert a3.usage.cached_tokens == 0 and a3.out_tokens == a2.out_tokens
@@ -142,20 +143,20 @@ def test_salted_prefixes_are_namespaces_of_one_pool():
 def test_unloading_and_refusals(served):
     k, _ = served
     with pytest.raises(FailedPrecondition, match="base of loaded LoRA model\\(s\\) tiny\\+a, tiny\\+b"):
-        k.unload_model("tiny")
+        k.unload_model(ROOT, "tiny")
     p = spawn(k, "tiny+b", [5, 6, 7], 20)
     k.step()
     with pytest.raises(FailedPrecondition, match="in use by 1 live"):
-        k.unload_model("tiny+b")
+        k.unload_model(ROOT, "tiny+b")
     with pytest.raises(InvalidArgument, match="cannot be quantized"):
-        k.load_model("tiny+b", name="other", quantize="int8")
+        k.load_model(ROOT, "tiny+b", name="other", quantize="int8")
     with pytest.raises(InvalidArgument, match="is a LoRA model; train a new adapter on its base"):
-        train.start(k, "tiny+a", train.TrainSpec("x.jsonl"))
-    k.signal(p.pid, "KILL")
-    k.unload_model("tiny+a")
-    k.unload_model("tiny+b")
+        train.start(k, ROOT, "tiny+a", train.TrainSpec("x.jsonl"))
+    k.signal(ROOT, p.pid, "KILL")
+    k.unload_model(ROOT, "tiny+a")
+    k.unload_model(ROOT, "tiny+b")
     assert k.driver.runners["tiny"].lora.adapters == {} and not k.driver.runners["tiny"].lora._hooked
-    k.unload_model("tiny")
+    k.unload_model(ROOT, "tiny")
     assert sorted(k.store.list()) == ["tiny+a", "tiny+b"]
 
 
@@ -171,8 +172,8 @@ def test_a_stored_adapter_loads_its_base_after_a_restart(tiny_model_dir, tmp_pat
     k = Kernel(CPUDriver(), KernelConfig(page_size=4, kv_pages=64), store)
     store_adapter(store, make_adapter(base, seed=4), "orphan", "nowhere")
     with pytest.raises(FailedPrecondition, match="not loaded; load it first"):
-        k.load_model("orphan")
-    m = k.load_model("tiny-llama+x")  # the base comes from the source the adapter recorded
+        k.load_model(ROOT, "orphan")
+    m = k.load_model(ROOT, "tiny-llama+x")  # the base comes from the source the adapter recorded
     assert m.base == "tiny-llama" and "tiny-llama" in k.models and m.info.lora_rank == 4
     prompt = list(range(30, 45))
     p = spawn(k, "tiny-llama+x", prompt, 10)
@@ -192,7 +193,7 @@ def test_a_finished_fine_tune_is_served_as_a_lora_model_and_survives_a_restart(m
     k.store = ModelStore(tmp_path / "store")
     data = tmp_path / "mydata.jsonl"
     data.write_text(json.dumps({"text": "The quick brown fox jumps over the lazy dog. " * 4}))
-    t = train.start(k, "tiny", train.TrainSpec(str(data), steps=4, lr=2e-2, rank=4, batch=1, checkpoint_every=0))
+    t = train.start(k, ROOT, "tiny", train.TrainSpec(str(data), steps=4, lr=2e-2, rank=4, batch=1, checkpoint_every=0))
     k.run_until_idle()
     assert "registered model tiny+mydata; loaded" in t.reason, t.stdout
     m = k.model("tiny+mydata")
@@ -209,7 +210,7 @@ def test_a_finished_fine_tune_is_served_as_a_lora_model_and_survives_a_restart(m
     # A restart: a fresh kernel on the same store, the base served again, the adapter loaded by name.
     k2 = Kernel(CPUDriver(), KernelConfig(page_size=4, kv_pages=64), ModelStore(tmp_path / "store"))
     k2.adopt_model("tiny", tiny_model("llama"), tokenizer)
-    assert k2.load_model("tiny+mydata").base == "tiny"
+    assert k2.load_model(ROOT, "tiny+mydata").base == "tiny"
     q = spawn(k2, "tiny+mydata", prompt, 10)
     k2.run_until_idle()
     assert q.out_tokens == p.out_tokens

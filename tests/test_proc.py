@@ -4,14 +4,14 @@ import time
 import pytest
 
 from llmos.drivers.driver import SamplingParams
-from llmos.kernel import (FailedPrecondition, InvalidArgument, Limits, NotFound, ResourceExhausted, Signal, State,
-                          StopRules)
+from llmos.kernel import (ROOT, FailedPrecondition, InvalidArgument, Limits, NotFound, ResourceExhausted, Signal,
+                          SpawnSpec, State, StopRules)
 
 
 def test_chat_prompt_uses_the_template(make_kernel, tokenizer):
     k, ref = make_kernel()
     msgs = [{"role": "user", "content": "Hello world"}]
-    p = k.spawn("tiny", messages=msgs, stop=StopRules(max_tokens=5, ignore_eos=True))
+    p = k.spawn(ROOT, SpawnSpec("tiny", messages=msgs, stop=StopRules(max_tokens=5, ignore_eos=True)))
     text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     assert p.tokens == tokenizer(text, add_special_tokens=False)["input_ids"]
     k.run_until_idle()
@@ -25,7 +25,7 @@ def test_eos_ends_the_process(make_kernel):
     expect = ref.greedy(prompt, 30)
     eos = expect[3]  # pretend the fourth greedy token is end-of-sequence
     k.models["tiny"].codec.eos = {eos}
-    p = k.spawn("tiny", tokens=prompt, stop=StopRules(max_tokens=30))
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=prompt, stop=StopRules(max_tokens=30)))
     k.run_until_idle()
     assert p.out_tokens == expect[:expect.index(eos) + 1]
     assert (p.state, p.reason) == (State.EXITED, "eos")
@@ -37,60 +37,60 @@ def test_stop_string_cuts_the_output(make_kernel, tokenizer):
     prompt = tokenizer("The quick brown fox")["input_ids"]
     full = tokenizer.decode(ref.greedy(prompt, 20), skip_special_tokens=True)
     stop = full[5:8]
-    p = k.spawn("tiny", tokens=prompt, stop=StopRules(max_tokens=20, stop=[stop], ignore_eos=True))
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=prompt, stop=StopRules(max_tokens=20, stop=[stop], ignore_eos=True)))
     k.run_until_idle()
     assert p.reason == "stop" and p.stdout == full[:full.index(stop)]
 
 
 def test_interactive_turns_keep_their_pages(make_kernel, tokenizer):
     k, ref = make_kernel()
-    p = k.spawn("tiny", messages=[{"role": "user", "content": "Hello"}], interactive=True,
-                stop=StopRules(max_tokens=6, ignore_eos=True))
+    p = k.spawn(ROOT, SpawnSpec("tiny", messages=[{"role": "user", "content": "Hello"}], interactive=True,
+                stop=StopRules(max_tokens=6, ignore_eos=True)))
     k.run_until_idle()
     assert p.state == State.BLOCKED and p.reason == "length"
     held = k.meminfo("tiny").used
     assert held > 0
     before = list(p.tokens)
-    k.write(p.pid, "Tell me more")
+    k.write(ROOT, p.pid, "Tell me more")
     assert p.state == State.READY and p.tokens[:len(before)] == before
     k.run_until_idle()
     # The second answer continues the same sequence; only the new tokens were computed.
     assert p.out_tokens[6:] == ref.greedy(p.tokens[:len(p.tokens) - 6], 6)
     assert p.usage.generated_tokens == 12 and p.state == State.BLOCKED
-    k.signal(p.pid, "TERM")
+    k.signal(ROOT, p.pid, "TERM")
     assert p.state == State.KILLED and k.meminfo("tiny").used == 0
 
 
 def test_write_needs_an_interactive_blocked_process(make_kernel):
     k, _ = make_kernel()
-    p = k.spawn("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=3))
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=3)))
     with pytest.raises(FailedPrecondition, match="not interactive"):
-        k.write(p.pid, "hi")
-    q = k.spawn("tiny", tokens=[5, 6, 7], interactive=True, stop=StopRules(max_tokens=3))
+        k.write(ROOT, p.pid, "hi")
+    q = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], interactive=True, stop=StopRules(max_tokens=3)))
     with pytest.raises(FailedPrecondition, match="still answering"):
-        k.write(q.pid, "hi")
+        k.write(ROOT, q.pid, "hi")
 
 
 def test_stop_and_cont(make_kernel):
     k, ref = make_kernel()
-    a = k.spawn("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=8, ignore_eos=True))
-    b = k.spawn("tiny", tokens=[8, 9], stop=StopRules(max_tokens=8, ignore_eos=True))
+    a = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=8, ignore_eos=True)))
+    b = k.spawn(ROOT, SpawnSpec("tiny", tokens=[8, 9], stop=StopRules(max_tokens=8, ignore_eos=True)))
     k.step()
-    k.signal(a.pid, Signal.STOP)
+    k.signal(ROOT, a.pid, Signal.STOP)
     for _ in range(3):
         k.step()
     assert a.state == State.STOPPED and len(a.out_tokens) == 1 and len(b.out_tokens) == 4
-    k.signal(a.pid, "CONT")
+    k.signal(ROOT, a.pid, "CONT")
     k.run_until_idle()
     assert a.out_tokens == ref.greedy([5, 6, 7], 8) and b.out_tokens == ref.greedy([8, 9], 8)
 
 
 def test_kill_frees_pages_and_leaves_others_alone(make_kernel):
     k, ref = make_kernel()
-    a = k.spawn("tiny", tokens=list(range(5, 30)), stop=StopRules(max_tokens=8, ignore_eos=True))
-    b = k.spawn("tiny", tokens=[8, 9], stop=StopRules(max_tokens=8, ignore_eos=True))
+    a = k.spawn(ROOT, SpawnSpec("tiny", tokens=list(range(5, 30)), stop=StopRules(max_tokens=8, ignore_eos=True)))
+    b = k.spawn(ROOT, SpawnSpec("tiny", tokens=[8, 9], stop=StopRules(max_tokens=8, ignore_eos=True)))
     k.step()
-    k.signal(a.pid, "KILL")
+    k.signal(ROOT, a.pid, "KILL")
     assert (a.state, a.reason) == (State.KILLED, "signal KILL")
     k.run_until_idle()
     assert b.out_tokens == ref.greedy([8, 9], 8) and k.meminfo("tiny").used == 0
@@ -98,7 +98,7 @@ def test_kill_frees_pages_and_leaves_others_alone(make_kernel):
 
 def test_wall_time_limit(make_kernel):
     k, _ = make_kernel()
-    p = k.spawn("tiny", tokens=[5, 6], limits=Limits(max_wall_s=0.05), stop=StopRules(max_tokens=200, ignore_eos=True))
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6], limits=Limits(max_wall_s=0.05), stop=StopRules(max_tokens=200, ignore_eos=True)))
     time.sleep(0.06)
     k.step()
     assert p.state == State.KILLED and "wall time" in p.reason
@@ -106,7 +106,7 @@ def test_wall_time_limit(make_kernel):
 
 def test_page_quota_kills_with_the_limit_named(make_kernel):
     k, _ = make_kernel(page_size=4)
-    p = k.spawn("tiny", tokens=[5, 6, 7], limits=Limits(max_pages=2), stop=StopRules(max_tokens=30, ignore_eos=True))
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], limits=Limits(max_pages=2), stop=StopRules(max_tokens=30, ignore_eos=True)))
     k.run_until_idle()
     assert p.state == State.KILLED and "max_pages=2" in p.reason
     assert len(p.out_tokens) == 2 * 4 - 3 + 1  # every token whose KV fits in two pages, plus the last sample
@@ -115,12 +115,12 @@ def test_page_quota_kills_with_the_limit_named(make_kernel):
 def test_seeded_sampling_is_reproducible_whatever_the_batch(make_kernel):
     k, _ = make_kernel()
     s = SamplingParams(temperature=0.9, top_k=50, top_p=0.9, seed=1234)
-    alone = k.spawn("tiny", tokens=[5, 6, 7], sampling=s, stop=StopRules(max_tokens=12, ignore_eos=True))
+    alone = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], sampling=s, stop=StopRules(max_tokens=12, ignore_eos=True)))
     k.run_until_idle()
-    crowd = [k.spawn("tiny", tokens=t, stop=StopRules(max_tokens=12, ignore_eos=True)) for t in ([9] * 7, [11, 12])]
-    again = k.spawn("tiny", tokens=[5, 6, 7], sampling=s, stop=StopRules(max_tokens=12, ignore_eos=True))
-    other = k.spawn("tiny", tokens=[5, 6, 7], sampling=SamplingParams(temperature=0.9, seed=99),
-                    stop=StopRules(max_tokens=12, ignore_eos=True))
+    crowd = [k.spawn(ROOT, SpawnSpec("tiny", tokens=t, stop=StopRules(max_tokens=12, ignore_eos=True))) for t in ([9] * 7, [11, 12])]
+    again = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], sampling=s, stop=StopRules(max_tokens=12, ignore_eos=True)))
+    other = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], sampling=SamplingParams(temperature=0.9, seed=99),
+                    stop=StopRules(max_tokens=12, ignore_eos=True)))
     k.run_until_idle()
     assert again.out_tokens == alone.out_tokens != other.out_tokens
     assert all(c.state == State.EXITED for c in crowd)
@@ -142,11 +142,11 @@ def test_seeded_sampling_is_reproducible_whatever_the_batch(make_kernel):
 ])
 def test_bad_input_is_refused_with_the_limit_named(make_kernel, kwargs, error, words):
     k, ref = make_kernel(page_size=4)
-    ok = k.spawn("tiny", tokens=[7, 8, 9], stop=StopRules(max_tokens=4, ignore_eos=True))
+    ok = k.spawn(ROOT, SpawnSpec("tiny", tokens=[7, 8, 9], stop=StopRules(max_tokens=4, ignore_eos=True)))
     kwargs = dict(kwargs)
     kwargs.setdefault("stop", StopRules(max_tokens=4))
     with pytest.raises(error, match=words):
-        k.spawn(kwargs.pop("model", "tiny"), **kwargs)
+        k.spawn(ROOT, SpawnSpec(kwargs.pop("model", "tiny"), **kwargs))
     k.run_until_idle()
     assert ok.out_tokens == ref.greedy([7, 8, 9], 4)  # nobody else was harmed
 
@@ -154,41 +154,41 @@ def test_bad_input_is_refused_with_the_limit_named(make_kernel, kwargs, error, w
 def test_signals_and_lookups_name_what_is_wrong(make_kernel):
     k, _ = make_kernel()
     with pytest.raises(NotFound, match="no process with pid 42"):
-        k.signal(42, "TERM")
-    p = k.spawn("tiny", tokens=[5], stop=StopRules(max_tokens=2))
+        k.signal(ROOT, 42, "TERM")
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5], stop=StopRules(max_tokens=2)))
     with pytest.raises(InvalidArgument, match="unknown signal"):
-        k.signal(p.pid, "HUP")
+        k.signal(ROOT, p.pid, "HUP")
     with pytest.raises(FailedPrecondition, match="in use"):
-        k.unload_model("tiny")
+        k.unload_model(ROOT, "tiny")
 
 
 def test_an_interactive_process_can_start_waiting_for_input(make_kernel, tokenizer):
     k, ref = make_kernel()
     system = [{"role": "system", "content": "Summarize"}]
-    p = k.spawn("tiny", messages=system, interactive=True, stop=StopRules(max_tokens=5, ignore_eos=True))
+    p = k.spawn(ROOT, SpawnSpec("tiny", messages=system, interactive=True, stop=StopRules(max_tokens=5, ignore_eos=True)))
     assert (p.state, p.reason, p.tokens) == (State.BLOCKED, "waiting for input", [])
     k.run_until_idle()
     assert p.usage.generated_tokens == 0
-    k.write(p.pid, "Hello world")
+    k.write(ROOT, p.pid, "Hello world")
     want = tokenizer.apply_chat_template(system + [{"role": "user", "content": "Hello world"}], tokenize=False,
                                          add_generation_prompt=True)
     assert p.tokens == tokenizer(want, add_special_tokens=False)["input_ids"]
     k.run_until_idle()
     assert p.out_tokens == ref.greedy(p.tokens[:p.usage.prompt_tokens], 5)
     with pytest.raises(InvalidArgument, match="exactly one of"):
-        k.spawn("tiny")
+        k.spawn(ROOT, SpawnSpec("tiny"))
 
 
 def test_a_failing_step_ends_only_its_batch(make_kernel):
     k, ref = make_kernel()
-    a = k.spawn("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True))
+    a = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True)))
     real_step = k.driver.step
     k.driver.step = lambda *args: (_ for _ in ()).throw(RuntimeError("device lost"))
     k.step()
     assert (a.state, a.reason) == (State.KILLED, "driver error: RuntimeError: device lost")
     assert k.meminfo("tiny").used == 0
     k.driver.step = real_step
-    b = k.spawn("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True))
+    b = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True)))
     k.run_until_idle()
     assert b.out_tokens == ref.greedy([5, 6, 7], 4)
 
@@ -196,6 +196,6 @@ def test_a_failing_step_ends_only_its_batch(make_kernel):
 def test_only_the_newest_finished_processes_are_kept(make_kernel):
     k, _ = make_kernel()
     k.config.keep_exited = 3
-    procs = [k.spawn("tiny", tokens=[5 + i], stop=StopRules(max_tokens=1)) for i in range(5)]
+    procs = [k.spawn(ROOT, SpawnSpec("tiny", tokens=[5 + i], stop=StopRules(max_tokens=1))) for i in range(5)]
     k.run_until_idle()
     assert sorted(k.procs) == [p.pid for p in procs[2:]]

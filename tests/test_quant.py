@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from llmos.drivers.quant import Int8Group, QuantizeError, quantize_model
-from llmos.kernel import InvalidArgument, StopRules
+from llmos.kernel import InvalidArgument, ROOT, SpawnSpec, StopRules
 
 from tiny import tiny_model
 
@@ -19,7 +19,7 @@ def prompts(n, seed=0, lo=1, hi=40):
 
 
 def spawn_all(k, batch, n):
-    return [k.spawn("tiny", tokens=t, stop=StopRules(max_tokens=n, ignore_eos=True)) for t in batch]
+    return [k.spawn(ROOT, SpawnSpec("tiny", tokens=t, stop=StopRules(max_tokens=n, ignore_eos=True))) for t in batch]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
@@ -30,7 +30,7 @@ def test_int8_batches_with_chunked_prefill_forks_and_prefix_hits(make_kernel, fa
     procs = spawn_all(k, batch, 10)
     for _ in range(4):
         k.step()
-    forks = [(k.fork(p.pid, max_tokens=6), list(p.tokens)) for p in procs[:2] if not p.state.done]
+    forks = [(k.fork(ROOT, p.pid, max_tokens=6), list(p.tokens)) for p in procs[:2] if not p.state.done]
     k.run_until_idle()
     for t, p in zip(batch, procs):
         assert p.out_tokens == ref.greedy(t, 10), f"pid {p.pid} ({len(t)} prompt tokens)"
@@ -110,16 +110,16 @@ def test_a_failed_quantization_leaves_the_model_serving(tmp_path, tokenizer, tin
     GPT2LMHeadModel(GPT2Config(vocab_size=384, n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(gpt2_dir)
     tokenizer.save_pretrained(gpt2_dir)
     k = Kernel(CPUDriver(), KernelConfig(kv_pages=64), ModelStore(tmp_path / "store"))
-    k.load_model(str(gpt2_dir))
+    k.load_model(ROOT, str(gpt2_dir))
     with pytest.raises(InvalidArgument, match="unknown quantization mode 'fp4'"):
-        k.load_model(str(tiny_model_dir), quantize="fp4")
+        k.load_model(ROOT, str(tiny_model_dir), quantize="fp4")
     with pytest.raises(InvalidArgument, match="cannot load .*tiny-gpt2.*Conv1D"):
-        k.load_model(str(gpt2_dir), quantize="int8")
+        k.load_model(ROOT, str(gpt2_dir), quantize="int8")
     assert sorted(k.models) == ["tiny-gpt2"]
-    p = k.spawn("tiny-gpt2", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True))
+    p = k.spawn(ROOT, SpawnSpec("tiny-gpt2", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True)))
     k.run_until_idle()
     assert len(p.out_tokens) == 4
-    m = k.load_model(str(tiny_model_dir), quantize="int8")  # a quantized copy beside nothing else
+    m = k.load_model(ROOT, str(tiny_model_dir), quantize="int8")  # a quantized copy beside nothing else
     assert m.name == "tiny-llama:int8" and m.info.quantize == "int8" and m.info.ppl_ratio > 0
 
 

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llmos.drivers.cpu import CPUDriver
-from llmos.kernel import Kernel, KernelConfig, NotFound, SchedConfig, StopRules, Unavailable
+from llmos.kernel import Kernel, KernelConfig, NotFound, ROOT, SchedConfig, SpawnSpec, StopRules, Unavailable
 from llmos.kernel.models import DEFAULT_MODEL, ModelStore
 
 pytestmark = pytest.mark.real_model
@@ -20,7 +20,7 @@ SYSTEM = "You are a terse assistant. " * 40  # a long system prompt that every p
 @pytest.fixture(scope="module")
 def kernel(model_store):
     k = Kernel(CPUDriver(), KernelConfig(kv_memory=256 << 20, sched=SchedConfig(token_budget=128)), model_store)
-    k.load_model(DEFAULT_MODEL)
+    k.load_model(ROOT, DEFAULT_MODEL)
     return k
 
 
@@ -39,13 +39,13 @@ def greedy(model, tokens, n):
 
 
 def test_batch_with_shared_prefix_and_fork_matches_transformers(kernel, reference):
-    procs = [kernel.spawn(DEFAULT_MODEL, messages=[{"role": "system", "content": SYSTEM},
+    procs = [kernel.spawn(ROOT, SpawnSpec(DEFAULT_MODEL, messages=[{"role": "system", "content": SYSTEM},
                                                    {"role": "user", "content": q}],
-                          stop=StopRules(max_tokens=24, ignore_eos=True)) for q in QUESTIONS]
+                          stop=StopRules(max_tokens=24, ignore_eos=True))) for q in QUESTIONS]
     for _ in range(8):
         kernel.step()
     fork_at = list(procs[0].tokens)
-    child = kernel.fork(procs[0].pid, max_tokens=10)
+    child = kernel.fork(ROOT, procs[0].pid, max_tokens=10)
     kernel.run_until_idle()
     for p in procs:
         assert p.out_tokens == greedy(reference, p.tokens[:p.usage.prompt_tokens], 24)
@@ -54,8 +54,8 @@ def test_batch_with_shared_prefix_and_fork_matches_transformers(kernel, referenc
 
 
 def test_the_model_answers_a_question(kernel):
-    p = kernel.spawn(DEFAULT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
-                     stop=StopRules(max_tokens=40))
+    p = kernel.spawn(ROOT, SpawnSpec(DEFAULT_MODEL, messages=[{"role": "user", "content": "What is the capital of France?"}],
+                     stop=StopRules(max_tokens=40)))
     kernel.run_until_idle()
     assert "Paris" in p.stdout and p.reason in ("eos", "length")
 
@@ -72,11 +72,11 @@ def test_the_store_converts_once(model_store):
 def test_unreachable_sources_fail_clearly(tmp_path):
     k = Kernel(CPUDriver(), KernelConfig(kv_pages=8), ModelStore(tmp_path))
     with pytest.raises(Unavailable, match="cannot fetch 'nobody/no-such-model'.*offline"):
-        k.load_model("nobody/no-such-model")
+        k.load_model(ROOT, "nobody/no-such-model")
     with pytest.raises(NotFound, match="unknown model 'gpt-17'"):
-        k.load_model("gpt-17")
+        k.load_model(ROOT, "gpt-17")
     with pytest.raises(NotFound, match="GGUF file not found"):
-        k.load_model(str(tmp_path / "missing.gguf"))
+        k.load_model(ROOT, str(tmp_path / "missing.gguf"))
 
 
 def test_int8_copy_serves_beside_fp32_and_is_batch_invariant(kernel):
@@ -85,13 +85,13 @@ def test_int8_copy_serves_beside_fp32_and_is_batch_invariant(kernel):
     (Against transformers' generate() on the same int8 weights the tiny-model tests are
     exact; on this model fp32 attention rounding, which differs between any two SDPA call
     shapes, is amplified by activation re-quantization, so near-ties can split later.)"""
-    m = kernel.load_model(DEFAULT_MODEL, quantize="int8")
+    m = kernel.load_model(ROOT, DEFAULT_MODEL, quantize="int8")
     assert m.name == f"{DEFAULT_MODEL}:int8" and DEFAULT_MODEL in kernel.models
     assert 0.95 < m.info.ppl_ratio <= 1.03 and m.info.weight_bytes < kernel.models[DEFAULT_MODEL].info.weight_bytes / 2
 
     def spawn(q, n=20):
-        return kernel.spawn(m.name, messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
-                            stop=StopRules(max_tokens=n, ignore_eos=True))
+        return kernel.spawn(ROOT, SpawnSpec(m.name, messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}],
+                            stop=StopRules(max_tokens=n, ignore_eos=True)))
     alone = []
     for q in QUESTIONS[:4]:
         alone.append(spawn(q))
@@ -100,11 +100,11 @@ def test_int8_copy_serves_beside_fp32_and_is_batch_invariant(kernel):
     for _ in range(6):
         kernel.step()
     fork_at = len(together[0].out_tokens)
-    child = kernel.fork(together[0].pid, max_tokens=20 - fork_at)
+    child = kernel.fork(ROOT, together[0].pid, max_tokens=20 - fork_at)
     kernel.run_until_idle()
     assert [p.out_tokens for p in together] == [p.out_tokens for p in alone]
     assert child.out_tokens == alone[0].out_tokens[fork_at:]
-    p = kernel.spawn(m.name, messages=[{"role": "user", "content": "What is the capital of France?"}],
-                     stop=StopRules(max_tokens=40))
+    p = kernel.spawn(ROOT, SpawnSpec(m.name, messages=[{"role": "user", "content": "What is the capital of France?"}],
+                     stop=StopRules(max_tokens=40)))
     kernel.run_until_idle()
     assert "Paris" in p.stdout

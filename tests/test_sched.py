@@ -2,12 +2,12 @@
 import pytest
 
 from llmos.kernel.memory import MemoryManager
-from llmos.kernel.proc import Process, State
+from llmos.kernel.proc import SpawnSpec, Process, State
 from llmos.kernel.sched import SchedConfig, Scheduler
 
 
 def proc(pid, n_tokens, created=0.0, priority=0, owner="root", computed=0):
-    p = Process(pid=pid, model="m", tokens=list(range(n_tokens)), priority=priority, owner=owner, created=created)
+    p = Process(pid=pid, spec=SpawnSpec("m"), tokens=list(range(n_tokens)), priority=priority, owner=owner, created=created)
     p.state, p.num_computed = State.READY, computed
     return p
 
@@ -68,7 +68,7 @@ def test_out_of_pages_preempts_lowest_priority_newest_by_swap():
     plan = s.schedule([hi, lo_old, lo_new], now=4)
     assert [p.pid for p in plan.preempted] == [3]  # lowest priority, newest
     assert mm.is_swapped(3) and [p.pid for p, _ in plan.runs] == [1]
-    assert [m[0] for m in mm.ops.take()][-1] == "out"
+    assert [m[0] for m in plan.input.moves][-1] == "out"
 
 
 def test_recompute_mode_drops_pages_and_resets_progress():

@@ -3,8 +3,9 @@ import json
 
 import pytest
 
-from llmos.kernel import tasks, train
-from llmos.kernel.dataset import DatasetError
+from llmos.kernel import ROOT, SpawnSpec, tasks
+from llmos.kernel.workloads import train
+from llmos.kernel.workloads.dataset import DatasetError
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument
 from llmos.kernel.models import ModelStore
 from llmos.kernel.proc import Process, State
@@ -41,10 +42,10 @@ class Unit:
 
 def test_tasks_get_a_share_of_device_time_by_nice():
     assert [round(tasks.share(n), 3) for n in (-10, 0, 5, 10, 19)] == [0.9, 0.5, 0.25, 0.125, 0.036]
-    a = Process(pid=1, model="m", tokens=[], priority=0, task=Unit(), state=State.READY)
-    b = Process(pid=2, model="m", tokens=[], priority=10, task=Unit(), state=State.READY)
-    stopped = Process(pid=3, model="m", tokens=[], priority=-5, task=Unit(), state=State.STOPPED)
-    plain = Process(pid=4, model="m", tokens=[1], state=State.READY)
+    a = Process(pid=1, spec=SpawnSpec("m"), tokens=[], priority=0, task=Unit(), state=State.READY)
+    b = Process(pid=2, spec=SpawnSpec("m"), tokens=[], priority=10, task=Unit(), state=State.READY)
+    stopped = Process(pid=3, spec=SpawnSpec("m"), tokens=[], priority=-5, task=Unit(), state=State.STOPPED)
+    plain = Process(pid=4, spec=SpawnSpec("m"), tokens=[1], state=State.READY)
     assert tasks.pick([a, b, stopped, plain], token_work=True, used=0.4) is a
     assert tasks.pick([a, b], token_work=True, used=0.6) is None  # over nice 0's half: the streams go first
     assert tasks.pick([b], token_work=True, used=0.2) is None     # nice 10 may use 12.5%
@@ -62,19 +63,19 @@ def test_tasks_get_a_share_of_device_time_by_nice():
 def test_decode_time_before_any_task_is_no_credit_for_the_first(kernel):
     k, _ = kernel
     k.device_share.add(task=False, seconds=60.0)  # a minute of streams, no task anywhere
-    first = k.spawn_task("tiny", Unit())
+    first = k.spawn_task(ROOT, "tiny", Unit())
     assert k.device_share.token_s == 0.0
     k.device_share.add(task=True, seconds=1.0)
-    k.spawn_task("tiny", Unit())  # a second task joins the running account
+    k.spawn_task(ROOT, "tiny", Unit())  # a second task joins the running account
     assert k.device_share.task_s > 0.0
-    k.signal(first.pid, "KILL")
+    k.signal(ROOT, first.pid, "KILL")
 
 
 @pytest.mark.parametrize("nice,unit_s", [(0, 0.5), (0, 2.0), (10, 0.5), (10, 2.0)])
 def test_streams_keep_the_time_their_share_leaves_them(nice, unit_s):
     """A task whose units are far longer than a decode step still takes only its share of the
     device's time, measured over a long run (no model: the step loop's bookkeeping alone)."""
-    share, task = tasks.DeviceShare(), Process(pid=1, model="m", tokens=[], priority=nice, task=Unit(),
+    share, task = tasks.DeviceShare(), Process(pid=1, spec=SpawnSpec("m"), tokens=[], priority=nice, task=Unit(),
                                                state=State.READY)
     spent = {True: 0.0, False: 0.0}
     while sum(spent.values()) < 1200:
@@ -89,7 +90,7 @@ def test_streams_keep_the_time_their_share_leaves_them(nice, unit_s):
 # --- fine-tuning ------------------------------------------------------------------------------------
 def test_loss_falls_and_greedy_output_moves_towards_the_target(kernel, data):
     k, _ = kernel
-    p = train.start(k, "tiny", spec(data, steps=25))
+    p = train.start(k, ROOT, "tiny", spec(data, steps=25))
     k.run_until_idle()
     assert p.state == State.EXITED and "registered model tiny+mydata" in p.reason, p.stdout
     losses = p.task.losses
@@ -100,12 +101,12 @@ def test_loss_falls_and_greedy_output_moves_towards_the_target(kernel, data):
     target = k.models["tiny"].codec.encode_more(PAIRS[0][1])
     outs = {}
     for model in ("tiny", "tiny+mydata"):
-        q = k.spawn(model, messages=msgs, stop=train_stop(len(target)))
+        q = k.spawn(ROOT, SpawnSpec(model, messages=msgs, stop=train_stop(len(target))))
         k.run_until_idle()
         outs[model] = q.out_tokens
     close = {m: sum(a == b for a, b in zip(o, target)) for m, o in outs.items()}
     assert close["tiny+mydata"] > close["tiny"] and close["tiny+mydata"] >= len(target) // 2, outs
-    k.unload_model("tiny+mydata")
+    k.unload_model(ROOT, "tiny+mydata")
     assert "tiny+mydata" not in k.models
 
 
@@ -118,33 +119,33 @@ def test_inference_keeps_streaming_and_base_output_is_unchanged(kernel, data):
     k, ref = kernel
     prompt = [5, 6, 7, 8, 9]
     want = ref.greedy(prompt, 120)  # long enough for the fine-tune's share of the device to finish steps
-    t = train.start(k, "tiny", spec(data, steps=200, micro_batch=1))
-    q = k.spawn("tiny", tokens=prompt, stop=train_stop(120))
+    t = train.start(k, ROOT, "tiny", spec(data, steps=200, micro_batch=1))
+    q = k.spawn(ROOT, SpawnSpec("tiny", tokens=prompt, stop=train_stop(120)))
     while not q.state.done:
         before = len(q.out_tokens)
         k.step()
         assert len(q.out_tokens) == before + 1 or q.state.done  # a token every step while training runs
     assert q.out_tokens == want  # the served base model is untouched by the LoRA twin
     assert t.state == State.READY and t.task.step > 0
-    k.signal(t.pid, "KILL")
+    k.signal(ROOT, t.pid, "KILL")
     assert t.state == State.KILLED and "continue with --resume" in t.stdout
-    q2 = k.spawn("tiny", tokens=prompt, stop=train_stop(120))
+    q2 = k.spawn(ROOT, SpawnSpec("tiny", tokens=prompt, stop=train_stop(120)))
     k.run_until_idle()
     assert q2.out_tokens == want
 
 
 def test_stop_and_cont_pause_training(kernel, data):
     k, _ = kernel
-    p = train.start(k, "tiny", spec(data))
+    p = train.start(k, ROOT, "tiny", spec(data))
     for _ in range(5):
         k.step()
-    k.signal(p.pid, "STOP")
+    k.signal(ROOT, p.pid, "STOP")
     at = p.task.step
     assert not k.has_work()
     for _ in range(5):
         k.step()
     assert p.task.step == at and p.state == State.STOPPED
-    k.signal(p.pid, "CONT")
+    k.signal(ROOT, p.pid, "CONT")
     k.run_until_idle()
     assert p.state == State.EXITED and p.task.step == 12
 
@@ -154,13 +155,13 @@ def test_resume_after_kill_continues_the_same_loss_trajectory(make_kernel, data,
     for label in ("straight", "killed"):
         k, _ = make_kernel(pages=128)
         k.store = ModelStore(tmp_path / label)
-        p = train.start(k, "tiny", spec(data, steps=8, checkpoint_every=3))
+        p = train.start(k, ROOT, "tiny", spec(data, steps=8, checkpoint_every=3))
         if label == "killed":
             while p.task.step < 4:
                 k.step()
-            k.signal(p.pid, "KILL")
+            k.signal(ROOT, p.pid, "KILL")
             assert "the last checkpoint is step 3" in p.stdout
-            p = train.start(k, "tiny", train.TrainSpec(data), resume=True)
+            p = train.start(k, ROOT, "tiny", train.TrainSpec(data), resume=True)
             assert p.task.step == 3 and p.task.spec.steps == 8
         k.run_until_idle()
         assert p.state == State.EXITED, p.stdout
@@ -174,11 +175,11 @@ def test_bad_requests_are_refused_before_anything_runs(kernel, data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
     with pytest.raises(DatasetError, match="line 2: no 'messages' or 'text' field"):
-        train.start(k, "tiny", spec(str(bad)))
+        train.start(k, ROOT, "tiny", spec(str(bad)))
     with pytest.raises(InvalidArgument, match="rank must be in"):
-        train.start(k, "tiny", spec(data, rank=0))
+        train.start(k, ROOT, "tiny", spec(data, rank=0))
     with pytest.raises(FailedPrecondition, match="no checkpoint of tiny\\+mydata"):
-        train.start(k, "tiny", spec(data), resume=True)
+        train.start(k, ROOT, "tiny", spec(data), resume=True)
     assert not k.procs
 
 

@@ -22,9 +22,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from daemon import start_daemon
-from llmos.syscalls.auth import User, authenticate_bearer
-from llmos.syscalls.client import Client, SyscallError
-from llmos.tokens import TokenStore
+from llmos.kernel.users.callers import User, bearer_user
+from llmos.syscalls.sdk import Client, SyscallError
+from llmos.kernel.users.tokens import TokenStore
 
 MODEL = "tiny-llama"
 LLMOS = [sys.executable, "-m", "llmos.shell.cli"]
@@ -211,8 +211,8 @@ CHILD = r"""
 import json, os, sys
 import grpc
 import grpc._channel  # imported lazily by the first channel, when the checkout may be closed to uid 65534
-from llmos.syscalls.auth import User, authenticate_bearer
-from llmos.syscalls.client import Client, SyscallError
+from llmos.kernel.users.callers import User, bearer_user
+from llmos.syscalls.sdk import Client, SyscallError
 sock, root_pid, model = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # everything is imported: /root is closed to us now
 
@@ -304,7 +304,7 @@ def test_token_store_alone(tmp_path):
         store.create("no spaces")
     store.close()
     again = TokenStore(tmp_path / "t.db")
-    assert authenticate_bearer(f"Bearer {secret}", again) == User("alice", False, "token", token="ci")
-    assert authenticate_bearer(f"Basic {secret}", again) is None and authenticate_bearer(None, again) is None
+    assert bearer_user(f"Bearer {secret}", again) == User("alice", False, "token", token="ci")
+    assert bearer_user(f"Basic {secret}", again) is None and bearer_user(None, again) is None
     assert again.verify(secret) == info and again.revoke("ci") == info and again.verify(secret) is None
-    assert authenticate_bearer(f"Bearer {secret}", again) is None
+    assert bearer_user(f"Bearer {secret}", again) is None

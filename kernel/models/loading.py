@@ -1,0 +1,198 @@
+"""Loading models into the kernel: weights through the driver, a KV pool sized from memory,
+and the scheduler and text codec that go with them; and unloading them again.
+
+A load has a slow half (`prepare`: convert, read weights, quantize), safe on any thread
+because it touches only the model store and the driver's loading, and a quick half
+(`install`: the KV pool and scheduler) on the kernel thread.
+"""
+from __future__ import annotations
+
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmos.drivers import driver
+from llmos.drivers.driver import PPL_TOLERANCE, QUANT_MODES, ModelInfo
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError, NotFound, Unavailable
+from llmos.kernel.memory import MemoryManager
+from llmos.kernel.models import adapters
+from llmos.kernel.models.store import ModelNotFound, ModelUnavailable
+from llmos.kernel.sched import Scheduler
+from llmos.kernel.text import TextCodec
+from llmos.syscalls.abi.spec import variant_name
+
+if TYPE_CHECKING:
+    from llmos.kernel.kernel import Kernel
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A model resident on the kernel's device with its own KV pool and scheduler; or a LoRA
+    model, which shares its base model's pool, scheduler and codec (kernel/models/adapters.py)."""
+
+    name: str
+    info: ModelInfo
+    codec: TextCodec
+    memory: MemoryManager
+    scheduler: Scheduler
+    source: str = ""
+    loaded_at: float = field(default_factory=time.time)
+    kv_bytes: int = 0
+    base: str = ""    # a LoRA model: the model whose KV pool and batches its processes share
+    kv_salt: int = 0  # a LoRA model: its processes' prefix-cache namespace (their KV differs)
+
+    @property
+    def pool(self) -> str:
+        """The model whose KV pool and steps serve this one's processes."""
+        return self.base or self.name
+
+    @property
+    def adapter(self) -> str:
+        """What a step's slices name to run under this model: "" for a base model."""
+        return self.name if self.base else ""
+
+
+@dataclass
+class Prepared:
+    """Weights on the device and a tokenizer, not yet serving: the slow half of a load."""
+
+    name: str
+    info: ModelInfo
+    tokenizer: object
+    eos: int | list[int] | None
+    source: str
+    seconds: float
+    base: str = ""                    # a LoRA model over this loaded model (kernel/models/adapters.py)
+    needs: "Prepared | None" = None   # its base, prepared in the same load, to install first
+
+
+def default_name(ref: str, quantize: str = "none") -> str:
+    """A model's name when none is given: a path's last component, else the reference itself;
+    a quantized copy is a separate model named with its mode, e.g. `smollm2-135m:int8`."""
+    path = Path(ref).expanduser()
+    if ref.startswith((".", "/", "~")) or path.exists():
+        ref = path.stem if path.suffix == ".gguf" else path.name
+    return variant_name(ref, quantize)
+
+
+def check_quantize(mode: str) -> str:
+    try:
+        return driver.check_quantize(mode)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+
+
+# --- the kernel's model operations -------------------------------------------------------------------
+def prepare_model(k: "Kernel", ref: str, name: str | None = None, dtype: str = "float32",
+                  quantize: str | None = None) -> "Prepared | LoadedModel":
+    """The slow half of a load, callable from any thread. Returns the loaded model itself
+    when the name is already serving."""
+    if k.store is None:
+        raise FailedPrecondition("this kernel has no model store to load from")
+    try:
+        stored = k.store.adapter(ref)
+        if stored is not None:  # a LoRA model, served over its base
+            name = name or default_name(ref)
+            return adapters.prepare(k, stored, name, dtype, quantize)
+        quantize = check_quantize(k.config.quantize if quantize is None else quantize)
+        name = name or default_name(ref, quantize)
+        if name in k.models:
+            return k.models[name]
+        return prepare(k, ref, name, dtype, quantize)
+    except KernelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - unreadable: a corrupt config, weights or tokenizer, a bad path
+        if name and name not in k.models:
+            k.driver.unload(name)  # the weights it read before failing
+        raise InvalidArgument(f"cannot load the model {ref[:200]!r}: {type(e).__name__}: "
+                              f"{' '.join(str(e).split())[:500]}") from None
+
+
+def install_model(k: "Kernel", prep: "Prepared | LoadedModel") -> LoadedModel:
+    """The quick half (kernel thread): a KV pool and a scheduler for a prepared model."""
+    if isinstance(prep, LoadedModel):
+        return prep
+    if prep.name not in k.models:
+        k.models[prep.name] = (adapters.install if prep.base else install)(k, prep)
+    return k.models[prep.name]
+
+
+def unload_model(k: "Kernel", name: str) -> None:
+    k.model(name)  # NotFound names what is loaded
+    live = k.live(name)
+    if live:
+        raise FailedPrecondition(f"model {name!r} is in use by {live} live process(es)")
+    adapters.check_unload(k, name)
+    k.driver.unload(name)
+    del k.models[name]
+    k.log(f"unloaded model {name}")
+
+
+def not_loaded(k: "Kernel", name: str) -> NotFound:
+    """NotFound naming what is loaded, with a hint for an unloaded quantized copy."""
+    loaded = ", ".join(sorted(k.models)) or "none"
+    base, _, mode = name.rpartition(":")
+    hint = f"; load it with `llmos load {base} --quantize {mode}`" if base and mode in QUANT_MODES else ""
+    return NotFound(f"model {name!r} is not loaded (loaded: {loaded}){hint}")
+
+
+# --- the halves of a load ----------------------------------------------------------------------------
+def prepare(k: "Kernel", ref: str, name: str, dtype: str, quantize: str = "none") -> Prepared:
+    """Resolve, convert if needed, and load weights."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    try:
+        path = k.store.resolve(ref, log=k.log)
+    except ModelNotFound as e:
+        raise NotFound(str(e)) from None
+    except ModelUnavailable as e:
+        raise Unavailable(str(e)) from None
+    t0 = time.monotonic()
+    try:
+        info = k.driver.load(name, str(path), dtype, quantize)
+    except ValueError as e:  # an unsupported dtype, or layers that cannot be quantized
+        raise InvalidArgument(f"cannot load {ref}: {e}") from None
+    tok = AutoTokenizer.from_pretrained(str(path))
+    try:
+        eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
+    except OSError:
+        eos = None
+    return Prepared(name, info, tok, eos, ref, time.monotonic() - t0)
+
+
+def install(k: "Kernel", prep: Prepared) -> LoadedModel:
+    """Give a prepared model its KV pool and scheduler (on the kernel thread)."""
+    m = _install(k, prep.name, prep.info, prep.tokenizer, prep.eos, source=prep.source)
+    info = prep.info
+    mode = "" if info.quantize == "none" else f", {info.quantize} weights"
+    k.log(f"loaded model {prep.name} from {prep.source} in {prep.seconds:.1f}s "
+          f"({info.num_parameters / 1e6:.1f}M parameters{mode}, {m.memory.pool.num_pages} KV pages)")
+    if info.ppl_ratio > PPL_TOLERANCE:
+        k.log(f"warning: {prep.name}'s perplexity on the probe text is {info.ppl_ratio:.3f}x the unquantized "
+              f"model's, above the {PPL_TOLERANCE:.2f}x tolerance: expect worse output", "warning")
+    elif info.ppl_ratio:
+        k.log(f"{prep.name}: perplexity {info.ppl_ratio:.3f}x the unquantized model's on the probe text")
+    return m
+
+
+def adopt(k: "Kernel", name: str, model, tokenizer) -> LoadedModel:
+    """Serve an already-built transformers model (tests and in-process use)."""
+    info = k.driver.adopt(name, model)
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    k.models[name] = _install(k, name, info, tokenizer, eos, source="in-process")
+    return k.models[name]
+
+
+def _install(k: "Kernel", name: str, info: ModelInfo, tok, eos, source: str) -> LoadedModel:
+    cfg = k.config
+    eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+    dtype_bytes = {"float32": 4, "float64": 8}.get(info.dtype, 2)
+    page_bytes = info.kv_bytes_per_page(cfg.page_size, dtype_bytes)
+    pages = cfg.kv_pages or max(1, cfg.kv_memory // page_bytes)
+    swap = cfg.swap_pages if cfg.swap_pages is not None else pages
+    kv_bytes = k.driver.alloc_kv(name, pages, cfg.page_size, swap)
+    memory = MemoryManager(pages, cfg.page_size, swap, salt=zlib.crc32(name.encode()))
+    return LoadedModel(name=name, info=info, codec=TextCodec(tok, eos_ids), memory=memory,
+                       scheduler=Scheduler(cfg.sched, memory), source=source, kv_bytes=kv_bytes)

@@ -1,0 +1,55 @@
+"""Cred: who makes a kernel call (like Linux's struct cred), and every rule about what that
+lets them see and do.
+
+An admin sees and controls every process, and alone may do what Unix keeps for root. A
+user sees only the processes they own; the others are invisible, so looking one up fails
+exactly like looking up a pid that does not exist. How a caller is identified (a socket
+peer's uid, a token) is not the kernel's concern.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llmos.kernel.errors import NotFound, PermissionDenied
+
+# What only an admin may do, and how a refusal names it.
+ADMIN_ONLY = {
+    "load": "load models",
+    "unload": "unload models",
+    "dmesg": "read the kernel log (it names every user's processes)",
+    "shutdown": "shut the daemon down",
+    "tokens": "manage tokens",
+}
+
+
+@dataclass(frozen=True)
+class Cred:
+    """A caller: the user their processes are owned by and charged to, and whether they are an admin."""
+
+    user: str
+    admin: bool = False
+
+    def sees(self, owner: str) -> bool:
+        """Whether a process owned by `owner` exists as far as this caller can tell."""
+        return self.admin or owner == self.user
+
+    def check_visible(self, pid: int, owner: str | None) -> None:
+        """NotFound, worded like an unknown pid, unless the process exists and is visible."""
+        if owner is None or not self.sees(owner):
+            raise NotFound(f"no process with pid {pid}")
+
+    def owner_for(self, requested: str = "") -> str:
+        """The owner of a process this caller spawns; only an admin may name someone else."""
+        if not requested or requested == self.user:
+            return self.user
+        if not self.admin:
+            raise PermissionDenied(f"user {self.user} may not start processes as {requested}; only an admin may")
+        return requested
+
+    def check(self, action: str) -> None:
+        """PermissionDenied unless this caller may do `action` (a key of ADMIN_ONLY)."""
+        if not self.admin:
+            raise PermissionDenied(f"only an admin may {ADMIN_ONLY[action]}; user {self.user} is not one")
+
+
+ROOT = Cred("root", admin=True)  # the kernel's own calls, and in-process use that means it

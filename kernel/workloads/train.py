@@ -1,0 +1,236 @@
+"""Training processes: LoRA fine-tunes that the kernel time-slices with decode steps.
+
+`start(kernel, model, spec)` validates the dataset and spawns a task process (kernel/tasks.py).
+Each unit is one micro-batch (forward + backward); the unit that ends an optimizer step also
+applies it, prints `step k/n loss ... steps/s ... tok/s` to stdout, and every
+`checkpoint_every` steps saves adapter + optimizer + step into the model store at
+`<store>/<name>/checkpoints/step-K/`. Data order is a pure function of (seed, step) and there
+is no dropout, so a resumed run continues the same loss trajectory. When done the adapter is
+saved as LoRA model `<name>` (default `BASE+DATASTEM`) in the store, in peft's format, and
+loaded over the base (kernel/models/adapters.py): it is spawned, listed and unloaded like any model,
+and its processes share the base model's batches.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llmos.drivers.driver import TrainingDriver
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument
+from llmos.kernel.models import adapters, loading
+from llmos.kernel.workloads import dataset
+
+if TYPE_CHECKING:
+    from llmos.kernel.kernel import Kernel
+    from llmos.kernel.proc import Process
+    from llmos.kernel.users.cred import Cred
+
+KEEP_CHECKPOINTS = 3
+
+
+@dataclass
+class TrainSpec:
+    """What to train: the dataset file and the hyperparameters."""
+
+    dataset: str
+    steps: int = 100
+    lr: float = 5e-4
+    rank: int = 8
+    batch: int = 4
+    micro_batch: int = 1        # sequences per unit of work: bounds how long decode streams wait
+    checkpoint_every: int = 25  # 0: only at the end
+    name: str = ""              # the adapter model's name; default BASE+DATASTEM
+    seed: int = 0
+    max_len: int = 512
+
+    def check(self) -> "TrainSpec":
+        for what, v, lo, hi in [("steps", self.steps, 1, 1_000_000), ("rank", self.rank, 1, 256),
+                                ("batch", self.batch, 1, 1024), ("micro_batch", self.micro_batch, 1, self.batch),
+                                ("checkpoint_every", self.checkpoint_every, 0, 1_000_000),
+                                ("max_len", self.max_len, 8, 1 << 20)]:
+            if not lo <= v <= hi:
+                raise InvalidArgument(f"{what} must be in [{lo}, {hi}], got {v}")
+        if not 0 < self.lr <= 1:
+            raise InvalidArgument(f"lr must be in (0, 1], got {self.lr}")
+        if not self.dataset:
+            raise InvalidArgument("give a dataset file to train on")
+        return self
+
+
+@dataclass(eq=False)
+class TrainTask:
+    """The kernel side of one fine-tune: data order, progress, checkpoints (kernel/tasks.py Task)."""
+
+    base: str
+    name: str
+    spec: TrainSpec
+    examples: list[dataset.Example]
+    ckpt_root: Path
+    digest: str
+    start_step: int = 0
+    kind: str = "train"
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    _micro: int = 0
+    _sum: float = 0.0
+    _begun: bool = False
+    _t: float = 0.0
+
+    def run_unit(self, kernel: "Kernel", p: "Process") -> bool:
+        if not self._begun:
+            return self._begin(kernel, p)
+        s = self.spec
+        idx = dataset.Order(len(self.examples), s.seed).batch(self.step, s.batch)
+        exs = [self.examples[i] for i in idx]
+        part = exs[self._micro * s.micro_batch:(self._micro + 1) * s.micro_batch]
+        self._sum += kernel.driver.train_micro(self.name, [list(e.tokens) for e in part],
+                                               [e.loss_from for e in part], _targets(exs))
+        self._micro += 1
+        if self._micro * s.micro_batch < s.batch:
+            return False
+        return self._finish_step(kernel, p, exs)
+
+    def _begin(self, kernel: "Kernel", p: "Process") -> bool:
+        s = self.spec
+        n = kernel.driver.train_begin(self.base, self.name, {"rank": s.rank, "lr": s.lr, "seed": s.seed})
+        self._begun = True
+        if self.start_step:
+            kernel.driver.train_load(self.name, str(self.ckpt_root / f"step-{self.start_step}"))
+            p.stdout += f"resuming {self.name} from step {self.start_step}/{s.steps}\n"
+        p.stdout += (f"training {self.name}: LoRA rank {s.rank} on {self.base} ({n} trainable parameters), "
+                     f"{len(self.examples)} examples from {s.dataset}, {s.steps} steps of {s.batch}, lr {s.lr:g}\n")
+        self._t = time.monotonic()
+        return False
+
+    def _finish_step(self, kernel: "Kernel", p: "Process", exs: list[dataset.Example]) -> bool:
+        s = self.spec
+        kernel.driver.train_apply(self.name)
+        loss = self._sum / _targets(exs)
+        self.losses.append(loss)
+        self.step += 1
+        self._micro, self._sum = 0, 0.0
+        now = time.monotonic()
+        dt = max(now - self._t, 1e-9)
+        self._t = now
+        p.stdout += (f"step {self.step}/{s.steps} loss {loss:.4f} {1 / dt:.2f} steps/s "
+                     f"{sum(len(e.tokens) for e in exs) / dt:.0f} tok/s\n")
+        if self.step == s.steps or (s.checkpoint_every and self.step % s.checkpoint_every == 0):
+            self._checkpoint(kernel)
+        if self.step < s.steps:
+            return False
+        self._register(kernel, p)
+        return True
+
+    def _checkpoint(self, kernel: "Kernel") -> None:
+        final = self.ckpt_root / f"step-{self.step}"
+        tmp = final.with_name(final.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        kernel.driver.train_save(self.name, str(tmp))
+        state = {"step": self.step, "losses": self.losses, "spec": asdict(self.spec), "base": self.base,
+                 "dataset_sha256": self.digest}
+        (tmp / "state.json").write_text(json.dumps(state))
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        for old in _checkpoints(self.ckpt_root)[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(self.ckpt_root / f"step-{old}", ignore_errors=True)
+
+    def _register(self, kernel: "Kernel", p: "Process") -> None:
+        """Save the adapter as a LoRA model in the store and serve it (replacing an idle older copy)."""
+        s, staged = self.spec, kernel.store.staging(self.name)
+        kernel.driver.train_export(self.name, str(staged))
+        meta = {"adapter": self.name, "base": self.base, "base_source": adapters.base_source(kernel.model(self.base)),
+                "rank": s.rank, "lr": s.lr, "seed": s.seed, "steps": self.step, "dataset_sha256": self.digest}
+        dest = kernel.store.save_adapter(staged, self.name, meta)
+        served = ""
+        if self.name in kernel.models:
+            try:
+                loading.unload_model(kernel, self.name)
+            except FailedPrecondition as e:
+                served = f"; not reloaded: {e}"
+        if not served:
+            kernel.install_model(loading.prepare_model(kernel, str(dest), name=self.name))
+            served = "; loaded"
+        p.results = {"loss": self.losses[-1], "first_loss": self.losses[0], "steps": float(self.step)}
+        p.reason = f"trained {self.step} steps, final loss {self.losses[-1]:.4f}; registered model {self.name}{served}"
+        p.stdout += p.reason + "\n"
+
+    def close(self, kernel: "Kernel", p: "Process", reason: str) -> None:
+        if self._begun:
+            kernel.driver.train_end(self.name)
+        if self.step < self.spec.steps:
+            done = _checkpoints(self.ckpt_root)
+            at = f"the last checkpoint is step {done[-1]}: continue with --resume" if done else "no checkpoint yet"
+            p.stdout += f"stopped at step {self.step}/{self.spec.steps} ({reason}); {at}\n"
+
+
+def start(kernel: "Kernel", cred: "Cred", model: str, spec: TrainSpec, resume: bool = False, priority: int = 0,
+          owner: str = "", steps: int = 0) -> "Process":
+    """Validate everything, then spawn the training process (nothing runs before it is valid).
+    A resumed run takes the checkpoint's spec; a nonzero `steps` then sets a new total."""
+    m = kernel.model(model)
+    if kernel.store is None:
+        raise FailedPrecondition("this kernel has no model store to keep checkpoints and adapters in")
+    if not isinstance(kernel.driver, TrainingDriver):
+        raise FailedPrecondition(f"the {kernel.driver.kind} driver cannot train")
+    if m.info.quantize != "none":
+        raise InvalidArgument(f"model {model!r} has {m.info.quantize} weights; train on an unquantized model")
+    if m.base:
+        raise InvalidArgument(f"model {model!r} is a LoRA model; train a new adapter on its base {m.base!r}")
+    spec.name = spec.name or f"{model}+{dataset.stem(spec.dataset)}"
+    root = kernel.store.root / spec.name / "checkpoints"
+    start_step, losses = 0, []
+    if resume:
+        spec, start_step, losses = _resume(root, model, spec)
+        spec.steps = steps or spec.steps
+    spec.check()
+    if start_step >= spec.steps:
+        raise FailedPrecondition(f"{spec.name} already finished {start_step} of {spec.steps} steps")
+    if any(not q.state.done and getattr(q.task, "name", None) == spec.name for q in kernel.procs.values()):
+        raise FailedPrecondition(f"{spec.name} is already being trained")
+    digest = _digest(spec.dataset)
+    if resume and digest != json.loads((root / f"step-{start_step}" / "state.json").read_text())["dataset_sha256"]:
+        raise FailedPrecondition(f"{spec.dataset} changed since the checkpoint at step {start_step}; cannot resume")
+    examples = dataset.encode(dataset.read(spec.dataset), m.codec, min(spec.max_len, m.info.max_context),
+                              spec.dataset)
+    if not resume:
+        shutil.rmtree(root, ignore_errors=True)  # a fresh run: an older run's checkpoints would mislead --resume
+    task = TrainTask(model, spec.name, spec, examples, root, digest, start_step=start_step, step=start_step,
+                     losses=list(losses))
+    p = kernel.spawn_task(cred, model, task, priority=priority, owner=owner)
+    kernel.log(f"pid {p.pid}: training {spec.name} ({spec.steps} steps)")
+    return p
+
+
+def _resume(root: Path, model: str, spec: TrainSpec) -> tuple[TrainSpec, int, list[float]]:
+    done = _checkpoints(root)
+    if not done:
+        raise FailedPrecondition(f"no checkpoint of {spec.name} to resume from; start it without --resume")
+    state = json.loads((root / f"step-{done[-1]}" / "state.json").read_text())
+    if state["base"] != model:
+        raise FailedPrecondition(f"{spec.name} was trained on {state['base']!r}, not {model!r}")
+    saved = TrainSpec(**state["spec"])
+    return saved, int(state["step"]), list(state["losses"])
+
+
+def _checkpoints(root: Path) -> list[int]:
+    if not root.is_dir():
+        return []
+    steps = [d.name.removeprefix("step-") for d in root.iterdir() if (d / "state.json").is_file()]
+    return sorted(int(s) for s in steps if s.isdigit())
+
+
+def _targets(exs: list[dataset.Example]) -> int:
+    """Tokens the loss counts in a batch (each predicted from the one before)."""
+    return sum(len(e.tokens) - max(e.loss_from, 1) for e in exs)
+
+
+def _digest(path: str) -> str:
+    try:
+        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
+    except OSError as e:
+        raise dataset.DatasetError(path, [f"unreadable: {e.strerror or e}"]) from None

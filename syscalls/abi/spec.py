@@ -1,0 +1,121 @@
+"""What a process is asked to be: its model, its input, how it samples, when it stops, its
+limits and its priority. Pure data with the checks that need no model; the kernel adds the
+checks that do (the vocabulary, the context window, the KV pool).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NICE_MIN, NICE_MAX = -20, 19
+MAX_TEMPERATURE = 100.0
+MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 256
+ROLES = ("system", "user", "assistant", "tool")
+
+
+class SpecError(ValueError):
+    """A spec that can never be valid; the message names the field and its limit."""
+
+
+@dataclass
+class SamplingParams:
+    """How to pick the next token. temperature 0 means greedy."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+    def check(self) -> None:
+        if not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise SpecError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise SpecError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise SpecError(f"top_k must be 0 (off) or positive, got {self.top_k}")
+
+
+@dataclass
+class StopRules:
+    """When generation ends: max new tokens (per turn), stop strings, end-of-sequence tokens."""
+
+    max_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def check(self) -> None:
+        if self.max_tokens <= 0:
+            raise SpecError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if len(self.stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
+            raise SpecError(f"stop strings: at most {MAX_STOP_STRINGS}, each 1 to {MAX_STOP_CHARS} characters")
+
+
+@dataclass
+class Limits:
+    """Per-process resource limits; None means unlimited."""
+
+    max_pages: int | None = None
+    max_wall_s: float | None = None
+
+    def check(self) -> None:
+        if self.max_pages is not None and self.max_pages < 1:
+            raise SpecError(f"max_pages must be at least 1, got {self.max_pages}")
+        if self.max_wall_s is not None and not 0 < self.max_wall_s < float("inf"):
+            raise SpecError(f"max_wall_s must be a positive, finite number of seconds, got {self.max_wall_s}")
+
+
+@dataclass
+class SpawnSpec:
+    """Everything a Spawn names. Exactly one of prompt, messages or tokens, except that an
+    interactive process may give none (or messages ending before a user turn) and wait for
+    input. `owner` "" means the caller; only an admin may name another user."""
+
+    model: str
+    prompt: str | None = None
+    messages: list[dict] | None = None
+    tokens: list[int] | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop: StopRules = field(default_factory=StopRules)
+    limits: Limits = field(default_factory=Limits)
+    priority: int = 0
+    owner: str = ""
+    interactive: bool = False
+
+    def check(self) -> None:
+        """Refuse what no model could run; SpecError names the field."""
+        if not self.model:
+            raise SpecError("model is required")
+        given = sum(1 for x in (self.prompt, self.messages, self.tokens) if x is not None)
+        if given > 1 or (given == 0 and not self.interactive):
+            raise SpecError("give exactly one of prompt, messages or tokens "
+                            "(an interactive process may give none and wait for input)")
+        if self.messages is not None:
+            check_messages(self.messages)
+        check_nice(self.priority)
+        self.sampling.check()
+        self.stop.check()
+        self.limits.check()
+
+
+def check_nice(nice: int) -> int:
+    """A nice value within [NICE_MIN, NICE_MAX]."""
+    if not NICE_MIN <= nice <= NICE_MAX:
+        raise SpecError(f"priority (nice) must be in [{NICE_MIN}, {NICE_MAX}], got {nice}")
+    return nice
+
+
+def check_messages(messages: list[dict]) -> list[dict]:
+    if not messages:
+        raise SpecError("messages is empty; give at least one message")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+            raise SpecError(f"message {i} needs a role ({', '.join(ROLES)}) and string content")
+    return messages
+
+
+def variant_name(model: str, quantize: str = "") -> str:
+    """The name under which `model` quantized with `quantize` is served, e.g. `smollm2-135m:int8`."""
+    return model if quantize in ("", "none") else f"{model}:{quantize}"

@@ -1,0 +1,69 @@
+"""Kernel objects as syscall messages. No policy here: the kernel decides what a caller may
+see; this only moves fields. (Requests become kernel input through llmos.syscalls.abi.wire.)"""
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from llmos.drivers.driver import PPL_TOLERANCE
+from llmos.kernel.users.quota import UserLimits
+from llmos.kernel.users.tokens import TokenInfo
+from llmos.syscalls.v1 import syscalls_pb2 as pb
+
+if TYPE_CHECKING:
+    from llmos.drivers.driver import DeviceInfo
+    from llmos.kernel.memory import MemInfo
+    from llmos.kernel.models.loading import LoadedModel
+    from llmos.kernel.proc import Process
+    from llmos.kernel.stats import Stats
+
+
+def proc_info(p: "Process", now: float | None = None) -> pb.ProcInfo:
+    now = time.monotonic() if now is None else now
+    u = p.usage
+    info = pb.ProcInfo(pid=p.pid, ppid=p.ppid, model=p.model, owner=p.owner, state=p.state.value, reason=p.reason,
+                       priority=p.priority, interactive=p.interactive, num_tokens=len(p.tokens),
+                       output_chars=len(p.stdout), age_s=now - p.created, max_tokens=p.stop.max_tokens,
+                       usage=pb.Usage(prompt_tokens=u.prompt_tokens, generated_tokens=u.generated_tokens,
+                                      cached_tokens=u.cached_tokens, ttft_s=u.ttft_s, pages_held=u.pages_held,
+                                      swaps=u.swaps, preemptions=u.preemptions))
+    if p.finished is not None:
+        info.run_s = p.finished - p.created
+    return info
+
+
+def pool_info(name: str, mem: "MemInfo", kv_bytes: int) -> pb.PoolInfo:
+    return pb.PoolInfo(model=name, page_size=mem.page_size, total=mem.total, free=mem.free, used=mem.used,
+                       shared=mem.shared, cached=mem.cached, swapped=mem.swapped, swap_total=mem.swap_total,
+                       waste_tokens=mem.waste_tokens, kv_bytes=kv_bytes)
+
+
+def device(d: "DeviceInfo") -> pb.Device:
+    return pb.Device(name=d.name, kind=d.kind, index=d.index, total_memory=d.total_memory,
+                     free_memory=d.free_memory, utilization=d.utilization, temperature=d.temperature,
+                     threads=d.threads)
+
+
+def model_info(m: "LoadedModel", live_procs: int) -> pb.ModelInfo:
+    i = m.info
+    return pb.ModelInfo(name=m.name, architecture=i.architecture, source=m.source, num_layers=i.num_layers,
+                        vocab_size=i.vocab_size, max_context=i.max_context, dtype=i.dtype,
+                        num_parameters=i.num_parameters, weight_bytes=i.weight_bytes, kv_bytes=m.kv_bytes,
+                        kv_pages=m.memory.pool.num_pages, live_procs=live_procs, loaded_at=m.loaded_at,
+                        quantize=i.quantize, ppl_ratio=i.ppl_ratio, base=i.base, lora_rank=i.lora_rank,
+                        ppl_tolerance=PPL_TOLERANCE)
+
+
+def stats(s: "Stats") -> pb.StatsResponse:
+    return pb.StatsResponse(generated_tokens=s.generated_tokens, tokens_per_s=s.tokens_per_s,
+                            rate_window_s=s.rate_window_s, queue_depth=s.queue_depth, procs=s.procs,
+                            pools=[pool_info(p.model, p.mem, p.kv_bytes) for p in s.pools],
+                            devices=[device(d) for d in s.devices], uptime_s=s.uptime_s)
+
+
+def quota(q: UserLimits) -> pb.Quota:
+    return pb.Quota(procs=q.procs, pages=q.pages, tokens_per_min=q.tokens_per_min)
+
+
+def token(t: TokenInfo) -> pb.TokenInfo:
+    return pb.TokenInfo(id=t.id, name=t.name, user=t.user, admin=t.admin, created=t.created)

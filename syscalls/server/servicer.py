@@ -1,0 +1,260 @@
+"""The gRPC servicer: one thin handler per syscall of protos/llmos/v1/syscalls.proto.
+
+Each handler decodes its request, makes one kernel operation with the caller's Cred on the
+kernel thread (awaited, so the event loop never waits on a forward pass), and encodes the
+result, as xv6's sys_kill fetches its argument and calls kill(). The kernel decides every
+rule; kernel errors become status codes here. Output streams come from the ProcMirror.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import grpc
+
+from llmos.kernel import stats as kstats
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError
+from llmos.kernel.mirror import ProcMirror
+from llmos.kernel.stats import TokenMeter
+from llmos.kernel.thread import KernelThread, in_fresh_thread
+from llmos.kernel.workloads import dataset, evaluate, train
+from llmos.syscalls.abi import wire
+from llmos.syscalls.abi.spec import variant_name
+from llmos.syscalls.server import convert
+from llmos.syscalls.server.interceptors import caller, cred
+from llmos.syscalls.v1 import syscalls_pb2 as pb
+from llmos.syscalls.v1 import syscalls_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+log = logging.getLogger("llmos.syscalls")
+
+STATUS = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
+          "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
+          "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION, "unavailable": grpc.StatusCode.UNAVAILABLE,
+          "permission_denied": grpc.StatusCode.PERMISSION_DENIED, "unauthenticated": grpc.StatusCode.UNAUTHENTICATED}
+
+
+def _status(e: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(e, KernelError):
+        return STATUS.get(e.code, grpc.StatusCode.INTERNAL), str(e)
+    if isinstance(e, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    log.exception("syscall failed")
+    return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"
+
+
+def syscall(fn: Callable) -> Callable:
+    """Turn kernel errors raised by a handler (unary or streaming) into gRPC statuses."""
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def stream(self, request, context):
+            try:
+                async for item in fn(self, request, context):
+                    yield item
+            except Exception as e:  # noqa: BLE001 - every failure becomes a status, never a crash
+                await context.abort(*_status(e))
+        return stream
+
+    @functools.wraps(fn)
+    async def unary(self, request, context):
+        try:
+            return await fn(self, request, context)
+        except Exception as e:  # noqa: BLE001 - every failure becomes a status, never a crash
+            await context.abort(*_status(e))
+    return unary
+
+
+async def off_thread(fn: Callable[[], T]) -> T:
+    """Slow work that needs no process state (reading weights or a dataset), on a thread of its own."""
+    return await asyncio.wrap_future(in_fresh_thread(fn))
+
+
+class SyscallServer(pb_grpc.SyscallsServicer):
+    """The syscall table, served over gRPC."""
+
+    def __init__(self, kthread: KernelThread, mirror: ProcMirror, meter: TokenMeter | None = None) -> None:
+        self.kt = kthread
+        self.mirror = mirror
+        self.meter = meter  # for the Stats syscall
+
+    # --- processes -----------------------------------------------------------------------------
+    @syscall
+    async def Spawn(self, req: pb.SpawnRequest, context) -> pb.SpawnResponse:
+        c, spec = cred(), wire.spawn_spec(req)
+        return pb.SpawnResponse(pid=(await self.kt.run(lambda k: k.spawn(c, spec))).pid)
+
+    @syscall
+    async def Read(self, req: pb.ReadRequest, context):
+        async for text, end, snap in self.mirror.read(cred(), req.pid, req.offset, turn=req.until == pb.TURN,
+                                                      now=req.until == pb.NOW):
+            yield pb.ReadResponse(text=text, offset=end, state=snap.state.value, reason=snap.reason)
+
+    @syscall
+    async def Write(self, req: pb.WriteRequest, context) -> pb.WriteResponse:
+        c = cred()
+        return pb.WriteResponse(offset=await self.kt.run(lambda k: k.write(c, req.pid, req.text)))
+
+    @syscall
+    async def Wait(self, req: pb.WaitRequest, context) -> pb.WaitResponse:
+        c = cred()
+        await self.mirror.wait(c, req.pid, turn=req.until == pb.TURN)
+
+        def finish(k):
+            p = k.reap(c, req.pid) if req.reap else k.lookup(c, req.pid)
+            return pb.WaitResponse(proc=convert.proc_info(p), output=p.stdout, results=dict(p.results))
+        resp = await self.kt.run(finish)
+        if req.reap:
+            self.mirror.forget(req.pid)
+        return resp
+
+    @syscall
+    async def Kill(self, req: pb.KillRequest, context) -> pb.KillResponse:
+        c = cred()
+        if req.signal not in pb.Signal.values():
+            raise InvalidArgument(f"unknown signal {req.signal}; use TERM, KILL, STOP or CONT")
+        sig = pb.Signal.Name(req.signal)
+        return pb.KillResponse(proc=await self.kt.run(lambda k: convert.proc_info(k.signal(c, req.pid, sig))))
+
+    @syscall
+    async def Fork(self, req: pb.ForkRequest, context) -> pb.ForkResponse:
+        c = cred()
+        sampling = wire.sampling(req.sampling) if req.HasField("sampling") else None
+        text = req.text if req.HasField("text") else None
+        max_tokens = req.max_tokens if req.HasField("max_tokens") else None
+        child = await self.kt.run(lambda k: k.fork(c, req.pid, text, sampling, max_tokens))
+        return pb.ForkResponse(pid=child.pid)
+
+    @syscall
+    async def Pipe(self, req: pb.PipeRequest, context) -> pb.PipeResponse:
+        c = cred()
+        pipe = await self.kt.run(lambda k: k.pipe(c, req.src, req.dst))
+        return pb.PipeResponse(dst_offset=await self.mirror.pipe_closed(pipe.id))
+
+    @syscall
+    async def Ps(self, req: pb.PsRequest, context) -> pb.PsResponse:
+        c = cred()
+
+        def ps(k) -> list[pb.ProcInfo]:
+            now = time.monotonic()
+            return [convert.proc_info(p, now) for p in k.ps(c, req.model, list(req.states), req.owner, req.live_only)]
+        return pb.PsResponse(procs=await self.kt.run(ps))
+
+    @syscall
+    async def Stat(self, req: pb.StatRequest, context) -> pb.StatResponse:
+        c = cred()
+        return pb.StatResponse(proc=await self.kt.run(lambda k: convert.proc_info(k.lookup(c, req.pid))))
+
+    # --- memory, devices, models, logs -----------------------------------------------------------
+    @syscall
+    async def MemInfo(self, req: pb.MemInfoRequest, context) -> pb.MemInfoResponse:
+        cred()
+
+        def meminfo(k) -> list[pb.PoolInfo]:
+            names = [req.model] if req.model else sorted(m.name for m in k.pools())
+            return [convert.pool_info(n, k.meminfo(n), k.model(n).kv_bytes) for n in names]
+        return pb.MemInfoResponse(pools=await self.kt.run(meminfo))
+
+    @syscall
+    async def Devices(self, req: pb.DevicesRequest, context) -> pb.DevicesResponse:
+        cred()
+        return pb.DevicesResponse(devices=[convert.device(await self.kt.run(lambda k: k.driver.describe()))])
+
+    @syscall
+    async def Models(self, req: pb.ModelsRequest, context) -> pb.ModelsResponse:
+        cred()
+
+        def models(k) -> pb.ModelsResponse:
+            return pb.ModelsResponse(loaded=[convert.model_info(m, k.live(n)) for n, m in sorted(k.models.items())],
+                                     stored=k.store.list() if k.store is not None else [])
+        return await self.kt.run(models)
+
+    @syscall
+    async def LoadModel(self, req: pb.LoadModelRequest, context) -> pb.LoadModelResponse:
+        c, kernel = cred(), self.kt.kernel
+        # Converting and reading weights takes seconds and needs no process state: do it off the
+        # kernel thread so the kernel keeps stepping; only the install runs on the kernel thread.
+        prep = await off_thread(lambda: kernel.prepare_model(c, req.model, req.name or None, req.dtype or "float32",
+                                                             req.quantize or None))
+        return await self.kt.run(lambda k: pb.LoadModelResponse(model=convert.model_info(
+            m := k.install_model(prep), k.live(m.name))))
+
+    @syscall
+    async def UnloadModel(self, req: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
+        c = cred()
+        await self.kt.run(lambda k: k.unload_model(c, req.name))
+        return pb.UnloadModelResponse()
+
+    @syscall
+    async def Dmesg(self, req: pb.DmesgRequest, context) -> pb.DmesgResponse:
+        c = cred()
+        lines = await self.kt.run(lambda k: k.dmesg(c, req.since, req.limit))
+        return pb.DmesgResponse(lines=[pb.LogLine(time=t, level=lv, msg=m) for t, lv, m in lines])
+
+    @syscall
+    async def Shutdown(self, req: pb.ShutdownRequest, context) -> pb.ShutdownResponse:
+        c, grace = cred(), req.grace_s if req.HasField("grace_s") else None
+        await self.kt.run(lambda k: k.request_shutdown(c, grace))
+        return pb.ShutdownResponse()
+
+    @syscall
+    async def Stats(self, req: pb.StatsRequest, context) -> pb.StatsResponse:
+        cred()  # aggregates (no owners, pids or text): every identified caller may read them
+        meter = self.meter
+        if meter is None:
+            raise FailedPrecondition("this daemon keeps no token meter, so it has no stats")
+        return convert.stats(await self.kt.run(lambda k: kstats.take(k, meter)))
+
+    # --- users and tokens ----------------------------------------------------------------------
+    @syscall
+    async def Whoami(self, req: pb.WhoamiRequest, context) -> pb.WhoamiResponse:
+        user = caller()
+        limits, used = await self.kt.run(lambda k: k.whoami(user.cred))
+        return pb.WhoamiResponse(user=user.name, admin=user.admin, via=user.via, uid=user.uid, token=user.token,
+                                 limits=convert.quota(limits), used=convert.quota(used))
+
+    @syscall
+    async def CreateToken(self, req: pb.CreateTokenRequest, context) -> pb.CreateTokenResponse:
+        c = cred()
+        info, secret = await self.kt.run(lambda k: k.create_token(c, req.name, req.user, req.admin))
+        return pb.CreateTokenResponse(token=convert.token(info), secret=secret)
+
+    @syscall
+    async def ListTokens(self, req: pb.ListTokensRequest, context) -> pb.ListTokensResponse:
+        c = cred()
+        return pb.ListTokensResponse(tokens=[convert.token(t) for t in await self.kt.run(lambda k: k.list_tokens(c))])
+
+    @syscall
+    async def RevokeToken(self, req: pb.RevokeTokenRequest, context) -> pb.RevokeTokenResponse:
+        c = cred()
+        return pb.RevokeTokenResponse(token=convert.token(await self.kt.run(lambda k: k.revoke_token(c, req.token))))
+
+    # --- workloads (kernel/workloads/): the data is read off the kernel thread first ---------------
+    @syscall
+    async def Eval(self, req: pb.EvalRequest, context) -> pb.EvalResponse:
+        c, model = cred(), variant_name(req.model, req.quantize)
+        await self.kt.run(lambda k: k.model(model))  # an unknown model fails before the data is read
+        spec = evaluate.EvalSpec(model=model, path=req.path, metric=req.metric, window=req.window,
+                                 max_tokens=req.max_tokens if req.HasField("max_tokens") else 256)
+        task = await off_thread(lambda: evaluate.prepare(spec))
+        p = await self.kt.run(lambda k: evaluate.spawn_eval(k, c, task, priority=req.priority, owner=req.owner))
+        return pb.EvalResponse(pid=p.pid)
+
+    @syscall
+    async def Train(self, req: pb.TrainRequest, context) -> pb.TrainResponse:
+        c = cred()
+        await self.kt.run(lambda k: k.model(req.model))  # an unknown model fails before the data is read
+        d = train.TrainSpec(req.path)  # zero fields take the defaults
+        spec = train.TrainSpec(req.path, steps=req.steps or d.steps, lr=req.lr or d.lr, rank=req.rank or d.rank,
+                               batch=req.batch or d.batch, micro_batch=req.micro_batch or d.micro_batch,
+                               checkpoint_every=req.checkpoint_every or d.checkpoint_every, name=req.name,
+                               max_len=req.max_len or d.max_len)
+        if not req.resume:  # a resumed run re-reads the dataset its checkpoint names
+            await off_thread(lambda: dataset.read(req.path))
+        p = await self.kt.run(lambda k: train.start(k, c, req.model, spec, resume=req.resume, priority=req.priority,
+                                                    owner=req.owner, steps=req.steps))
+        return pb.TrainResponse(pid=p.pid, name=p.task.name)
