@@ -35,11 +35,11 @@ def measure_pages(k, model: str, system_prompt: str, n: int, new_tokens: int, rs
     """Peak KV pages used while n processes (spawned together) share one system prompt."""
     from llmos.kernel import ROOT, SpawnSpec, StopRules
 
-    base = k.meminfo(model).used
+    base = k.meminfo(ROOT, model).used
     peak = {"after_step": 0, "in_step": 0, "shared": 0}
 
     def sample(where: str) -> None:
-        info = k.meminfo(model)
+        info = k.meminfo(ROOT, model)
         peak[where] = max(peak[where], info.used - base)
         peak["shared"] = max(peak["shared"], info.shared)
 

@@ -9,7 +9,13 @@ class KernelError(Exception):
 
 
 class InvalidArgument(KernelError):
+    """Bad input; `param` names the request field at fault, where one is."""
+
     code = "invalid_argument"
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class NotFound(KernelError):

@@ -30,7 +30,7 @@ from llmos.kernel.sched import SchedConfig
 from llmos.kernel.users.cred import Cred
 from llmos.kernel.users.quota import QuotaKeeper, Quotas, UserLimits
 from llmos.kernel.users.tokens import TokenInfo, TokenStore
-from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec
+from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec, SpecError, check_nice
 
 
 @dataclass
@@ -47,6 +47,10 @@ class KernelConfig:
     dmesg_lines: int = 2000
     quantize: str = "none"         # weights of models loaded without a mode of their own
     quotas: Quotas = field(default_factory=Quotas)  # per-user limits (kernel/users/quota.py)
+    term_grace_s: float = 10.0     # a process still running this long after TERM is killed
+    max_unit_tokens: int = 2048    # most tokens one unit of task work may compute (a micro-batch, a window)
+    max_unit_s: float = 30.0       # a task whose unit takes longer is ended: the decode streams wait for it
+    data_dirs: tuple[str, ...] = ()  # where an admin may have llmosd read data files (none by default)
 
 
 class Kernel:
@@ -101,6 +105,26 @@ class Kernel:
     def signal(self, cred: Cred, pid: int, sig: Signal | str) -> Process:
         """TERM, KILL, STOP or CONT."""
         return signals.signal(self, cred, pid, sig)
+
+    def renice(self, cred: Cred, pid: int, nice: int) -> Process:
+        """A new nice value: anyone may raise theirs; only an admin may go below 0 or below
+        what the process started with."""
+        p = self.lookup(cred, pid)
+        try:
+            check_nice(nice)
+        except SpecError as e:
+            raise InvalidArgument(str(e), getattr(e, "field", None)) from None
+        p.priority = cred.check_nice(nice, floor=p.spec.priority)
+        self.emit(StateChanged(pid))
+        return p
+
+    def detach(self, cred: Cred, pid: int) -> Process:
+        """Nobody will wait for pid: it is reaped as soon as it ends (now, if it has)."""
+        p = self.lookup(cred, pid)
+        if p.state.done:
+            return self.reap(cred, pid)
+        p.detached = True
+        return p
 
     def pipe(self, cred: Cred, src: int, dst: int) -> pipes.Pipe:
         """src's output into interactive dst's stdin when src ends."""
@@ -158,17 +182,35 @@ class Kernel:
         return loading.adopt(self, name, model, tokenizer)
 
     def unload_model(self, cred: Cred, name: str) -> None:
-        cred.check("unload")
+        """Admins unload any model; a user only a LoRA model of their own."""
+        m = self.model_for(cred, name)
+        if not cred.admin and not m.owner:
+            cred.check("unload")
+        cred.check_owns(f"model {name!r}", m.owner)
         loading.unload_model(self, name)
 
     def model(self, name: str) -> LoadedModel:
-        """A loaded model by name; NotFound names what is loaded."""
+        """A loaded model by name, for the kernel's own use; NotFound names what is loaded."""
         if name not in self.models:
             raise loading.not_loaded(self, name)
         return self.models[name]
 
-    def meminfo(self, model: str) -> MemInfo:
-        return self.model(model).memory.meminfo()
+    def model_for(self, cred: Cred, name: str) -> LoadedModel:
+        """A loaded model the caller may use: another user's LoRA model does not exist for them."""
+        m = self.models.get(name)
+        if m is None or not cred.sees_model(m.owner):
+            raise loading.not_loaded(self, name, cred.sees_model)
+        return m
+
+    def list_models(self, cred: Cred) -> tuple[list[tuple[LoadedModel, int, str]], list[str]]:
+        """What the caller may see: (model, live processes, its source) for each loaded model,
+        and the names in the store. Only admins see where models were loaded from."""
+        loaded = [(m, self.live(n), m.source if cred.admin else "") for n, m in sorted(self.models.items())
+                  if cred.sees_model(m.owner)]
+        return loaded, self.store.list(cred.sees_model) if self.store is not None else []
+
+    def meminfo(self, cred: Cred, model: str) -> MemInfo:
+        return self.model_for(cred, model).memory.meminfo()
 
     # --- the system ------------------------------------------------------------------------------
     def log(self, msg: str, level: str = "info") -> None:
@@ -224,7 +266,7 @@ class Kernel:
         now = time.monotonic()
         total = 0
         with self.batch():
-            step.enforce_wall_limits(self, now)
+            step.enforce_time_limits(self, now)
             for m in self.pools():
                 live = self.pool_procs(m)
                 plan = m.scheduler.schedule(live, now, self.quota.allowance(live, now))
@@ -288,6 +330,9 @@ class Kernel:
         p.detok = None
         self.log(f"pid {p.pid} {state.value}: {reason}")
         self.emit(StateChanged(p.pid))
+        if p.detached:
+            del self.procs[p.pid]
+            return self.emit(Reaped(p.pid))
         self._exited.append(p.pid)
         while len(self._exited) > self.config.keep_exited:
             old = self._exited.popleft()

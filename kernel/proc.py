@@ -77,6 +77,8 @@ class Process:
     stdout: str = ""         # generated text, all turns
     turn_text_start: int = 0  # where this turn's text begins in stdout (stop strings search from here)
     detok: "Detokenizer | None" = None  # turns out_tokens into stdout
+    term_at: float | None = None  # when TERM arrived: it ends at its next token (a task: its next unit)
+    detached: bool = False   # reaped as soon as it ends (nobody will wait for it)
     results: dict[str, float] = field(default_factory=dict)  # a task's structured results (eval metrics)
 
     # --- the kernel thread only: counters and times

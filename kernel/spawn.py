@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from llmos.kernel import stdio, tasks
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from llmos.kernel.proc import Process, State
-from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec, SpecError, check_nice
+from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec, SpecError, check_nice, check_text
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -25,9 +25,10 @@ def spawn(k: "Kernel", cred: "Cred", spec: SpawnSpec, ppid: int = 0) -> Process:
     try:
         spec.check()
     except SpecError as e:
-        raise InvalidArgument(str(e)) from None
+        raise InvalidArgument(str(e), getattr(e, "field", None)) from None
     spec = dataclasses.replace(spec, owner=cred.owner_for(spec.owner))
-    m = k.model(spec.model)
+    cred.check_nice(spec.priority)
+    m = k.model_for(cred, spec.model)
     preamble: list[dict] = []
     if spec.messages is not None:
         if spec.interactive and spec.messages[-1]["role"] != "user":
@@ -49,7 +50,7 @@ def spawn_n(k: "Kernel", cred: "Cred", spec: SpawnSpec, n: int) -> list[Process]
     so the prompt's full pages are computed once and shared; choice i samples with seed + i.
     If one cannot be made, none is left behind."""
     if not 1 <= n <= MAX_CHOICES:
-        raise InvalidArgument(f"n must be in [1, {MAX_CHOICES}], got {n}")
+        raise InvalidArgument(f"n must be in [1, {MAX_CHOICES}], got {n}", "n")
     first = spawn(k, cred, spec)
     procs = [first]
     try:
@@ -82,8 +83,9 @@ def fork(k: "Kernel", cred: "Cred", pid: int, text: str | None = None, sampling:
     try:
         spec.sampling.check()
         spec.stop.check()
+        check_text(text or "", "text")
     except SpecError as e:
-        raise InvalidArgument(str(e)) from None
+        raise InvalidArgument(str(e), getattr(e, "field", None)) from None
     child = Process(pid=0, spec=spec, owner=parent.owner, ppid=pid, tokens=list(parent.tokens),
                     priority=parent.priority, preamble=list(parent.preamble), adapter=parent.adapter,
                     kv_salt=parent.kv_salt)
@@ -105,11 +107,12 @@ def spawn_task(k: "Kernel", cred: "Cred", model: str, task: "tasks.Task", priori
                owner: str = "") -> Process:
     """A process that runs `task` (kernel/tasks.py) on `model` instead of sampling tokens."""
     check_accepting(k)
-    k.model(model)
+    k.model_for(cred, model)
     try:
         check_nice(priority)
     except SpecError as e:
-        raise InvalidArgument(str(e)) from None
+        raise InvalidArgument(str(e), getattr(e, "field", None)) from None
+    cred.check_nice(priority)
     owner = cred.owner_for(owner)
     p = Process(pid=0, spec=SpawnSpec(model=model, priority=priority, owner=owner), owner=owner, task=task,
                 priority=priority)

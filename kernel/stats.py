@@ -98,7 +98,7 @@ def queue_depth(k: "Kernel") -> int:
 def take(k: "Kernel", meter: TokenMeter) -> Stats:
     """The figures now. Call it on the kernel thread."""
     counts = collections.Counter(p.state.value for p in k.procs.values())
-    pools = [PoolStats(m.name, k.meminfo(m.name), m.kv_bytes) for m in sorted(k.pools(), key=lambda m: m.name)]
+    pools = [PoolStats(m.name, m.memory.meminfo(), m.kv_bytes) for m in sorted(k.pools(), key=lambda m: m.name)]
     now = meter.clock()
     return Stats(generated_tokens=meter.total, tokens_per_s=meter.rate(now), rate_window_s=meter.window_s,
                  queue_depth=queue_depth(k), procs={s.value: counts.get(s.value, 0) for s in State},

@@ -6,10 +6,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from llmos.kernel.errors import FailedPrecondition, ResourceExhausted
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from llmos.kernel.events import Input, Output, StateChanged
 from llmos.kernel.proc import Process, State
 from llmos.kernel.text import Detokenizer
+from llmos.syscalls.abi.spec import SpecError, check_text
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -32,6 +33,10 @@ def write_turn(k: "Kernel", p: Process, text: str) -> int:
         raise FailedPrecondition(f"pid {p.pid} has already {p.state.value}")
     if p.state != State.BLOCKED:
         raise FailedPrecondition(f"pid {p.pid} is still answering (state {p.state.value}); wait for it to block")
+    try:
+        check_text(text, "text")
+    except SpecError as e:
+        raise InvalidArgument(str(e), "text") from None
     m = k.model(p.model)
     new = next_turn(m, p, text)
     if len(p.tokens) + len(new) + 1 > m.info.max_context:
@@ -90,6 +95,8 @@ def emit(k: "Kernel", m: "LoadedModel", p: Process, token: int) -> None:
         end_turn(k, p, "length")
     elif len(p.tokens) >= m.info.max_context:
         end_turn(k, p, "context window full")
+    elif p.term_at is not None:
+        end_turn(k, p, "terminated")
 
 
 def _cut_stop(p: Process, before: int) -> bool:
@@ -104,7 +111,9 @@ def end_turn(k: "Kernel", p: Process, reason: str) -> None:
     """The answer is complete: an interactive process blocks for its next turn, others exit."""
     if reason != "stop" and p.detok is not None:
         p.stdout += p.detok.step(p.out_tokens, final=True)
-    if p.interactive and reason != "context window full":
+    if p.term_at is not None:
+        k.exit(p, State.KILLED, "terminated")
+    elif p.interactive and reason != "context window full":
         p.state, p.reason = State.BLOCKED, reason
         k.emit(StateChanged(p.pid))
     else:

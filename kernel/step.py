@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from llmos.kernel import stdio
+from llmos.kernel import signals, stdio
 from llmos.kernel.proc import State
 from llmos.kernel.sched import Schedule
 
@@ -19,10 +19,12 @@ if TYPE_CHECKING:
     from llmos.kernel.models.loading import LoadedModel
 
 
-def enforce_wall_limits(k: "Kernel", now: float) -> None:
+def enforce_time_limits(k: "Kernel", now: float) -> None:
+    """Wall-time limits, and the grace period of processes asked to end (kernel/signals.py)."""
     for p in list(k.procs.values()):
         if p.limits.max_wall_s is not None and not p.state.done and now - p.created > p.limits.max_wall_s:
             k.exit(p, State.KILLED, f"limit: wall time over {p.limits.max_wall_s:g} s")
+    signals.enforce_grace(k, now)
 
 
 def run(k: "Kernel", m: "LoadedModel", plan: Schedule) -> dict[int, int] | None:

@@ -13,7 +13,10 @@ To write a task: implement `run_unit(kernel, proc) -> bool` (True when finished;
 lines to `proc.stdout`; set `proc.reason` for the exit status) and `close(kernel, proc, reason)`
 (release driver state; called once when the process ends for any reason). Spawn it with
 `kernel.spawn_task(cred, model, task, priority=...)`. An exception from run_unit kills the
-process with the error as its reason; the kernel goes on.
+process with the error as its reason; the kernel goes on. Optional: `unit_tokens` (the tokens
+the last unit computed, charged to the owner's tokens-per-minute quota), `terminate(kernel,
+proc)` (TERM: end cleanly within one more unit: a checkpoint, partial results), `waiting` and
+`signal` (below). A unit that takes longer than the kernel's max_unit_s ends its process.
 """
 from __future__ import annotations
 
@@ -100,11 +103,20 @@ def share(nice: int) -> float:
     return min(MAX_SHARE, max(MIN_SHARE, 0.5 * 2 ** (-nice / 5)))
 
 
-def pick(procs: list["Process"], token_work: bool, used: float, kernel: "Kernel | None" = None) -> "Process | None":
-    """The task process that gets this step's unit, if any: the runnable one with the lowest
-    nice (then the one that ran longest ago), if tasks have used less than its share of the
-    device lately (`used`); on an idle device, every step. Tasks waiting on others are skipped."""
-    ready = [p for p in procs if p.task is not None and p.runnable and not waiting(p.task, kernel)]
+def pick(procs: list["Process"], token_work: bool, used: float, kernel: "Kernel | None" = None,
+         now: float | None = None) -> "Process | None":
+    """The task process that gets this step's unit, if any: one ending on TERM first; else the
+    runnable one with the lowest nice (then the one that ran longest ago), if tasks have used
+    less than its share of the device lately (`used`); on an idle device, every step. Tasks
+    waiting on others, and those whose owner is at their tokens-per-minute quota, are skipped."""
+    runnable = [p for p in procs if p.task is not None and p.runnable]
+    ending = [p for p in runnable if p.term_at is not None]
+    if ending:
+        return ending[0]
+    ready = [p for p in runnable if not waiting(p.task, kernel)]
+    if kernel is not None:
+        at = time.monotonic() if now is None else now
+        ready = [p for p in ready if not kernel.quota.throttled(p.owner, at)]
     if not ready:
         return None
     best = min(ready, key=lambda p: (p.priority, p.last_run, p.pid))
@@ -113,20 +125,38 @@ def pick(procs: list["Process"], token_work: bool, used: float, kernel: "Kernel 
 
 def run_unit(k: "Kernel", now: float, token_work: bool) -> None:
     """One unit of non-token work, if a task process is due; the kernel calls this once a step."""
-    p = pick(list(k.procs.values()), token_work, k.device_share.task_fraction(), k)
+    p = pick(list(k.procs.values()), token_work, k.device_share.task_fraction(), k, now)
     if p is None:
         return
     p.admitted = p.admitted or now
     p.last_run = now
     t0 = time.monotonic()
     try:
+        if p.term_at is not None:
+            return _terminate(k, p)
         done = p.task.run_unit(k, p)
     except KernelError as e:
         return k.exit(p, State.KILLED, str(e))
     except Exception as e:  # noqa: BLE001 - a failed task ends its own process, nothing more
         return k.exit(p, State.KILLED, f"task error: {type(e).__name__}: {e}")
     finally:
-        k.device_share.add(task=True, seconds=time.monotonic() - t0)
+        took = time.monotonic() - t0
+        k.device_share.add(task=True, seconds=took)
+    tokens = getattr(p.task, "unit_tokens", 0)
+    if tokens:
+        k.quota.charge(p.owner, tokens, now)
     k.emit(StateChanged(p.pid))  # its stdout (progress) moved
-    if done and not p.state.done:
+    if took > k.config.max_unit_s and not p.state.done:
+        k.exit(p, State.KILLED, f"limit: a unit of its work took {took:.1f} s, over max_unit_s="
+                                f"{k.config.max_unit_s:g} (decode streams wait for every unit)")
+    elif done and not p.state.done:
         k.exit(p, State.EXITED, p.reason or "done")
+
+
+def _terminate(k: "Kernel", p: "Process") -> None:
+    """TERM reached a task: let it end cleanly (its `terminate`), then end the process."""
+    end = getattr(p.task, "terminate", None)
+    p.reason = ""
+    if end is not None:
+        end(k, p)
+    k.exit(p, State.KILLED, f"terminated{': ' + p.reason if p.reason else ''}")

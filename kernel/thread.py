@@ -124,7 +124,8 @@ class KernelThread:
         return self._has_wall_limits() or k.quota.holds_back(k.procs.values(), time.monotonic())
 
     def _has_wall_limits(self) -> bool:
-        return any(p.limits.max_wall_s is not None and not p.state.done for p in self.kernel.procs.values())
+        return any((p.limits.max_wall_s is not None or p.term_at is not None) and not p.state.done
+                   for p in self.kernel.procs.values())
 
     def _flush_log(self) -> None:
         """Hand log lines written since the last flush to on_log."""

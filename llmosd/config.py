@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -75,6 +76,33 @@ def _nonneg_float(v: Any) -> float:
     return x
 
 
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    if str(v).lower() in ("1", "true", "yes", "on"):
+        return True
+    if str(v).lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{v!r} is not true or false")
+
+
+def _dirs(v: Any) -> tuple[str, ...]:
+    """Directories: a TOML list, or one string of them joined by ':'."""
+    items = v if isinstance(v, list) else str(v).split(os.pathsep)
+    return tuple(str(Path(str(d)).expanduser()) for d in items if str(d))
+
+
+def is_loopback(address: str) -> bool:
+    """Whether HOST:PORT names this machine only (localhost, 127.0.0.0/8, ::1)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass
 class Config:
     """Everything llmosd needs to boot."""
@@ -103,10 +131,18 @@ class Config:
     socket_mode: int = 0o600        # 0666 lets every local user in, each as their own uid
     tls_cert: Path | None = None    # PEM certificate and key: TLS on the TCP listener
     tls_key: Path | None = None
+    http_tls_cert: Path | None = None  # PEM certificate and key: TLS on the --http port
+    http_tls_key: Path | None = None
+    insecure: bool = False          # allow a listener off loopback without TLS (tokens in clear)
     quota_procs: int | None = None  # per-user defaults; None = unlimited
     quota_pages: int | None = None
     quota_tokens_per_min: int | None = None
+    quota_data: int | None = 256 << 20  # bytes of training/eval data a user's live tasks may hold
     users: dict[str, dict[str, int | None]] = dataclasses.field(default_factory=dict)  # [users.NAME] in TOML
+    term_grace: float = 10.0        # seconds a process gets to end after TERM before it is killed
+    max_unit_tokens: int = 2048     # most tokens one unit of task work may compute
+    max_unit_s: float = 30.0        # a task whose unit takes longer is ended
+    data_dirs: tuple[str, ...] = () # where an admin may have llmosd read data files
 
     @property
     def socket_path(self) -> Path:
@@ -144,9 +180,22 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "socket_mode": (parse_mode, "the unix socket's mode (default 0600: its owner only; 0666: every local user)"),
     "tls_cert": (_path, "PEM certificate for TLS on the --listen port (with --tls-key)"),
     "tls_key": (_path, "PEM private key of --tls-cert"),
+    "http_tls_cert": (_path, "PEM certificate for TLS on the --http port (with --http-tls-key)"),
+    "http_tls_key": (_path, "PEM private key of --http-tls-cert"),
+    "insecure": (_bool, "allow --listen or --http off loopback without TLS (bearer tokens cross in clear), "
+                        "and --metrics off loopback"),
     "quota_procs": (_positive(int), "most live processes per user (default unlimited)"),
     "quota_pages": (_positive(int), "most KV pages reserved per user (default unlimited)"),
-    "quota_tokens_per_min": (_positive(int), "most tokens computed per user per minute (default unlimited)"),
+    "quota_tokens_per_min": (_positive(int), "most tokens computed per user per minute, task work included "
+                                             "(default unlimited)"),
+    "quota_data": (_positive(parse_size), "most bytes of training and eval data one user's live tasks hold "
+                                          "(default 256MiB)"),
+    "term_grace": (_nonneg_float, "seconds a process gets to end cleanly after TERM before it is killed (10)"),
+    "max_unit_tokens": (_positive(int), "most tokens one unit of task work (a micro-batch, a window) may compute "
+                                        "(2048)"),
+    "max_unit_s": (_positive(float), "a task whose unit of work takes longer than this many seconds is ended (30)"),
+    "data_dirs": (_dirs, "directories (joined by ':') an admin may have llmosd read data files from "
+                         "(default none: data travels in the request)"),
 }
 
 
@@ -155,8 +204,12 @@ def parser() -> argparse.ArgumentParser:
                                  epilog="Every flag can also be set as LLMOS_<NAME> in the environment "
                                         "(e.g. LLMOS_KV_MEMORY=2GiB) or as a key in the --config TOML file.")
     ap.add_argument("--config", type=Path, help="TOML config file (keys as the flags, with underscores)")
-    for name, (_, text) in FIELDS.items():
-        ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(), help=text)
+    for name, (kind, text) in FIELDS.items():
+        if kind is _bool:
+            ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, action="store_const",
+                            const=True, help=text)
+        else:
+            ap.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar=name.upper(), help=text)
     return ap
 
 
@@ -193,14 +246,31 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             cfg.users = parse_users(users, f"config file {file}")
         except ValueError as e:
             raise ConfigError(str(e)) from None
-    if (cfg.tls_cert is None) != (cfg.tls_key is None):
-        raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
-    if cfg.tls_cert is not None and not cfg.listen:
-        raise ConfigError("--tls-cert secures the --listen port: give --listen HOST:PORT too")
+    for cert, key, port in (("tls_cert", "tls_key", "listen"), ("http_tls_cert", "http_tls_key", "http")):
+        flags = f"--{cert.replace('_', '-')} and --{key.replace('_', '-')}"
+        if (getattr(cfg, cert) is None) != (getattr(cfg, key) is None):
+            raise ConfigError(f"{flags} go together: give both or neither")
+        if getattr(cfg, cert) is not None and not getattr(cfg, port):
+            raise ConfigError(f"{flags} secure the --{port} port: give --{port} HOST:PORT too")
     if cfg.model.lower() == "none":
         cfg.model = ""
+    if cfg.metrics and re.fullmatch(r"\d{1,5}", cfg.metrics):
+        cfg.metrics = f"127.0.0.1:{cfg.metrics}"  # a bare port: loopback only
     for name in ("listen", "http", "metrics"):
         value = getattr(cfg, name)
         if value and not re.fullmatch(r"[\w.\-]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", value):
             raise ConfigError(f"--{name}: {value!r} is not HOST:PORT")
+    for name, cert in (("listen", "tls_cert"), ("http", "http_tls_cert"), ("metrics", None)):
+        value = getattr(cfg, name)
+        if value and not is_loopback(value) and (cert is None or getattr(cfg, cert) is None) and not cfg.insecure:
+            why = "its page has no authentication" if cert is None else \
+                f"bearer tokens would cross the network in clear; give --{cert.replace('_', '-')} and its key"
+            raise ConfigError(f"--{name} {value} is not a loopback address and {why}, or pass --insecure")
     return cfg
+
+
+def insecure_listeners(cfg: Config) -> list[str]:
+    """The listeners --insecure let off loopback without TLS (each one is warned about)."""
+    plain = [("listen", cfg.tls_cert), ("http", cfg.http_tls_cert), ("metrics", None)]
+    return [f"--{n} {getattr(cfg, n)}" for n, cert in plain if getattr(cfg, n) and not is_loopback(getattr(cfg, n))
+            and cert is None]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import logging
 import queue
 import sqlite3
@@ -79,6 +80,8 @@ class Journal:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._seq: dict[int, int] = {}
         self._next_pid = 0
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))  # every user's prompts: the daemon's only
+        self.path.chmod(0o600)
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._thread = threading.Thread(target=self._run, name="llmos-journal", daemon=True)
         try:
@@ -92,6 +95,10 @@ class Journal:
         if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
             raise JournalCorrupt("cannot switch to WAL mode")
         db.execute("PRAGMA synchronous=NORMAL")
+        for side in ("-wal", "-shm"):
+            f = self.path.with_name(self.path.name + side)
+            if f.exists():
+                f.chmod(0o600)
         check = db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
             raise JournalCorrupt(f"integrity check: {check}")

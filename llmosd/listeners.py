@@ -4,6 +4,7 @@ gateway's bearer check, and the quotas from the config."""
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from llmos.kernel.users.cred import Cred
 from llmos.kernel.users.quota import Quotas, UserLimits
 from llmos.kernel.users.tokens import TokenStore
 from llmos.relay import PeerTable, UnixRelay
+from llmos.userconf import QUOTA_KEYS
 from llmos.syscalls.server.interceptors import Authenticator, AuthInterceptor
 
 TOKENS_DB = "tokens.db"
@@ -52,6 +54,17 @@ class Listeners:
             raise RuntimeError(f"cannot read the TLS key or certificate: {e}") from None
         return grpc.ssl_server_credentials([(key, cert)])
 
+    def http_tls(self) -> ssl.SSLContext | None:
+        """TLS for the HTTP gateway, from --http-tls-cert and --http-tls-key."""
+        if self.cfg.http_tls_cert is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(str(self.cfg.http_tls_cert), str(self.cfg.http_tls_key))
+        except (OSError, ssl.SSLError) as e:
+            raise OSError(f"cannot read the HTTP TLS key or certificate: {e}") from None
+        return ctx
+
     def http_cred(self, headers: Mapping[str, str]) -> Cred | None:
         """The HTTP gateway's authenticate hook: the Cred a bearer token names, else None (401)."""
         user = bearer_user(headers.get("Authorization"), self.tokens)
@@ -69,11 +82,11 @@ class Listeners:
 def quotas(cfg: Config, admins: tuple[str, ...]) -> Quotas:
     """The kernel's Quotas from the config. The admins named (the daemon's own user and root)
     are unlimited unless [users.NAME] says otherwise."""
-    default = UserLimits(cfg.quota_procs, cfg.quota_pages, cfg.quota_tokens_per_min)
+    default = UserLimits(cfg.quota_procs, cfg.quota_pages, cfg.quota_tokens_per_min, cfg.quota_data)
     users = {name: UserLimits() for name in admins}
     for name, over in cfg.users.items():
         base = users.get(name, default)
-        users[name] = UserLimits(**{k: over.get(k, getattr(base, k)) for k in ("procs", "pages", "tokens_per_min")})
+        users[name] = UserLimits(**{k: over.get(k, getattr(base, k)) for k in QUOTA_KEYS})
     return Quotas(default, users)
 
 

@@ -61,7 +61,9 @@ class Daemon:
             raise BootError(f"device {cfg.device}: {e}") from None
         kcfg = KernelConfig(page_size=cfg.page_size, kv_memory=cfg.kv_memory, kv_pages=cfg.kv_pages,
                             max_procs=cfg.max_procs, quantize=cfg.quantize, quotas=quotas(cfg, admin_names()),
-                            sched=SchedConfig(policy=cfg.policy, token_budget=cfg.token_budget))
+                            sched=SchedConfig(policy=cfg.policy, token_budget=cfg.token_budget),
+                            term_grace_s=cfg.term_grace, max_unit_tokens=cfg.max_unit_tokens,
+                            max_unit_s=cfg.max_unit_s, data_dirs=cfg.data_dirs)
         kernel = Kernel(driver, kcfg, ModelStore(cfg.store_path), tokens=self.tokens)
         d = driver.describe()
         self.log.info("device opened", extra={"fields": {"device": d.name, "kind": d.kind, "threads": d.threads}})
@@ -98,6 +100,9 @@ class Daemon:
         cfg, loop = self.cfg, asyncio.get_running_loop()
         path = cfg.socket_path
         _prepare_socket(cfg.state_dir, path)
+        for plain in configuration.insecure_listeners(cfg):
+            self.log.warning(f"{plain} is off loopback without TLS (--insecure): anyone on the network "
+                             "can read what crosses it, bearer tokens included")
         try:
             listeners = Listeners(cfg)
         except Exception as e:  # noqa: BLE001 - the token database or the private socket dir
@@ -167,7 +172,7 @@ class Daemon:
         gateway = HttpGateway(kt, mirror, authenticate=listeners.http_cred, max_body=self.cfg.max_message,
                               metrics=exporter.page if exporter is not None else None)
         try:
-            targets.append(await gateway.start(self.cfg.http))
+            targets.append(await gateway.start(self.cfg.http, listeners.http_tls()))
         except OSError as e:
             raise BootError(f"cannot serve HTTP on {self.cfg.http}: {e}") from None
         return gateway
@@ -183,9 +188,12 @@ class Daemon:
             raise BootError(f"cannot serve metrics on {self.cfg.metrics}: {e}") from None
 
     async def _drain(self, kt) -> None:
-        """Let running processes finish within the grace period, then end the rest."""
+        """Let running processes finish within the grace period, then end the rest. Task
+        processes get TERM at once, so a fine-tune checkpoints and an eval reports."""
         from llmos.kernel import ROOT, Signal
 
+        await kt.run(lambda k: [k.signal(ROOT, p.pid, Signal.TERM) for p in list(k.procs.values())
+                                if p.task is not None and not p.state.done])
         deadline = time.monotonic() + self.grace
         while time.monotonic() < deadline and not self.hurry.is_set():
             if not await asyncio.wrap_future(kt.submit(lambda k: k.has_work())):
@@ -198,7 +206,7 @@ class Daemon:
         def end_all(k) -> int:
             live = [p.pid for p in k.procs.values() if not p.state.done]
             for pid in live:
-                k.signal(ROOT, pid, Signal.TERM)
+                k.signal(ROOT, pid, Signal.KILL)  # their grace is over
             return len(live)
         ended = await asyncio.wrap_future(kt.submit(end_all))
         if ended:

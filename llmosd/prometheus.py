@@ -8,6 +8,8 @@ prometheus_client's HTTP server and, with --http too, at /metrics on the gateway
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, start_http_server
@@ -18,6 +20,7 @@ from llmos.kernel.stats import Stats, TokenMeter, take
 from llmos.kernel.thread import KernelThread
 
 SCRAPE_TIMEOUT_S = 10.0
+MIN_INTERVAL_S = 1.0  # the kernel thread takes a snapshot this often at most, however many scrape
 POOL_FIELDS = ("used", "free", "shared", "cached", "swapped")
 
 
@@ -78,16 +81,25 @@ def _device_families(s: Stats) -> list[Metric]:
 class MetricsExporter:
     """One daemon's metrics registry, its own HTTP port, and the page the gateway serves."""
 
-    def __init__(self, kt: KernelThread, meter: TokenMeter) -> None:
+    def __init__(self, kt: KernelThread, meter: TokenMeter, min_interval_s: float = MIN_INTERVAL_S) -> None:
         self.kt = kt
         self.meter = meter
+        self.min_interval_s = min_interval_s
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatsCollector(self.snapshot))
         self._server = None
+        self._lock = threading.Lock()
+        self._last: tuple[float, Stats] | None = None
 
     def snapshot(self) -> Stats:
-        """The figures now, taken on the kernel thread (blocks the calling thread)."""
-        return self.kt.call(lambda k: take(k, self.meter), timeout=SCRAPE_TIMEOUT_S)
+        """The figures, taken on the kernel thread (blocks the calling thread) at most once per
+        min_interval_s: scrapes in between get the last snapshot, so no scraper can make the
+        kernel thread do more than that."""
+        with self._lock:
+            now = time.monotonic()
+            if self._last is None or now - self._last[0] >= self.min_interval_s:
+                self._last = now, self.kt.call(lambda k: take(k, self.meter), timeout=SCRAPE_TIMEOUT_S)
+            return self._last[1]
 
     def render(self) -> tuple[bytes, str]:
         """The exposition page and its content type."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-QUOTA_KEYS = ("procs", "pages", "tokens_per_min")
+QUOTA_KEYS = ("procs", "pages", "tokens_per_min", "data_bytes")
 UNLIMITED = "unlimited"
 
 

@@ -2,6 +2,7 @@
 
     llmos run MODEL PROMPT [--max-tokens N] [--temperature T] [--json]
     llmos chat MODEL        llmos ps [--json]     llmos top       llmos kill PID [-s SIG]
+    llmos renice NICE PID
     llmos stop|cont|fork|wait|attach PID          llmos free|lsdev|models [--json]
     llmos load MODEL        llmos unload MODEL    llmos dmesg
     llmos eval MODEL DATA --metric ppl|bleu|rouge [--json]
@@ -76,9 +77,12 @@ def build_parser() -> Parser:
     p.add_argument("--iterations", "-i", "-n", type=int, default=0, help="frames to show (0 = until Ctrl-C)")
     p.add_argument("--once", action="store_true", help="one frame, then exit (as -n 1)")
 
-    p = sub.add_parser("kill", help="send a signal (default TERM)")
+    p = sub.add_parser("kill", help="send a signal (default TERM: end cleanly)")
     p.add_argument("pid", type=int)
     p.add_argument("-s", "--signal", default="TERM", help="TERM, KILL, STOP or CONT")
+    p = sub.add_parser("renice", help="set a process's nice value (only an admin may go below 0)")
+    p.add_argument("priority", type=int, help="-20 (first) .. 19")
+    p.add_argument("pid", type=int)
     for name, text in (("stop", "pause a process (SIGSTOP)"), ("cont", "resume a stopped process"),
                        ("wait", "wait for a process to end and print its output"),
                        ("attach", "stream a process's output (Ctrl-C detaches)"), ("fork", "fork a process")):

@@ -173,6 +173,13 @@ def signal(sig: str | None) -> Callable[[Shell, argparse.Namespace], int]:
     return send
 
 
+def renice(sh: Shell, a: argparse.Namespace) -> int:
+    p = sh.c.renice(a.pid, a.priority)
+    if sh.tty:
+        sh.say(f"pid {p.pid}: nice {p.priority}")
+    return 0
+
+
 def fork(sh: Shell, a: argparse.Namespace) -> int:
     sh.out.write(f"{sh.c.fork(a.pid, a.text, max_tokens=a.max_tokens)}\n")
     return 0
@@ -243,7 +250,7 @@ def shutdown(sh: Shell, a: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[Shell, argparse.Namespace], int]] = {
     "run": run, "chat": chat, "ps": ps, "top": top.run, "kill": signal(None), "stop": signal("STOP"),
-    "cont": signal("CONT"), "fork": fork, "wait": wait, "attach": attach, "free": free, "lsdev": lsdev,
+    "cont": signal("CONT"), "renice": renice, "fork": fork, "wait": wait, "attach": attach, "free": free, "lsdev": lsdev,
     "models": models, "load": load, "unload": unload, "dmesg": dmesg, "shutdown": shutdown, **users.COMMANDS,
     **evaluate.COMMANDS,
     **train.COMMANDS,

@@ -20,7 +20,9 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type) -> None:
     """The eval command's subparser, under the shell's."""
     p = sub.add_parser("eval", help="evaluate a model: perplexity on text, or BLEU/ROUGE against references")
     p.add_argument("model")
-    p.add_argument("data", help="a text file (ppl) or a JSONL file of prompt/reference items; read by llmosd")
+    p.add_argument("data", help="a text file (ppl) or a JSONL file of prompt/reference items; sent to llmosd")
+    p.add_argument("--daemon-path", action="store_true",
+                   help="DATA is a file on the daemon's disk, inside its data_dirs (admins only)")
     p.add_argument("--metric", "-m", required=True, choices=("ppl", "bleu", "rouge"))
     p.add_argument("--max-tokens", "-n", type=int, default=None, help="bleu/rouge: new tokens per item (256)")
     p.add_argument("--window", type=int, default=0, help="ppl: tokens per window (default min(512, context - 1))")
@@ -40,8 +42,9 @@ def table(results: dict[str, float]) -> Table:
 
 
 def evaluate(sh: "Shell", a: argparse.Namespace) -> int:
-    pid = sh.c.eval(a.model, a.data, a.metric, max_tokens=a.max_tokens, window=a.window, priority=a.nice,
-                    quantize=a.quantize)
+    path, server_path = ("", a.data) if a.daemon_path else (a.data, "")
+    pid = sh.c.eval(a.model, path, a.metric, server_path=server_path, max_tokens=a.max_tokens, window=a.window,
+                    priority=a.nice, quantize=a.quantize)
     try:
         for ch in sh.c.read(pid):  # progress lines, on stderr: stdout is for the results
             sh.err.write(ch.text)
@@ -54,7 +57,7 @@ def evaluate(sh: "Shell", a: argparse.Namespace) -> int:
     if a.json:
         sh.json({"pid": r.pid, "model": a.model, "data": a.data, "metric": a.metric, "state": r.state,
                  "reason": r.reason, "results": r.results})
-    elif r.state == "exited":
+    elif r.results:  # a terminated eval reports what it had
         sh.out.write(f"{a.metric} of {a.model} on {a.data} (pid {r.pid})\n")
         sh.console.print(table(r.results))
     if r.state != "exited":

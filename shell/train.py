@@ -16,7 +16,9 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type) -> None:
     """The train command's subparser, under the shell's."""
     p = sub.add_parser("train", help="fine-tune a loaded model with LoRA on a dataset (JSONL or text)")
     p.add_argument("model")
-    p.add_argument("data", nargs="?", default="", help="JSONL (messages or text) or plain text; read by llmosd")
+    p.add_argument("data", nargs="?", default="", help="JSONL (messages or text) or plain text; sent to llmosd")
+    p.add_argument("--daemon-path", action="store_true",
+                   help="DATA is a file on the daemon's disk, inside its data_dirs (admins only)")
     p.add_argument("--steps", type=int, default=0, help="optimizer steps (100)")
     p.add_argument("--lr", type=float, default=0.0, help="learning rate (5e-4)")
     p.add_argument("--rank", type=int, default=0, help="LoRA rank (8)")
@@ -33,9 +35,10 @@ def train(sh: "Shell", a: argparse.Namespace) -> int:
     if not a.data and not (a.resume and a.name):
         sh.say("llmos: train needs a DATA file (or --resume --name NAME)")
         return 2
-    pid, name = sh.c.train(a.model, a.data, steps=a.steps, lr=a.lr, rank=a.rank, batch=a.batch,
-                           micro_batch=a.micro_batch, checkpoint_every=a.checkpoint_every, resume=a.resume,
-                           name=a.name, priority=a.priority)
+    path, server_path = ("", a.data) if a.daemon_path else (a.data, "")
+    pid, name = sh.c.train(a.model, path, server_path=server_path, steps=a.steps, lr=a.lr, rank=a.rank,
+                           batch=a.batch, micro_batch=a.micro_batch, checkpoint_every=a.checkpoint_every,
+                           resume=a.resume, name=a.name, priority=a.priority)
     sh.say(f"pid {pid}: training {name}")
     if a.detach:
         sh.out.write(f"{pid}\n")

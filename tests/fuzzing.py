@@ -55,6 +55,8 @@ def _scalar(f: FieldDescriptor, overrides: dict, huge: bool) -> st.SearchStrateg
         return st.booleans()
     if f.type == F.TYPE_STRING:
         return texts(huge)
+    if f.type == F.TYPE_BYTES:
+        return st.one_of(st.binary(max_size=64), st.sampled_from([b"\xff\xfe" * 100, b"\n" * 1000]))
     raise TypeError(f"no strategy for field {f.full_name} of type {f.type}")
 
 

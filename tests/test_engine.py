@@ -50,7 +50,7 @@ def test_fork_child_continues_from_the_parent(make_kernel):
     at_fork = list(parent.tokens)
     child = k.fork(ROOT, parent.pid, max_tokens=8)
     assert child.usage.cached_tokens == parent.num_computed > 0
-    assert k.meminfo("tiny").shared >= 1
+    assert k.meminfo(ROOT, "tiny").shared >= 1
     k.run_until_idle()
     assert parent.out_tokens == ref.greedy(parent.tokens[:14], 16)
     assert child.out_tokens == ref.greedy(at_fork, 8)
@@ -89,14 +89,14 @@ def test_preemption_under_page_pressure_is_exact(make_kernel, mode):
     peak = 0
     while k.has_work():
         k.step()
-        peak = max(peak, k.meminfo("tiny").used)
+        peak = max(peak, k.meminfo(ROOT, "tiny").used)
     assert peak <= 12
     assert sum(p.usage.preemptions for p in procs) > 0
     if mode == "swap":
         assert sum(p.usage.swaps for p in procs) > 0
     for t, p in zip(batch, procs):
         assert p.out_tokens == ref.greedy(t, 14)
-    assert k.meminfo("tiny").used == 0 and k.meminfo("tiny").swapped == 0
+    assert k.meminfo(ROOT, "tiny").used == 0 and k.meminfo(ROOT, "tiny").swapped == 0
 
 
 def test_everything_at_once(make_kernel):

@@ -104,15 +104,17 @@ def callers() -> st.SearchStrategy[str]:
 def call(fz: Fuzz, rpc: str, body, caller: str = "admin", raw: bool = False):
     """Make one call; returns (status code, details, response or None)."""
     ch, md = fz.channel(caller)
-    stream = SERVICE.methods_by_name[rpc].server_streaming
+    method = SERVICE.methods_by_name[rpc]
+    stream = method.server_streaming
     ser = (lambda b: b) if raw else None
     path = f"/{SERVICE.full_name}/{rpc}"
-    out_cls = getattr(pb, SERVICE.methods_by_name[rpc].output_type.name)
-    make = ch.unary_stream if stream else ch.unary_unary
+    out_cls = getattr(pb, method.output_type.name)
+    make = ch.stream_unary if method.client_streaming else ch.unary_stream if stream else ch.unary_unary
     fn = make(path, request_serializer=ser or type(body).SerializeToString, response_deserializer=out_cls.FromString)
     timeout = 1.5 if rpc in BLOCKING else 30
     try:
-        r = fn(body, timeout=timeout, metadata=md)
+        # A client-streaming syscall (Eval, Train) gets the body twice: fields, then a data chunk.
+        r = fn(iter([body, body]) if method.client_streaming else body, timeout=timeout, metadata=md)
         return grpc.StatusCode.OK, "", (list(r) if stream else r)
     except grpc.RpcError as e:
         return e.code(), e.details() or "", None

@@ -215,14 +215,15 @@ def test_authentication_hook_quota_status_and_metrics_hook(make_kernel):
     owners: list[str] = []
     k.listeners.append(lambda events: owners.extend(k.procs[e.pid].owner for e in events
                                                     if isinstance(e, Spawned) and e.pid in k.procs))
-    alice = Cred("alice")
+    alice, ops = Cred("alice"), Cred("ops", admin=True)
+    creds = {"Bearer s3cret": alice, "Bearer 0ps": ops}
 
     async def main():
         kt = KernelThread(k).start()
         mirror = ProcMirror(kt, asyncio.get_running_loop())
         k.listeners.append(mirror.listener)
         gw = HttpGateway(kt, mirror, metrics=lambda: (b"llmos_up 1\n", "text/plain; version=0.0.4"),
-                         authenticate=lambda h: alice if h.get("Authorization") == "Bearer s3cret" else None)
+                         authenticate=lambda h: creds.get(h.get("Authorization")))
         url = await gw.start("127.0.0.1:0")
         try:
             async with openai.AsyncOpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0) as bad:
@@ -235,13 +236,19 @@ def test_authentication_hook_quota_status_and_metrics_hook(make_kernel):
                 with pytest.raises(openai.RateLimitError) as e:
                     await ac.completions.create(model="tiny", prompt="Hello", max_tokens=64)
                 assert e.value.response.headers["Retry-After"] == "1" and "KV pages" in e.value.body["message"]
-            async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as m:
-                assert m.status == 200 and await m.text() == "llmos_up 1\n"
+            async with aiohttp.ClientSession() as s:  # the daemon's page: admin tokens only
+                for header, status in ((None, 401), ("Bearer s3cret", 403), ("Bearer 0ps", 200)):
+                    async with s.get(url + "/metrics", headers={"Authorization": header} if header else {}) as m:
+                        assert m.status == status
+                        if status == 200:
+                            assert await m.text() == "llmos_up 1\n"
+                        else:
+                            assert (await m.json())["error"]["type"] in ("authentication_error", "permission_error")
         finally:
             await gw.stop()
             kt.stop()
     asyncio.run(main())
-    assert owners and set(owners) == {"alice"} and not k.procs
+    assert owners and set(owners) == {"alice"} and not k.procs  # ops only read the metrics
 
 
 def test_requests_need_a_live_token(gw, c):

@@ -100,3 +100,15 @@ def test_both_clients_have_every_syscall():
         assert public <= {n for n in dir(cls) if not n.startswith("_")}
         own = {n for n, f in vars(cls).items() if inspect.isfunction(f) and not n.startswith("_")}
         assert own <= {"close"}, f"{cls.__name__} defines syscalls of its own: {own}"
+
+
+def test_the_python_floor_is_what_the_code_needs():
+    """pyproject's requires-python is the oldest Python every module parses under (tomllib: 3.11)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    floor = tomllib.loads((root / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert floor == ">=3.11"
+    for name, path in modules().items():
+        ast.parse(path.read_text(), feature_version=(3, 11))
+    assert "3.11+" in (root / "README.md").read_text()

@@ -5,6 +5,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -15,6 +17,7 @@ from daemon import start_daemon
 from llmos.kernel.proc import StopRules
 from llmos.kernel.stats import TokenMeter, queue_depth, take
 from llmos.kernel import ROOT, SpawnSpec
+from llmos.prometheus import MIN_INTERVAL_S, MetricsExporter
 
 MODEL = "tiny-llama"
 LLMOS = [sys.executable, "-m", "llmos.shell.cli"]
@@ -73,6 +76,8 @@ def md(tmp_path_factory, tiny_model_dir):
                      "--metrics", "127.0.0.1:0", "--http", "127.0.0.1:0")
     d.http = re.search(r"http://[^\s,]+", d.ready).group(0)
     d.metrics = re.search(r"metrics at (http://\S+)", d.ready).group(1)
+    with d.client() as c:
+        d.admin_token = c.create_token("scraper", user="ops", admin=True)[1]  # the gateway's page needs one
     yield d
     d.stop_cleanly()
 
@@ -93,8 +98,9 @@ def settled(md):
         yield c.ps(), c.meminfo(), c.stats()
 
 
-def scrape(url: str) -> tuple[dict, str]:
-    with urllib.request.urlopen(url, timeout=30) as r:
+def scrape(url: str, token: str | None = None) -> tuple[dict, str]:
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=30) as r:
         text, content_type = r.read().decode(), r.headers["Content-Type"]
     samples = {}
     for family in text_string_to_metric_families(text):
@@ -134,12 +140,13 @@ def test_the_rate_is_the_daemons(md, settled):
         r = c.wait(c.spawn(MODEL, "Count with me", max_tokens=20, ignore_eos=True), reap=True)
         s = c.stats()
     assert r.proc.usage.generated_tokens == 20 and s.tokens_per_s > 0 and s.rate_window_s == 10
+    time.sleep(MIN_INTERVAL_S + 0.1)  # scrapes within a second of the last share its snapshot
     m, _ = scrape(md.metrics)
     assert m["llmos_generated_tokens_total", ()] == s.generated_tokens  # the reaped process still counts
 
 
 def test_the_gateway_serves_the_same_page(md, settled):
-    gateway, _ = scrape(md.http + "/metrics")
+    gateway, _ = scrape(md.http + "/metrics", md.admin_token)
     own, _ = scrape(md.metrics)
     steady = [k for k in own if k[0].startswith(("llmos_generated", "llmos_processes", "llmos_kv_pages"))]
     assert steady and all(gateway[k] == own[k] for k in steady)
@@ -161,3 +168,29 @@ def test_top_shows_the_same_figures(md, settled, frames):
     (pool,) = pools
     assert f"{MODEL}: {pool.used}/{pool.total} pages used, {pool.free} free" in out
     assert "cpu:0" in out and "PID" in out and out.count("llmos top") == 1
+
+
+def test_scrapes_cannot_make_the_kernel_thread_snapshot_more_than_once_a_second(make_kernel):
+    """However many scrape, at once or in a loop, the kernel thread takes one snapshot per interval."""
+    from llmos.kernel.thread import KernelThread
+
+    k, _ = make_kernel()
+    kt = KernelThread(k).start()
+    calls = []
+    original = kt.call
+    kt.call = lambda fn, timeout=None: calls.append(1) or original(fn, timeout)
+    try:
+        exporter = MetricsExporter(kt, TokenMeter(), min_interval_s=0.5)
+        threads = [threading.Thread(target=lambda: [exporter.render() for _ in range(20)]) for _ in range(4)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        spent = time.monotonic() - t0
+        assert 1 <= len(calls) <= 1 + spent / 0.5
+        time.sleep(0.6)
+        exporter.render()
+        assert len(calls) >= 2  # a later scrape gets fresh figures
+    finally:
+        kt.stop()

@@ -193,7 +193,8 @@ def test_a_finished_fine_tune_is_served_as_a_lora_model_and_survives_a_restart(m
     k.store = ModelStore(tmp_path / "store")
     data = tmp_path / "mydata.jsonl"
     data.write_text(json.dumps({"text": "The quick brown fox jumps over the lazy dog. " * 4}))
-    t = train.start(k, ROOT, "tiny", train.TrainSpec(str(data), steps=4, lr=2e-2, rank=4, batch=1, checkpoint_every=0))
+    t = train.start(k, ROOT, "tiny", train.TrainSpec(data.name, steps=4, lr=2e-2, rank=4, batch=1, checkpoint_every=0),
+                    data.read_bytes())
     k.run_until_idle()
     assert "registered model tiny+mydata; loaded" in t.reason, t.stdout
     m = k.model("tiny+mydata")

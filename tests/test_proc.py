@@ -29,7 +29,7 @@ def test_eos_ends_the_process(make_kernel):
     k.run_until_idle()
     assert p.out_tokens == expect[:expect.index(eos) + 1]
     assert (p.state, p.reason) == (State.EXITED, "eos")
-    assert k.meminfo("tiny").used == 0
+    assert k.meminfo(ROOT, "tiny").used == 0
 
 
 def test_stop_string_cuts_the_output(make_kernel, tokenizer):
@@ -48,7 +48,7 @@ def test_interactive_turns_keep_their_pages(make_kernel, tokenizer):
                 stop=StopRules(max_tokens=6, ignore_eos=True)))
     k.run_until_idle()
     assert p.state == State.BLOCKED and p.reason == "length"
-    held = k.meminfo("tiny").used
+    held = k.meminfo(ROOT, "tiny").used
     assert held > 0
     before = list(p.tokens)
     k.write(ROOT, p.pid, "Tell me more")
@@ -58,7 +58,7 @@ def test_interactive_turns_keep_their_pages(make_kernel, tokenizer):
     assert p.out_tokens[6:] == ref.greedy(p.tokens[:len(p.tokens) - 6], 6)
     assert p.usage.generated_tokens == 12 and p.state == State.BLOCKED
     k.signal(ROOT, p.pid, "TERM")
-    assert p.state == State.KILLED and k.meminfo("tiny").used == 0
+    assert p.state == State.KILLED and k.meminfo(ROOT, "tiny").used == 0
 
 
 def test_write_needs_an_interactive_blocked_process(make_kernel):
@@ -93,7 +93,7 @@ def test_kill_frees_pages_and_leaves_others_alone(make_kernel):
     k.signal(ROOT, a.pid, "KILL")
     assert (a.state, a.reason) == (State.KILLED, "signal KILL")
     k.run_until_idle()
-    assert b.out_tokens == ref.greedy([8, 9], 8) and k.meminfo("tiny").used == 0
+    assert b.out_tokens == ref.greedy([8, 9], 8) and k.meminfo(ROOT, "tiny").used == 0
 
 
 def test_wall_time_limit(make_kernel):
@@ -129,7 +129,7 @@ def test_seeded_sampling_is_reproducible_whatever_the_batch(make_kernel):
 @pytest.mark.parametrize("kwargs, error, words", [
     (dict(model="nope", tokens=[1]), NotFound, "not loaded"),
     (dict(tokens=list(range(3, 300)) * 2), InvalidArgument, "context window"),
-    (dict(tokens=[5], stop=StopRules(max_tokens=0)), InvalidArgument, "max_tokens must be at least 1"),
+    (dict(tokens=[5], stop=StopRules(max_tokens=0)), InvalidArgument, "max_tokens must be in \\[1, 131072\\], got 0"),
     (dict(tokens=[5], stop=StopRules(max_tokens=-3)), InvalidArgument, "max_tokens"),
     (dict(tokens=[5], stop=StopRules(max_tokens=400)), ResourceExhausted, "pool holds only 64 pages"),
     (dict(tokens=list(range(3, 40)), limits=Limits(max_pages=2)), ResourceExhausted, "max_pages is 2"),
@@ -186,7 +186,7 @@ def test_a_failing_step_ends_only_its_batch(make_kernel):
     k.driver.step = lambda *args: (_ for _ in ()).throw(RuntimeError("device lost"))
     k.step()
     assert (a.state, a.reason) == (State.KILLED, "driver error: RuntimeError: device lost")
-    assert k.meminfo("tiny").used == 0
+    assert k.meminfo(ROOT, "tiny").used == 0
     k.driver.step = real_step
     b = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True)))
     k.run_until_idle()
@@ -199,3 +199,58 @@ def test_only_the_newest_finished_processes_are_kept(make_kernel):
     procs = [k.spawn(ROOT, SpawnSpec("tiny", tokens=[5 + i], stop=StopRules(max_tokens=1))) for i in range(5)]
     k.run_until_idle()
     assert sorted(k.procs) == [p.pid for p in procs[2:]]
+
+
+# --- TERM ends a process cleanly; KILL ends it now ------------------------------------------------
+def test_term_stops_a_generation_at_its_next_token(make_kernel):
+    k, ref = make_kernel()
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=50, ignore_eos=True)))
+    k.step(), k.step()
+    made = len(p.out_tokens)
+    k.signal(ROOT, p.pid, "TERM")
+    assert not p.state.done and p.term_at is not None  # not yet: it ends at its next token
+    k.step()
+    assert (p.state, p.reason) == (State.KILLED, "terminated") and len(p.out_tokens) == made + 1
+    assert p.out_tokens == ref.greedy([5, 6, 7], made + 1) and k.meminfo(ROOT, "tiny").used == 0
+    q = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=50, ignore_eos=True)))
+    k.step()
+    k.signal(ROOT, q.pid, "KILL")
+    assert (q.state, q.reason) == (State.KILLED, "signal KILL")  # KILL does not wait
+
+
+def test_term_ends_at_once_what_has_nothing_to_finish(make_kernel):
+    k, _ = make_kernel()
+    chat = k.spawn(ROOT, SpawnSpec("tiny", messages=[{"role": "user", "content": "Hi"}], interactive=True,
+                                  stop=StopRules(max_tokens=3, ignore_eos=True)))
+    k.run_until_idle()
+    assert chat.state == State.BLOCKED
+    k.signal(ROOT, chat.pid, "TERM")  # waiting for input
+    assert (chat.state, chat.reason) == (State.KILLED, "terminated")
+    waiting = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6], stop=StopRules(max_tokens=9)))
+    k.signal(ROOT, waiting.pid, "STOP")
+    k.signal(ROOT, waiting.pid, "TERM")  # stopped
+    assert (waiting.state, waiting.reason) == (State.KILLED, "terminated")
+    fresh = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6], stop=StopRules(max_tokens=9)))
+    k.signal(ROOT, fresh.pid, "TERM")  # not started
+    assert fresh.state == State.KILLED
+
+
+def test_an_interactive_turn_in_progress_ends_at_its_next_token(make_kernel):
+    k, _ = make_kernel()
+    chat = k.spawn(ROOT, SpawnSpec("tiny", messages=[{"role": "user", "content": "Hi"}], interactive=True,
+                                  stop=StopRules(max_tokens=30, ignore_eos=True)))
+    k.step(), k.step()
+    k.signal(ROOT, chat.pid, "TERM")
+    k.step()
+    assert (chat.state, chat.reason) == (State.KILLED, "terminated")  # it does not block for another turn
+
+
+def test_what_does_not_end_within_the_grace_period_is_killed(make_kernel):
+    k, _ = make_kernel(budget=4)  # a long prompt takes many steps before its first token
+    k.config.term_grace_s = 0.05
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=list(range(5, 200)), stop=StopRules(max_tokens=5)))
+    k.step()
+    k.signal(ROOT, p.pid, "TERM")
+    time.sleep(0.06)
+    k.step()
+    assert p.state == State.KILLED and p.reason == "signal TERM, then KILL: it did not end within 0.05 s"

@@ -98,6 +98,28 @@ def test_quotas_from_the_config():
     cfg = Config(quota_procs=4, quota_tokens_per_min=100, users={"carol": {"procs": 1}, "root": {"pages": 9},
                                                                  "dave": {"tokens_per_min": None}})
     q = quotas(cfg, ("root",))
-    assert q.limits("alice") == UserLimits(4, None, 100)
-    assert q.limits("carol") == UserLimits(1, None, 100) and q.limits("dave") == UserLimits(4, None, None)
-    assert q.limits("root") == UserLimits(None, 9, None)  # an admin: unlimited but for what is named
+    data = 256 << 20  # the default data quota
+    assert q.limits("alice") == UserLimits(4, None, 100, data)
+    assert q.limits("carol") == UserLimits(1, None, 100, data) and q.limits("dave") == UserLimits(4, None, None, data)
+    assert q.limits("root") == UserLimits(None, 9, None, None)  # an admin: unlimited but for what is named
+
+
+def test_task_work_is_charged_to_its_owner_and_held_back_at_the_limit(make_kernel, tokenizer):
+    from llmos.kernel import Cred
+    from llmos.kernel.text import TextCodec
+    from llmos.kernel.workloads import evaluate
+
+    k = quota_kernel(make_kernel, tokens_per_min=100)
+    text = b"The quick brown fox jumps over the lazy dog. " * 40
+    task = evaluate.prepare(evaluate.EvalSpec("tiny", "t.txt", "ppl", window=40), text, TextCodec(tokenizer, set()))
+    p = evaluate.spawn_eval(k, Cred("alice"), task)
+    k.step()
+    assert k.quota.tokens_used("alice", time.monotonic()) == 41  # one window of 40, plus the token it predicts from
+    k.step(), k.step()
+    assert task.windows == 3 and k.quota.throttled("alice", time.monotonic())  # 82 when picked, 123 after
+    assert p.state.value == "ready"
+    for _ in range(5):
+        k.step()
+    assert task.windows == 3  # held back while its owner is at the limit: it waits, it is not killed
+    with pytest.raises(ResourceExhausted, match="user alice is at their limit of 100 tokens per minute"):
+        k.spawn(Cred("alice"), SpawnSpec("tiny", prompt="Hi"))

@@ -1,5 +1,6 @@
 """Training processes: the task hook, LoRA fine-tuning, checkpoints and resume, sharing the device."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -29,7 +30,9 @@ def kernel(make_kernel, tmp_path):
 
 
 def spec(data, **over):
-    return train.TrainSpec(data, **{"steps": 12, "lr": 1e-2, "rank": 4, "batch": 2, "micro_batch": 2, "checkpoint_every": 2, **over})
+    """A TrainSpec for the file at `data` and its bytes: train.start's (spec, data), as the Train syscall hands them over."""
+    opts = {"steps": 12, "lr": 1e-2, "rank": 4, "batch": 2, "micro_batch": 2, "checkpoint_every": 2, **over}
+    return train.TrainSpec(Path(data).name, **opts), Path(data).read_bytes()
 
 
 # --- the task hook, no model ------------------------------------------------------------------------
@@ -90,7 +93,7 @@ def test_streams_keep_the_time_their_share_leaves_them(nice, unit_s):
 # --- fine-tuning ------------------------------------------------------------------------------------
 def test_loss_falls_and_greedy_output_moves_towards_the_target(kernel, data):
     k, _ = kernel
-    p = train.start(k, ROOT, "tiny", spec(data, steps=25))
+    p = train.start(k, ROOT, "tiny", *spec(data, steps=25))
     k.run_until_idle()
     assert p.state == State.EXITED and "registered model tiny+mydata" in p.reason, p.stdout
     losses = p.task.losses
@@ -119,7 +122,7 @@ def test_inference_keeps_streaming_and_base_output_is_unchanged(kernel, data):
     k, ref = kernel
     prompt = [5, 6, 7, 8, 9]
     want = ref.greedy(prompt, 120)  # long enough for the fine-tune's share of the device to finish steps
-    t = train.start(k, ROOT, "tiny", spec(data, steps=200, micro_batch=1))
+    t = train.start(k, ROOT, "tiny", *spec(data, steps=200, micro_batch=1))
     q = k.spawn(ROOT, SpawnSpec("tiny", tokens=prompt, stop=train_stop(120)))
     while not q.state.done:
         before = len(q.out_tokens)
@@ -136,7 +139,7 @@ def test_inference_keeps_streaming_and_base_output_is_unchanged(kernel, data):
 
 def test_stop_and_cont_pause_training(kernel, data):
     k, _ = kernel
-    p = train.start(k, ROOT, "tiny", spec(data))
+    p = train.start(k, ROOT, "tiny", *spec(data))
     for _ in range(5):
         k.step()
     k.signal(ROOT, p.pid, "STOP")
@@ -155,13 +158,13 @@ def test_resume_after_kill_continues_the_same_loss_trajectory(make_kernel, data,
     for label in ("straight", "killed"):
         k, _ = make_kernel(pages=128)
         k.store = ModelStore(tmp_path / label)
-        p = train.start(k, ROOT, "tiny", spec(data, steps=8, checkpoint_every=3))
+        p = train.start(k, ROOT, "tiny", *spec(data, steps=8, checkpoint_every=3))
         if label == "killed":
             while p.task.step < 4:
                 k.step()
             k.signal(ROOT, p.pid, "KILL")
             assert "the last checkpoint is step 3" in p.stdout
-            p = train.start(k, ROOT, "tiny", train.TrainSpec(data), resume=True)
+            p = train.start(k, ROOT, "tiny", train.TrainSpec(Path(data).name), resume=True)  # the kept copy of the data
             assert p.task.step == 3 and p.task.spec.steps == 8
         k.run_until_idle()
         assert p.state == State.EXITED, p.stdout
@@ -175,11 +178,11 @@ def test_bad_requests_are_refused_before_anything_runs(kernel, data, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
     with pytest.raises(DatasetError, match="line 2: no 'messages' or 'text' field"):
-        train.start(k, ROOT, "tiny", spec(str(bad)))
+        train.start(k, ROOT, "tiny", *spec(str(bad)))
     with pytest.raises(InvalidArgument, match="rank must be in"):
-        train.start(k, ROOT, "tiny", spec(data, rank=0))
+        train.start(k, ROOT, "tiny", *spec(data, rank=0))
     with pytest.raises(FailedPrecondition, match="no checkpoint of tiny\\+mydata"):
-        train.start(k, ROOT, "tiny", spec(data), resume=True)
+        train.start(k, ROOT, "tiny", *spec(data), resume=True)
     assert not k.procs
 
 
@@ -227,6 +230,22 @@ def test_llmos_train_through_the_daemon_survives_a_crash(tiny_model_dir, data, t
         assert llmos(d, "run", "tiny-llama+mydata", "Hello world", "-n", "4").returncode == 0
         assert llmos(d, "unload", "tiny-llama+mydata").returncode == 0
         bad = llmos(d, "train", "tiny-llama", str(tmp_path / "missing.jsonl"))
-        assert bad.returncode != 0 and "no such file" in bad.stderr and "Traceback" not in bad.stderr
+        assert bad.returncode != 0 and "cannot read" in bad.stderr and "No such file" in bad.stderr
+        assert "Traceback" not in bad.stderr
     finally:
         assert d.stop() == 0
+
+
+def test_term_checkpoints_a_fine_tune_and_resume_goes_on_from_there(kernel, data):
+    k, _ = kernel
+    p = train.start(k, ROOT, "tiny", *spec(data, steps=50, checkpoint_every=0))
+    while p.task.step < 3:
+        k.step()
+    step = p.task.step
+    k.signal(ROOT, p.pid, "TERM")
+    k.step()
+    assert p.state == State.KILLED and p.reason == f"terminated: checkpoint at step {step}/50: continue with --resume"
+    r = train.start(k, ROOT, "tiny", train.TrainSpec(Path(data).name), resume=True)
+    assert r.task.step == step
+    k.signal(ROOT, r.pid, "KILL")  # KILL keeps no checkpoint of its own
+    assert r.state == State.KILLED and r.reason == "signal KILL"

@@ -58,7 +58,8 @@ def prepare(kernel: "Kernel", stored: StoredAdapter, name: str, dtype: str,
         if isinstance(e, ValueError):
             raise InvalidArgument(f"cannot load the LoRA adapter {name!r} from {stored.path}: {e}") from None
         raise
-    return loading.Prepared(name, info, None, None, str(stored.path), time.monotonic() - t0, base=stored.base, needs=needs)
+    return loading.Prepared(name, info, None, None, str(stored.path), time.monotonic() - t0, base=stored.base,
+                            needs=needs, owner=stored.owner)
 
 
 def install(kernel: "Kernel", prep: "Prepared") -> "LoadedModel":
@@ -67,8 +68,9 @@ def install(kernel: "Kernel", prep: "Prepared") -> "LoadedModel":
     if prep.needs is not None:
         loading.install_model(kernel, prep.needs)
     base = kernel.model(prep.base)
-    m = loading.LoadedModel(name=prep.name, info=prep.info, codec=base.codec, memory=base.memory, scheduler=base.scheduler,
-                    source=prep.source, base=base.name, kv_salt=int.from_bytes(os.urandom(8), "little") | 1)
+    m = loading.LoadedModel(name=prep.name, info=prep.info, codec=base.codec, memory=base.memory,
+                            scheduler=base.scheduler, source=prep.source, base=base.name,
+                            kv_salt=int.from_bytes(os.urandom(8), "little") | 1, owner=prep.owner)
     kernel.log(f"loaded LoRA model {m.name} over {base.name} from {prep.source} in {prep.seconds:.1f}s "
                f"(rank {m.info.lora_rank}, {m.info.num_parameters / 1e6:.2f}M parameters); its processes share "
                f"{base.name}'s KV pool and batches")

@@ -21,6 +21,7 @@ from llmos.kernel.models import adapters
 from llmos.kernel.models.store import ModelNotFound, ModelUnavailable
 from llmos.kernel.sched import Scheduler
 from llmos.kernel.text import TextCodec
+from llmos.syscalls.abi.names import BadName, check_name
 from llmos.syscalls.abi.spec import variant_name
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ class LoadedModel:
     kv_bytes: int = 0
     base: str = ""    # a LoRA model: the model whose KV pool and batches its processes share
     kv_salt: int = 0  # a LoRA model: its processes' prefix-cache namespace (their KV differs)
+    owner: str = ""   # who may see and remove it ("": an admin's, served to everyone)
 
     @property
     def pool(self) -> str:
@@ -66,14 +68,18 @@ class Prepared:
     seconds: float
     base: str = ""                    # a LoRA model over this loaded model (kernel/models/adapters.py)
     needs: "Prepared | None" = None   # its base, prepared in the same load, to install first
+    owner: str = ""
 
 
 def default_name(ref: str, quantize: str = "none") -> str:
-    """A model's name when none is given: a path's last component, else the reference itself;
-    a quantized copy is a separate model named with its mode, e.g. `smollm2-135m:int8`."""
+    """A model's name when none is given: a path's last component, a hub id's name (after the
+    org/), else the reference itself; a quantized copy is a separate model named with its mode,
+    e.g. `smollm2-135m:int8`."""
     path = Path(ref).expanduser()
     if ref.startswith((".", "/", "~")) or path.exists():
         ref = path.stem if path.suffix == ".gguf" else path.name
+    elif ref.count("/") == 1:
+        ref = ref.partition("/")[2]
     return variant_name(ref, quantize)
 
 
@@ -94,15 +100,18 @@ def prepare_model(k: "Kernel", ref: str, name: str | None = None, dtype: str = "
     try:
         stored = k.store.adapter(ref)
         if stored is not None:  # a LoRA model, served over its base
-            name = name or default_name(ref)
+            name = check_name("model name", name or default_name(ref))
             return adapters.prepare(k, stored, name, dtype, quantize)
         quantize = check_quantize(k.config.quantize if quantize is None else quantize)
         name = name or default_name(ref, quantize)
+        check_name("model name", name)
         if name in k.models:
             return k.models[name]
         return prepare(k, ref, name, dtype, quantize)
     except KernelError:
         raise
+    except BadName as e:
+        raise InvalidArgument(f"{e}; name the model with --name", "name") from None
     except Exception as e:  # noqa: BLE001 - unreadable: a corrupt config, weights or tokenizer, a bad path
         if name and name not in k.models:
             k.driver.unload(name)  # the weights it read before failing
@@ -120,6 +129,7 @@ def install_model(k: "Kernel", prep: "Prepared | LoadedModel") -> LoadedModel:
 
 
 def unload_model(k: "Kernel", name: str) -> None:
+    """Unload a model no live process runs on (and no LoRA model runs over)."""
     k.model(name)  # NotFound names what is loaded
     live = k.live(name)
     if live:
@@ -130,9 +140,10 @@ def unload_model(k: "Kernel", name: str) -> None:
     k.log(f"unloaded model {name}")
 
 
-def not_loaded(k: "Kernel", name: str) -> NotFound:
-    """NotFound naming what is loaded, with a hint for an unloaded quantized copy."""
-    loaded = ", ".join(sorted(k.models)) or "none"
+def not_loaded(k: "Kernel", name: str, sees=lambda owner: True) -> NotFound:
+    """NotFound naming what is loaded (what `sees` lets the caller see), with a hint for an
+    unloaded quantized copy."""
+    loaded = ", ".join(sorted(n for n, m in k.models.items() if sees(m.owner))) or "none"
     base, _, mode = name.rpartition(":")
     hint = f"; load it with `llmos load {base} --quantize {mode}`" if base and mode in QUANT_MODES else ""
     return NotFound(f"model {name!r} is not loaded (loaded: {loaded}){hint}")

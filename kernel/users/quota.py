@@ -33,7 +33,8 @@ class UserLimits:
 
     procs: int | None = None           # live processes
     pages: int | None = None           # KV pages reserved, all models together
-    tokens_per_min: int | None = None  # tokens computed (prompt and generated) in the last minute
+    tokens_per_min: int | None = None  # tokens computed (prompt and generated, and task work) in the last minute
+    data_bytes: int | None = None      # bytes of data (training, evaluation) the user's live tasks hold
 
 
 UNLIMITED = UserLimits()
@@ -61,6 +62,10 @@ def reserved_pages(k: "Kernel", p: Process, extra: int = 0) -> int:
         start = len(p.tokens) + extra if extra else len(p.tokens) - p.turn_tokens
         tokens = start + p.stop.max_tokens
     return -(-min(tokens, m.info.max_context) // m.memory.page_size)
+
+
+def data_held(procs: Iterable[Process]) -> int:
+    return sum(getattr(p.task, "data_bytes", 0) for p in procs if p.task is not None)
 
 
 class QuotaKeeper:
@@ -132,7 +137,22 @@ class QuotaKeeper:
         """What user uses now of each limited quantity."""
         live = [q for q in k.procs.values() if q.owner == user and not q.state.done]
         return UserLimits(procs=len(live), pages=sum(reserved_pages(k, q) for q in live),
-                          tokens_per_min=self.tokens_used(user, now))
+                          tokens_per_min=self.tokens_used(user, now), data_bytes=data_held(live))
+
+    def data_allowance(self, k: "Kernel", user: str) -> int | None:
+        """Bytes of data user may still send (None: no limit)."""
+        limit = self.quotas.limits(user).data_bytes
+        if limit is None:
+            return None
+        return max(0, limit - data_held(q for q in k.procs.values() if q.owner == user and not q.state.done))
+
+    def check_data(self, k: "Kernel", user: str, nbytes: int) -> None:
+        """A new task holding nbytes of data, for user: within their data quota."""
+        left = self.data_allowance(k, user)
+        if left is not None and nbytes > left:
+            limit = self.quotas.limits(user).data_bytes
+            raise ResourceExhausted(f"user {user} is at their limit of {limit} bytes of task data: their live tasks "
+                                    f"hold {limit - left} and this one needs {nbytes}")
 
     @staticmethod
     def _live(k: "Kernel", p: Process) -> list[Process]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import re
 import secrets
 import sqlite3
 import threading
@@ -20,8 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from llmos.syscalls.abi.names import check_name
+
 PREFIX = "llmos"
-NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SCHEMA = """CREATE TABLE IF NOT EXISTS tokens (
     id TEXT PRIMARY KEY, name TEXT UNIQUE NOT NULL, user TEXT NOT NULL, admin INTEGER NOT NULL,
     salt BLOB NOT NULL, hash BLOB NOT NULL, created REAL NOT NULL)"""
@@ -38,13 +38,6 @@ class TokenInfo:
     created: float  # unix time
 
 
-def check_name(kind: str, value: str) -> str:
-    """A token or user name: letters, digits, '.', '_', '-', at most 64, not starting with punctuation."""
-    if not NAME.fullmatch(value):
-        raise ValueError(f"{kind} {value!r} is not a valid name: use 1 to 64 letters, digits, '.', '_' or '-'")
-    return value
-
-
 def _digest(salt: bytes, secret: str) -> bytes:
     return hashlib.sha256(salt + secret.encode()).digest()
 
@@ -56,6 +49,7 @@ class TokenStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        self.path.chmod(0o600)  # whatever the state dir's mode, or an older file's
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute(SCHEMA)

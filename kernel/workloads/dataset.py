@@ -6,9 +6,12 @@ Two file kinds:
   or at least holding one). Blank lines are allowed and skipped.
 - plain text (anything else): paragraphs separated by blank lines, each a `text` record.
 
-`read(path)` validates without a tokenizer (pure Python) and raises one `DatasetError`
-that lists every bad line with its number and reason; nothing is dropped silently. An
-empty or unreadable file is refused the same way. `encode(records, codec, max_len)` turns
+Data arrives as bytes with a name (the client's file name: its suffix picks the kind):
+clients send it in the request, and only an admin may have llmosd read a file of its own,
+inside the directories its configuration names (`read_server_file`). `parse(name, data)`
+validates without a tokenizer (pure Python) and raises one `DatasetError` that lists every
+bad line with its number and reason; nothing is dropped silently. An empty file is refused
+the same way. `encode(records, codec, max_len)` turns
 records into token `Example`s; `Order` gives the deterministic example order of every
 optimizer step, so a resumed run sees exactly the batches an uninterrupted one would.
 """
@@ -16,17 +19,19 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from llmos.kernel.errors import InvalidArgument
+from llmos.kernel.errors import InvalidArgument, PermissionDenied
 
 T = TypeVar("T")
 
 if TYPE_CHECKING:
     from llmos.kernel.text import TextCodec
+    from llmos.kernel.users.cred import Cred
 
 ROLES = ("system", "user", "assistant", "tool")
 MAX_SHOWN = 50  # bad lines spelled out in an error message; DatasetError.problems holds them all
@@ -63,35 +68,54 @@ class Example:
     line: int
 
 
-def read(path: str | Path) -> list[Record]:
-    """Read and validate a dataset file; raise DatasetError naming every bad line."""
-    p = Path(path).expanduser()
-    text = read_text(p)
-    if p.suffix.lower() in (".jsonl", ".json"):
+def parse(name: str, data: bytes) -> list[Record]:
+    """Validate a dataset; raise DatasetError naming every bad line."""
+    text = decode(name, data)
+    if is_jsonl(name):
         records, problems = parse_jsonl(text, _parse_line)
     else:
         records, problems = _parse_plain(text), []
     if problems:
-        raise DatasetError(str(path), problems)
+        raise DatasetError(name, problems)
     if not records:
-        raise DatasetError(str(path), ["the dataset is empty: no records to learn from"])
+        raise DatasetError(name, ["the dataset is empty: no records to learn from"])
     return records
 
 
-def read_text(p: Path) -> str:
-    try:
-        if not p.is_file():
-            raise DatasetError(str(p), ["no such file" if not p.exists() else "not a regular file"])
-        if p.stat().st_size > MAX_BYTES:
-            raise DatasetError(str(p), [f"the file is {p.stat().st_size} bytes, over the {MAX_BYTES}-byte limit"])
-        data = p.read_bytes()
-    except OSError as e:
-        raise DatasetError(str(p), [f"unreadable: {e.strerror or e}"]) from None
+def is_jsonl(name: str) -> bool:
+    return Path(name).suffix.lower() in (".jsonl", ".json")
+
+
+def decode(name: str, data: bytes) -> str:
+    if len(data) > MAX_BYTES:
+        raise DatasetError(name, [f"the data is {len(data)} bytes, over the {MAX_BYTES}-byte limit"])
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
-        raise DatasetError(str(p), [f"line {line}: not UTF-8 (byte {data[e.start]:#x} at offset {e.start})"]) from None
+        raise DatasetError(name, [f"line {line}: not UTF-8 (byte {data[e.start]:#x} at offset {e.start})"]) from None
+
+
+def read_server_file(cred: "Cred", path: str, dirs: Sequence[str | Path]) -> tuple[str, bytes]:
+    """(name, bytes) of a file on the daemon's own disk: only for an admin, and only inside
+    `dirs` (the configuration's data_dirs), symbolic links resolved first."""
+    cred.check("paths")
+    if not dirs:
+        raise PermissionDenied("this llmosd reads no data from its own disk (no data_dirs are configured); "
+                               "send the data in the request, as the shell and the SDK do")
+    p = Path(path).resolve()
+    roots = [Path(d).expanduser().resolve() for d in dirs]
+    if not any(p.is_relative_to(r) for r in roots):
+        raise PermissionDenied(f"{path} is outside the directories llmosd reads data from: "
+                               f"{', '.join(map(str, roots))}")
+    try:
+        if not p.is_file():
+            raise DatasetError(str(path), ["no such file" if not p.exists() else "not a regular file"])
+        if p.stat().st_size > MAX_BYTES:
+            raise DatasetError(str(path), [f"the file is {p.stat().st_size} bytes, over the {MAX_BYTES}-byte limit"])
+        return p.name, p.read_bytes()
+    except OSError as e:
+        raise DatasetError(str(path), [f"unreadable: {e.strerror or e}"]) from None
 
 
 def _parse_plain(text: str) -> list[Record]:
@@ -213,10 +237,14 @@ class Order:
         return self._perms[epoch][i]
 
 
-def stem(path: str | Path) -> str:
-    """The dataset's short name, used to name the adapter model (`base+stem`)."""
-    name = Path(path).name
+def stem(name: str | Path) -> str:
+    """The data's short name, to name the adapter model (`base+stem`): its file name without
+    the suffix, with what a model name may not hold (kernel names) made '-'."""
+    name = Path(name).name
     for suffix in (".jsonl", ".json", ".txt", ".md"):
         if name.lower().endswith(suffix):
-            return name[:-len(suffix)] or name
-    return Path(name).stem or name
+            name = name[:-len(suffix)] or name
+            break
+    else:
+        name = Path(name).stem or name
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", name).strip(".-").replace("..", ".") or "data"

@@ -15,7 +15,6 @@ refused before anything runs, and every bad JSONL line is named with its number 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from llmos.kernel.workloads import dataset
 from llmos.kernel.workloads.dataset import DatasetError
@@ -31,35 +30,30 @@ class Item:
     messages: tuple[dict, ...] | None = None
 
 
-def documents(path: str) -> list[str]:
+def documents(name: str, data: bytes) -> list[str]:
     """The texts perplexity is measured on."""
-    if not _is_jsonl(path):
-        text = dataset.read_text(Path(path).expanduser())
+    if not dataset.is_jsonl(name):
+        text = dataset.decode(name, data)
         if not text.strip():
-            raise DatasetError(path, ["the file is empty: no text to score"])
+            raise DatasetError(name, ["the file is empty: no text to score"])
         return [text]
-    records = dataset.read(path)
+    records = dataset.parse(name, data)
     bad = [f"line {r.line}: perplexity needs a 'text' field" for r in records if r.text is None]
     if bad:
-        raise DatasetError(path, bad)
+        raise DatasetError(name, bad)
     return [r.text for r in records if r.text is not None]
 
 
-def items(path: str) -> list[Item]:
+def items(name: str, data: bytes) -> list[Item]:
     """The prompt/reference items of a JSONL file; DatasetError names every bad line."""
-    if not _is_jsonl(path):
-        raise DatasetError(path, ["bleu and rouge need a JSONL file (.jsonl) of prompt/reference items"])
-    text = dataset.read_text(Path(path).expanduser())
-    out, problems = dataset.parse_jsonl(text, _item)
+    if not dataset.is_jsonl(name):
+        raise DatasetError(name, ["bleu and rouge need a JSONL file (.jsonl) of prompt/reference items"])
+    out, problems = dataset.parse_jsonl(dataset.decode(name, data), _item)
     if problems:
-        raise DatasetError(path, problems)
+        raise DatasetError(name, problems)
     if not out:
-        raise DatasetError(path, ["the file is empty: no items to evaluate"])
+        raise DatasetError(name, ["the file is empty: no items to evaluate"])
     return out
-
-
-def _is_jsonl(path: str) -> bool:
-    return Path(path).suffix.lower() in (".jsonl", ".json")
 
 
 def _item(i: int, line: str) -> Item:

@@ -21,10 +21,12 @@ from llmos.drivers.driver import score_windows
 from llmos.kernel.errors import InvalidArgument, KernelError, Overloaded, ResourceExhausted
 from llmos.kernel.proc import Signal, SpawnSpec, State, StopRules
 from llmos.kernel.workloads import evaldata, scores
+from llmos.syscalls.abi.spec import MAX_NEW_TOKENS
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
     from llmos.kernel.proc import Process
+    from llmos.kernel.text import TextCodec
     from llmos.kernel.users.cred import Cred
 
 METRICS = ("ppl", "bleu", "rouge")
@@ -35,10 +37,10 @@ PROGRESS_LINES = 50  # bleu/rouge: about this many progress lines per eval
 
 @dataclass
 class EvalSpec:
-    """What to evaluate: a model, a data file on the daemon's host, a metric and its options."""
+    """What to evaluate: a model, the data's name (its suffix picks the kind), a metric and its options."""
 
     model: str
-    path: str
+    data_name: str
     metric: str
     max_tokens: int = 256  # bleu/rouge: new tokens per item
     window: int = 0        # ppl: tokens per window; 0 = min(DEFAULT_WINDOW, the model's context - 1)
@@ -48,32 +50,36 @@ def check(spec: EvalSpec) -> None:
     """Refuse a bad spec before anything is read."""
     if spec.metric not in METRICS:
         raise InvalidArgument(f"unknown metric {spec.metric!r}; choose one of {', '.join(METRICS)}")
-    if spec.max_tokens < 1:
-        raise InvalidArgument(f"max_tokens must be at least 1, got {spec.max_tokens}")
+    if not 1 <= spec.max_tokens <= MAX_NEW_TOKENS:
+        raise InvalidArgument(f"max_tokens must be in [1, {MAX_NEW_TOKENS}], got {spec.max_tokens}")
     if spec.window < 0:
         raise InvalidArgument(f"window must be 0 (the default) or positive, got {spec.window}")
-    if not spec.path:
-        raise InvalidArgument("give the path of a data file to evaluate on")
+    if not spec.data_name:
+        raise InvalidArgument("give the data to evaluate on")
 
 
-def prepare(spec: EvalSpec) -> "PerplexityTask | GenerationTask":
-    """Read and validate the data and import the metric's library: slow, safe off the kernel thread."""
+def prepare(spec: EvalSpec, data: bytes, codec: "TextCodec") -> "PerplexityTask | GenerationTask":
+    """Validate and tokenize the data and import the metric's library: slow, so off the kernel
+    thread (`codec` is the model's)."""
     check(spec)
     scores.preload(spec.metric)
     if spec.metric == "ppl":
-        return PerplexityTask(spec, evaldata.documents(spec.path))
-    return GenerationTask(spec, evaldata.items(spec.path))
+        return PerplexityTask(spec, [codec.encode(doc) for doc in evaldata.documents(spec.data_name, data)])
+    return GenerationTask(spec, evaldata.items(spec.data_name, data))
 
 
 def spawn_eval(kernel: "Kernel", cred: "Cred", task: "PerplexityTask | GenerationTask", priority: int = 0,
                owner: str = "") -> "Process":
     """Start a prepared eval as a process, for the caller; on the kernel thread."""
-    m = kernel.model(task.spec.model)
-    ctx = m.info.max_context
+    m = kernel.model_for(cred, task.spec.model)
+    ctx, bound = m.info.max_context, kernel.config.max_unit_tokens
     if isinstance(task, PerplexityTask):
-        task.window = task.spec.window or min(DEFAULT_WINDOW, ctx - 1)
+        task.window = task.spec.window or min(DEFAULT_WINDOW, ctx - 1, bound)
         if task.window >= ctx:
             raise InvalidArgument(f"window is {task.window} tokens; the context window of {m.name} is {ctx}")
+        if task.window > bound:
+            raise InvalidArgument(f"window is {task.window} tokens, over the {bound} tokens a unit of task work "
+                                  "may take (max_unit_tokens)")
     task.cred = cred
     return kernel.spawn_task(cred, task.spec.model, task, priority=priority, owner=owner)
 
@@ -83,35 +89,42 @@ class PerplexityTask:
 
     kind = "eval"
 
-    def __init__(self, spec: EvalSpec, docs: list[str]) -> None:
-        self.spec, self.docs = spec, docs
+    def __init__(self, spec: EvalSpec, docs: list[list[int]]) -> None:
+        self.spec, self.docs = spec, docs  # token ids of each document
         self.window = spec.window
         self.pending: list[list[int]] = []  # windows of the current document not yet scored
         self.next_doc = 0
         self.nll, self.count, self.windows = 0.0, 0, 0
+        self.unit_tokens = 0  # tokens the last unit computed: charged to the owner's quota
+        self.cred: "Cred | None" = None
 
     def run_unit(self, kernel: "Kernel", proc: "Process") -> bool:
-        if not self.pending:
+        self.unit_tokens = 0
+        while not self.pending:
             if self.next_doc == len(self.docs):
                 return self._finish(proc)
-            ids = kernel.model(self.spec.model).codec.encode(self.docs[self.next_doc])
+            self.pending = score_windows(self.docs[self.next_doc], self.window)[::-1]
             self.next_doc += 1
-            self.pending = score_windows(ids, self.window)[::-1]
-            return False
-        nll, n = kernel.driver.score(self.spec.model, self.pending.pop())
+        window = self.pending.pop()
+        nll, n = kernel.driver.score(self.spec.model, window)
+        self.unit_tokens = len(window)
         self.nll, self.count, self.windows = self.nll + nll, self.count + n, self.windows + 1
         proc.stdout += (f"window {self.windows} (document {self.next_doc}/{len(self.docs)}): {self.count} tokens, "
                         f"ppl {math.exp(self.nll / max(1, self.count)):.4f}\n")
         return False
 
-    def _finish(self, proc: "Process") -> bool:
-        if not self.count:
-            raise InvalidArgument(f"{self.spec.path}: no document is at least 2 tokens long: nothing to score")
+    def _finish(self, proc: "Process", early: bool = False) -> bool:
+        if not self.count and not early:
+            raise InvalidArgument(f"{self.spec.data_name}: no document is at least 2 tokens long: nothing to score")
         proc.results = {**scores.perplexity(self.nll, self.count), "windows": float(self.windows),
-                        "documents": float(len(self.docs))}
+                        "documents": float(self.next_doc if early else len(self.docs))}
         proc.stdout += f"ppl {proc.results['ppl']:.4f} over {self.count} tokens in {self.windows} windows\n"
-        proc.reason = "done"
+        proc.reason = "done" if not early else f"after {self.windows} windows; the results cover those"
         return True
+
+    def terminate(self, kernel: "Kernel", proc: "Process") -> None:
+        """TERM: report what has been scored so far."""
+        self._finish(proc, early=True)
 
     def close(self, kernel: "Kernel", proc: "Process", reason: str) -> None:
         self.pending = []
@@ -189,14 +202,20 @@ class GenerationTask:
             self.children[child.pid] = self.next_item
             self.next_item += 1
 
-    def _finish(self, proc: "Process") -> bool:
-        hyps = [o or "" for o in self.outputs]
-        refs = [it.reference for it in self.items]
-        proc.results = {**scores.SCORERS[self.spec.metric](hyps, refs), "items": float(len(self.items))}
+    def _finish(self, proc: "Process", early: bool = False) -> bool:
+        done = [i for i, o in enumerate(self.outputs) if o is not None] if early else range(len(self.items))
+        hyps = [self.outputs[i] or "" for i in done]
+        refs = [self.items[i].reference for i in done]
+        proc.results = {**scores.SCORERS[self.spec.metric](hyps, refs), "items": float(len(hyps))} if hyps else {}
         shown = " ".join(f"{k} {v:.4f}" for k, v in proc.results.items() if k != "items")
-        proc.stdout += f"{shown} over {len(self.items)} items\n"
-        proc.reason = "done"
+        proc.stdout += f"{shown} over {len(hyps)} items\n" if hyps else "no item was generated\n"
+        proc.reason = "done" if not early else f"after {len(hyps)}/{len(self.items)} items; the results cover those"
         return True
+
+    def terminate(self, kernel: "Kernel", proc: "Process") -> None:
+        """TERM: stop generating and score the items already answered."""
+        self.close(kernel, proc, "terminated")
+        self._finish(proc, early=True)
 
     def close(self, kernel: "Kernel", proc: "Process", reason: str) -> None:
         """The eval ended early (a signal, an error): its live children end with it."""

@@ -23,19 +23,22 @@ from typing import TYPE_CHECKING
 from llmos.drivers.driver import TrainingDriver
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument
 from llmos.kernel.models import adapters, loading
+from llmos.kernel.proc import State
+from llmos.kernel.users.cred import Cred
 from llmos.kernel.workloads import dataset
+from llmos.syscalls.abi.names import check_name
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
     from llmos.kernel.proc import Process
-    from llmos.kernel.users.cred import Cred
 
 KEEP_CHECKPOINTS = 3
+DATA_FILE = "dataset.bin"  # the run's data, kept beside its checkpoints for --resume
 
 
 @dataclass
 class TrainSpec:
-    """What to train: the dataset file and the hyperparameters."""
+    """What to train: the dataset's name (its client file's) and the hyperparameters."""
 
     dataset: str
     steps: int = 100
@@ -58,7 +61,7 @@ class TrainSpec:
         if not 0 < self.lr <= 1:
             raise InvalidArgument(f"lr must be in (0, 1], got {self.lr}")
         if not self.dataset:
-            raise InvalidArgument("give a dataset file to train on")
+            raise InvalidArgument("give a dataset to train on")
         return self
 
 
@@ -73,7 +76,10 @@ class TrainTask:
     ckpt_root: Path
     digest: str
     start_step: int = 0
+    owner: str = ""
+    data_bytes: int = 0
     kind: str = "train"
+    unit_tokens: int = 0
     step: int = 0
     losses: list[float] = field(default_factory=list)
     _micro: int = 0
@@ -88,6 +94,7 @@ class TrainTask:
         idx = dataset.Order(len(self.examples), s.seed).batch(self.step, s.batch)
         exs = [self.examples[i] for i in idx]
         part = exs[self._micro * s.micro_batch:(self._micro + 1) * s.micro_batch]
+        self.unit_tokens = sum(len(e.tokens) for e in part)
         self._sum += kernel.driver.train_micro(self.name, [list(e.tokens) for e in part],
                                                [e.loss_from for e in part], _targets(exs))
         self._micro += 1
@@ -144,7 +151,8 @@ class TrainTask:
         s, staged = self.spec, kernel.store.staging(self.name)
         kernel.driver.train_export(self.name, str(staged))
         meta = {"adapter": self.name, "base": self.base, "base_source": adapters.base_source(kernel.model(self.base)),
-                "rank": s.rank, "lr": s.lr, "seed": s.seed, "steps": self.step, "dataset_sha256": self.digest}
+                "owner": self.owner, "rank": s.rank, "lr": s.lr, "seed": s.seed, "steps": self.step,
+                "dataset_sha256": self.digest}
         dest = kernel.store.save_adapter(staged, self.name, meta)
         served = ""
         if self.name in kernel.models:
@@ -159,6 +167,14 @@ class TrainTask:
         p.reason = f"trained {self.step} steps, final loss {self.losses[-1]:.4f}; registered model {self.name}{served}"
         p.stdout += p.reason + "\n"
 
+    def terminate(self, kernel: "Kernel", p: "Process") -> None:
+        """TERM: keep what the finished steps learned in a checkpoint, then end."""
+        if self._begun and self.step > self.start_step and self.step not in _checkpoints(self.ckpt_root):
+            self._checkpoint(kernel)
+        done = _checkpoints(self.ckpt_root)
+        p.reason = (f"checkpoint at step {done[-1]}/{self.spec.steps}: continue with --resume" if done
+                    else "no step had finished; nothing to keep")
+
     def close(self, kernel: "Kernel", p: "Process", reason: str) -> None:
         if self._begun:
             kernel.driver.train_end(self.name)
@@ -168,11 +184,12 @@ class TrainTask:
             p.stdout += f"stopped at step {self.step}/{self.spec.steps} ({reason}); {at}\n"
 
 
-def start(kernel: "Kernel", cred: "Cred", model: str, spec: TrainSpec, resume: bool = False, priority: int = 0,
-          owner: str = "", steps: int = 0) -> "Process":
+def start(kernel: "Kernel", cred: "Cred", model: str, spec: TrainSpec, data: bytes | None = None,
+          resume: bool = False, priority: int = 0, owner: str = "", steps: int = 0) -> "Process":
     """Validate everything, then spawn the training process (nothing runs before it is valid).
-    A resumed run takes the checkpoint's spec; a nonzero `steps` then sets a new total."""
-    m = kernel.model(model)
+    `data` is the dataset's bytes (spec.dataset its name); a resumed run takes the checkpoint's
+    spec and its copy of the data, and a nonzero `steps` then sets a new total."""
+    m = kernel.model_for(cred, model)
     if kernel.store is None:
         raise FailedPrecondition("this kernel has no model store to keep checkpoints and adapters in")
     if not isinstance(kernel.driver, TrainingDriver):
@@ -181,40 +198,78 @@ def start(kernel: "Kernel", cred: "Cred", model: str, spec: TrainSpec, resume: b
         raise InvalidArgument(f"model {model!r} has {m.info.quantize} weights; train on an unquantized model")
     if m.base:
         raise InvalidArgument(f"model {model!r} is a LoRA model; train a new adapter on its base {m.base!r}")
+    owner = cred.owner_for(owner)
     spec.name = spec.name or f"{model}+{dataset.stem(spec.dataset)}"
-    root = kernel.store.root / spec.name / "checkpoints"
-    start_step, losses = 0, []
+    _check_target(kernel, Cred(owner, cred.admin), model, spec.name)
+    root = kernel.store.path_of(spec.name, "checkpoints")
+    start_step, losses, saved = 0, [], None
     if resume:
-        spec, start_step, losses = _resume(root, model, spec)
+        spec, start_step, losses, saved = _resume(root, model, spec)
         spec.steps = steps or spec.steps
+        data = saved["data"] if data is None else data
+    if data is None:
+        raise InvalidArgument("give the data to train on")
     spec.check()
+    unit = spec.micro_batch * min(spec.max_len, m.info.max_context)
+    if unit > kernel.config.max_unit_tokens:
+        raise InvalidArgument(f"micro_batch x max_len is {unit} tokens, over the {kernel.config.max_unit_tokens} "
+                              "tokens a unit of task work may take (max_unit_tokens)")
     if start_step >= spec.steps:
         raise FailedPrecondition(f"{spec.name} already finished {start_step} of {spec.steps} steps")
     if any(not q.state.done and getattr(q.task, "name", None) == spec.name for q in kernel.procs.values()):
         raise FailedPrecondition(f"{spec.name} is already being trained")
-    digest = _digest(spec.dataset)
-    if resume and digest != json.loads((root / f"step-{start_step}" / "state.json").read_text())["dataset_sha256"]:
+    digest = hashlib.sha256(data).hexdigest()
+    if saved is not None and digest != saved["digest"]:
         raise FailedPrecondition(f"{spec.dataset} changed since the checkpoint at step {start_step}; cannot resume")
-    examples = dataset.encode(dataset.read(spec.dataset), m.codec, min(spec.max_len, m.info.max_context),
+    examples = dataset.encode(dataset.parse(spec.dataset, data), m.codec, min(spec.max_len, m.info.max_context),
                               spec.dataset)
-    if not resume:
-        shutil.rmtree(root, ignore_errors=True)  # a fresh run: an older run's checkpoints would mislead --resume
+    kernel.quota.check_data(kernel, owner, len(data))
     task = TrainTask(model, spec.name, spec, examples, root, digest, start_step=start_step, step=start_step,
-                     losses=list(losses))
+                     losses=list(losses), owner=owner, data_bytes=len(data))
     p = kernel.spawn_task(cred, model, task, priority=priority, owner=owner)
-    kernel.log(f"pid {p.pid}: training {spec.name} ({spec.steps} steps)")
+    if not resume:  # a fresh run: an older run's checkpoints would mislead --resume
+        try:
+            kernel.store.claim(spec.name, owner)
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(mode=0o700)
+            (root / DATA_FILE).write_bytes(data)
+        except OSError as e:
+            kernel.exit(p, State.KILLED, f"cannot write its checkpoint folder: {e}")
+            raise FailedPrecondition(f"cannot write the checkpoint folder of {spec.name}: {e.strerror}") from None
+    kernel.log(f"pid {p.pid}: training {spec.name} ({spec.steps} steps) for {owner}")
     return p
 
 
-def _resume(root: Path, model: str, spec: TrainSpec) -> tuple[TrainSpec, int, list[float]]:
+def _check_target(kernel: "Kernel", owner: "Cred", base: str, name: str) -> None:
+    """The adapter's name is valid, and free or the owner's own: never a base model, never
+    another user's model or checkpoints."""
+    try:
+        check_name("adapter name", name)
+    except ValueError as e:
+        raise InvalidArgument(str(e)) from None
+    loaded = kernel.models.get(name)
+    if name == base or (loaded is not None and not loaded.base) or kernel.store.holds_model(name):
+        raise InvalidArgument(f"{name!r} names a base model; give the adapter a name of its own (--name)")
+    if loaded is not None:
+        owner.check_owns(f"model {name!r}", loaded.owner)
+    held = kernel.store.owner_of(name)
+    if held is not None:
+        owner.check_owns(f"the name {name!r}", held)
+
+
+def _resume(root: Path, model: str, spec: TrainSpec) -> tuple[TrainSpec, int, list[float], dict]:
     done = _checkpoints(root)
     if not done:
         raise FailedPrecondition(f"no checkpoint of {spec.name} to resume from; start it without --resume")
     state = json.loads((root / f"step-{done[-1]}" / "state.json").read_text())
     if state["base"] != model:
         raise FailedPrecondition(f"{spec.name} was trained on {state['base']!r}, not {model!r}")
-    saved = TrainSpec(**state["spec"])
-    return saved, int(state["step"]), list(state["losses"])
+    try:
+        data = (root / DATA_FILE).read_bytes()
+    except OSError:
+        data = None  # then the caller must send it again
+    return TrainSpec(**state["spec"]), int(state["step"]), list(state["losses"]), \
+        {"data": data, "digest": state["dataset_sha256"]}
 
 
 def _checkpoints(root: Path) -> list[int]:
@@ -228,9 +283,3 @@ def _targets(exs: list[dataset.Example]) -> int:
     """Tokens the loss counts in a batch (each predicted from the one before)."""
     return sum(len(e.tokens) - max(e.loss_from, 1) for e in exs)
 
-
-def _digest(path: str) -> str:
-    try:
-        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()
-    except OSError as e:
-        raise dataset.DatasetError(path, [f"unreadable: {e.strerror or e}"]) from None

@@ -9,11 +9,19 @@ from dataclasses import dataclass, field
 NICE_MIN, NICE_MAX = -20, 19
 MAX_TEMPERATURE = 100.0
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 256
+MAX_NEW_TOKENS = 1 << 17      # max_tokens per turn (a model's context window bounds it further)
+MAX_TEXT_CHARS = 1 << 20      # characters of prompt or messages, all together, and of one written turn
+MAX_MESSAGES = 4096
+MAX_PROMPT_TOKENS = 1 << 20   # token ids given directly (a model's context window bounds them further)
 ROLES = ("system", "user", "assistant", "tool")
 
 
 class SpecError(ValueError):
     """A spec that can never be valid; the message names the field and its limit."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -31,11 +39,11 @@ class SamplingParams:
 
     def check(self) -> None:
         if not 0 <= self.temperature <= MAX_TEMPERATURE:
-            raise SpecError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
+            raise SpecError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}", "temperature")
         if not 0 < self.top_p <= 1:
-            raise SpecError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise SpecError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
         if self.top_k < 0:
-            raise SpecError(f"top_k must be 0 (off) or positive, got {self.top_k}")
+            raise SpecError(f"top_k must be 0 (off) or positive, got {self.top_k}", "top_k")
 
 
 @dataclass
@@ -47,10 +55,10 @@ class StopRules:
     ignore_eos: bool = False
 
     def check(self) -> None:
-        if self.max_tokens <= 0:
-            raise SpecError(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if not 1 <= self.max_tokens <= MAX_NEW_TOKENS:
+            raise SpecError(f"max_tokens must be in [1, {MAX_NEW_TOKENS}], got {self.max_tokens}", "max_tokens")
         if len(self.stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in self.stop):
-            raise SpecError(f"stop strings: at most {MAX_STOP_STRINGS}, each 1 to {MAX_STOP_CHARS} characters")
+            raise SpecError(f"stop strings: at most {MAX_STOP_STRINGS}, each 1 to {MAX_STOP_CHARS} characters", "stop")
 
 
 @dataclass
@@ -62,9 +70,10 @@ class Limits:
 
     def check(self) -> None:
         if self.max_pages is not None and self.max_pages < 1:
-            raise SpecError(f"max_pages must be at least 1, got {self.max_pages}")
+            raise SpecError(f"max_pages must be at least 1, got {self.max_pages}", "max_pages")
         if self.max_wall_s is not None and not 0 < self.max_wall_s < float("inf"):
-            raise SpecError(f"max_wall_s must be a positive, finite number of seconds, got {self.max_wall_s}")
+            raise SpecError(f"max_wall_s must be a positive, finite number of seconds, got {self.max_wall_s}",
+                            "max_wall_s")
 
 
 @dataclass
@@ -87,13 +96,17 @@ class SpawnSpec:
     def check(self) -> None:
         """Refuse what no model could run; SpecError names the field."""
         if not self.model:
-            raise SpecError("model is required")
+            raise SpecError("model is required", "model")
         given = sum(1 for x in (self.prompt, self.messages, self.tokens) if x is not None)
         if given > 1 or (given == 0 and not self.interactive):
             raise SpecError("give exactly one of prompt, messages or tokens "
                             "(an interactive process may give none and wait for input)")
         if self.messages is not None:
             check_messages(self.messages)
+        if self.prompt is not None:
+            check_text(self.prompt, "prompt")
+        if self.tokens is not None and len(self.tokens) > MAX_PROMPT_TOKENS:
+            raise SpecError(f"tokens: {len(self.tokens)} token ids, over the limit of {MAX_PROMPT_TOKENS}", "tokens")
         check_nice(self.priority)
         self.sampling.check()
         self.stop.check()
@@ -103,16 +116,28 @@ class SpawnSpec:
 def check_nice(nice: int) -> int:
     """A nice value within [NICE_MIN, NICE_MAX]."""
     if not NICE_MIN <= nice <= NICE_MAX:
-        raise SpecError(f"priority (nice) must be in [{NICE_MIN}, {NICE_MAX}], got {nice}")
+        raise SpecError(f"priority (nice) must be in [{NICE_MIN}, {NICE_MAX}], got {nice}", "priority")
     return nice
+
+
+def check_text(text: str, field: str) -> str:
+    """Text a process reads (a prompt, a turn): at most MAX_TEXT_CHARS characters."""
+    if len(text) > MAX_TEXT_CHARS:
+        raise SpecError(f"{field}: {len(text)} characters, over the limit of {MAX_TEXT_CHARS}", field)
+    return text
 
 
 def check_messages(messages: list[dict]) -> list[dict]:
     if not messages:
-        raise SpecError("messages is empty; give at least one message")
+        raise SpecError("messages is empty; give at least one message", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise SpecError(f"messages: {len(messages)} messages, over the limit of {MAX_MESSAGES}", "messages")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
-            raise SpecError(f"message {i} needs a role ({', '.join(ROLES)}) and string content")
+            raise SpecError(f"message {i} needs a role ({', '.join(ROLES)}) and string content", "messages")
+    total = sum(len(m["content"]) for m in messages)
+    if total > MAX_TEXT_CHARS:
+        raise SpecError(f"messages: {total} characters of content, over the limit of {MAX_TEXT_CHARS}", "messages")
     return messages
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import inspect
 import json
 import logging
@@ -57,15 +58,16 @@ class HttpGateway:
         self._runner: web.AppRunner | None = None
         self._releases: set[asyncio.Task] = set()
 
-    async def start(self, address: str) -> str:
-        """Serve on HOST:PORT (port 0: any free port); returns the URL bound."""
+    async def start(self, address: str, ssl_context: "ssl.SSLContext | None" = None) -> str:
+        """Serve on HOST:PORT (port 0: any free port), over TLS with `ssl_context`; returns the URL bound."""
         host, _, port = address.rpartition(":")
         # handler_cancellation: a client that disconnects cancels its handler, which ends its processes.
         self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
+        await web.TCPSite(self._runner, host.strip("[]"), int(port), ssl_context=ssl_context).start()
         bound_host, bound_port = self._runner.addresses[0][:2]
-        return f"http://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
+        scheme = "https" if ssl_context is not None else "http"
+        return f"{scheme}://{f'[{bound_host}]' if ':' in bound_host else bound_host}:{bound_port}"
 
     async def stop(self) -> None:
         """Close the listener, end the open requests, and let their processes be released."""
@@ -82,12 +84,12 @@ class HttpGateway:
         return await self._complete(request, "text")
 
     async def models(self, request: web.Request) -> web.Response:
-        await self._user(request)
-        return web.json_response({"object": "list", "data": await self.kt.run(_model_list)})
+        cred = await self._user(request)
+        return web.json_response({"object": "list", "data": await self.kt.run(lambda k: _model_list(k, cred))})
 
     async def model(self, request: web.Request) -> web.Response:
-        await self._user(request)
-        name, models = request.match_info["model"], await self.kt.run(_model_list)
+        cred = await self._user(request)
+        name, models = request.match_info["model"], await self.kt.run(lambda k: _model_list(k, cred))
         for m in models:
             if m["id"] == name:
                 return web.json_response(m)
@@ -98,6 +100,8 @@ class HttpGateway:
         return web.json_response({"status": "ok" if ok else "unavailable"}, status=200 if ok else 503)
 
     async def serve_metrics(self, request: web.Request) -> web.Response:
+        """The Prometheus page, for admin tokens only (it is the daemon's, not the caller's)."""
+        (await self._user(request)).check("metrics")
         out = self.metrics()
         body, content_type = await out if inspect.isawaitable(out) else out
         return web.Response(body=body, headers={"Content-Type": content_type})
@@ -182,16 +186,18 @@ class HttpGateway:
 
 # --- on the kernel thread ------------------------------------------------------------------------
 def end_choices(k: Kernel, cred: Cred, pids: list[int]) -> None:
-    """TERM (a no-op once ended) and reap each process still in the table."""
+    """TERM each process still in the table and detach it: nobody will read the rest, so it is
+    reaped as soon as it ends."""
     for pid in pids:
         if pid in k.procs:
             k.signal(cred, pid, "TERM")
-            k.reap(cred, pid)
+            k.detach(cred, pid)
 
 
-def _model_list(k: Kernel) -> list[dict]:
-    return [{"id": name, "object": "model", "created": int(m.loaded_at), "owned_by": "llmos"}
-            for name, m in sorted(k.models.items())]
+def _model_list(k: Kernel, cred: Cred) -> list[dict]:
+    loaded, _ = k.list_models(cred)
+    return [{"id": m.name, "object": "model", "created": int(m.loaded_at), "owned_by": m.owner or "llmos"}
+            for m, _, _ in loaded]
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -66,8 +66,8 @@ def api_error(e: BaseException) -> ApiError:
         found = next((STATUS[c] for c in type(e).__mro__ if c in STATUS), None)
         status, kind = found or CODE_STATUS.get(e.code, (500, "server_error"))
         retry = getattr(e, "retry_after_s", None) or (1.0 if status in (429, 503) else None)
-        param = "model" if isinstance(e, NotFound) and str(e).startswith("model ") else None
-        code = "model_not_found" if param else e.code
+        param = "model" if isinstance(e, NotFound) and str(e).startswith("model ") else getattr(e, "param", None)
+        code = "model_not_found" if isinstance(e, NotFound) and param else e.code
         return ApiError(status, str(e), kind, param=param, code=code, retry_after=retry)
     if isinstance(e, ValueError):
         return ApiError(400, str(e), code="invalid_argument")

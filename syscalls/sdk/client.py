@@ -60,8 +60,12 @@ class Calls:
         return self._call("Wait", pb.WaitRequest(pid=pid, until=rq.until(until), reap=reap), rq.result, timeout)
 
     def kill(self, pid: int, signal: str | int = "TERM") -> pb.ProcInfo:
-        """Send TERM, KILL, STOP or CONT."""
+        """Send TERM (end cleanly), KILL, STOP or CONT."""
         return self._call("Kill", pb.KillRequest(pid=pid, signal=rq.signal(signal)), lambda r: r.proc)
+
+    def renice(self, pid: int, priority: int) -> pb.ProcInfo:
+        """A new nice value (only an admin may go below 0 or below where the process started)."""
+        return self._call("Renice", pb.ReniceRequest(pid=pid, priority=priority), lambda r: r.proc)
 
     def fork(self, pid: int, text: str | None = None, **kw: Any) -> int:
         """A child sharing pid's pages copy-on-write (max_tokens and sampling as spawn's); its pid."""
@@ -125,14 +129,16 @@ class Calls:
 
     # --- workloads -------------------------------------------------------------------------
     def eval(self, model: str, path: str | os.PathLike, metric: str, **kw: Any) -> int:
-        """Start an evaluation process (metric ppl, bleu or rouge; keyword arguments as
-        requests.eval_request); its pid. wait(pid).results holds the metrics."""
-        return self._call("Eval", rq.eval_request(model, path, metric, **kw), lambda r: r.pid)
+        """Start an evaluation process on the file at `path` (sent to the daemon; metric ppl,
+        bleu or rouge; keyword arguments as requests.eval_requests); its pid. wait(pid).results
+        holds the metrics."""
+        return self._call("Eval", rq.eval_requests(model, path, metric, **kw), lambda r: r.pid)
 
-    def train(self, model: str, path: str | os.PathLike, **kw: Any) -> tuple[int, str]:
-        """Start a LoRA fine-tune (keyword arguments as TrainRequest's fields); its pid and the
-        name its adapter will be served as. wait(pid).results holds the final loss."""
-        return self._call("Train", rq.train_request(model, path, **kw), lambda r: (r.pid, r.name))
+    def train(self, model: str, path: str | os.PathLike = "", **kw: Any) -> tuple[int, str]:
+        """Start a LoRA fine-tune on the dataset at `path` (sent to the daemon; keyword arguments
+        as TrainRequest's fields); its pid and the name its adapter will be served as.
+        wait(pid).results holds the final loss."""
+        return self._call("Train", rq.train_requests(model, path, **kw), lambda r: (r.pid, r.name))
 
     # --- conveniences ----------------------------------------------------------------------
     def generate(self, model: str, prompt: str, **kw: Any) -> str:

@@ -3,7 +3,7 @@ replies read into plain results. Imports nothing heavy (no torch)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from llmos.syscalls.abi import wire
@@ -98,14 +98,41 @@ def result(r: pb.WaitResponse) -> Result:
     return Result(r.proc.pid, r.output, r.proc.state, r.proc.reason, r.proc, dict(r.results))
 
 
-def eval_request(model: str, path: str | os.PathLike, metric: str, *, max_tokens: int | None = None,
-                 window: int = 0, priority: int = 0, owner: str = "", quantize: str = "") -> pb.EvalRequest:
-    """The daemon reads the file: a relative path is made absolute here, where it was meant."""
-    return pb.EvalRequest(model=model, path=os.path.abspath(os.path.expanduser(str(path))), metric=metric,
-                          max_tokens=max_tokens, window=window, priority=priority, owner=owner, quantize=quantize)
+CHUNK = 1 << 20  # bytes of data per message: well under any message size limit
 
 
-def train_request(model: str, path: str | os.PathLike, **kw) -> pb.TrainRequest:
-    """The daemon reads the file: a relative path is made absolute here, where it was meant."""
-    path = os.path.abspath(os.path.expanduser(str(path))) if str(path) else ""
-    return pb.TrainRequest(model=model, path=path, **{k: v for k, v in kw.items() if v})
+def eval_requests(model: str, path: str | os.PathLike, metric: str, *, server_path: str = "",
+                  max_tokens: int | None = None, window: int = 0, priority: int = 0, owner: str = "",
+                  quantize: str = "") -> Iterator[pb.EvalRequest]:
+    """The Eval stream: the fields, then the file at `path` (on this machine) in chunks; or,
+    for an admin, `server_path`, a file the daemon reads from its own disk."""
+    first = pb.EvalRequest(model=model, metric=metric, max_tokens=max_tokens, window=window, priority=priority,
+                           owner=owner, quantize=quantize, path=server_path)
+    return _with_data(first, pb.EvalRequest, path)
+
+
+def train_requests(model: str, path: str | os.PathLike = "", *, server_path: str = "", **kw) -> Iterator[pb.TrainRequest]:
+    """The Train stream: the fields (TrainRequest's, as keywords), then the dataset at `path`
+    in chunks; with resume=True and no path, the checkpoint's copy of the data is used."""
+    first = pb.TrainRequest(model=model, path=server_path, **{k: v for k, v in kw.items() if v})
+    return _with_data(first, pb.TrainRequest, path)
+
+
+def _with_data(first, kind: type, path: str | os.PathLike) -> Iterator:
+    """`first`, carrying the first chunk of the file at `path`, then the rest of it. The file is
+    opened now, so a missing one fails here, before any syscall."""
+    if not str(path):
+        return iter([first])
+    try:
+        f = open(os.path.expanduser(str(path)), "rb")  # noqa: SIM115 - closed by the generator
+    except OSError as e:
+        raise SyscallError("invalid_argument", f"cannot read {path}: {e.strerror}") from None
+    first.data_name = os.path.basename(str(path))
+
+    def chunks() -> Iterator:
+        with f:
+            first.data = f.read(CHUNK)
+            yield first
+            while data := f.read(CHUNK):
+                yield kind(data=data)
+    return chunks()

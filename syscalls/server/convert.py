@@ -44,9 +44,10 @@ def device(d: "DeviceInfo") -> pb.Device:
                      threads=d.threads)
 
 
-def model_info(m: "LoadedModel", live_procs: int) -> pb.ModelInfo:
+def model_info(m: "LoadedModel", live_procs: int, source: str) -> pb.ModelInfo:
+    """`source` is what the caller may see of where it came from (the kernel's list_models)."""
     i = m.info
-    return pb.ModelInfo(name=m.name, architecture=i.architecture, source=m.source, num_layers=i.num_layers,
+    return pb.ModelInfo(name=m.name, architecture=i.architecture, source=source, num_layers=i.num_layers,
                         vocab_size=i.vocab_size, max_context=i.max_context, dtype=i.dtype,
                         num_parameters=i.num_parameters, weight_bytes=i.weight_bytes, kv_bytes=m.kv_bytes,
                         kv_pages=m.memory.pool.num_pages, live_procs=live_procs, loaded_at=m.loaded_at,
@@ -62,7 +63,7 @@ def stats(s: "Stats") -> pb.StatsResponse:
 
 
 def quota(q: UserLimits) -> pb.Quota:
-    return pb.Quota(procs=q.procs, pages=q.pages, tokens_per_min=q.tokens_per_min)
+    return pb.Quota(procs=q.procs, pages=q.pages, tokens_per_min=q.tokens_per_min, data_bytes=q.data_bytes)
 
 
 def token(t: TokenInfo) -> pb.TokenInfo:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from llmos.kernel import stats as kstats
-from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError, ResourceExhausted
 from llmos.kernel.mirror import ProcMirror
 from llmos.kernel.stats import TokenMeter
 from llmos.kernel.thread import KernelThread, in_fresh_thread
@@ -42,6 +43,8 @@ STATUS = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grp
 def _status(e: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(e, KernelError):
         return STATUS.get(e.code, grpc.StatusCode.INTERNAL), str(e)
+    if isinstance(e, DecodeError):  # a later message of a client stream (the interceptor checks the first)
+        return grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}"
     if isinstance(e, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(e)
     log.exception("syscall failed")
@@ -121,6 +124,12 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         return pb.KillResponse(proc=await self.kt.run(lambda k: convert.proc_info(k.signal(c, req.pid, sig))))
 
     @syscall
+    async def Renice(self, req: pb.ReniceRequest, context) -> pb.ReniceResponse:
+        c = cred()
+        return pb.ReniceResponse(proc=await self.kt.run(lambda k: convert.proc_info(k.renice(c, req.pid,
+                                                                                            req.priority))))
+
+    @syscall
     async def Fork(self, req: pb.ForkRequest, context) -> pb.ForkResponse:
         c = cred()
         sampling = wire.sampling(req.sampling) if req.HasField("sampling") else None
@@ -152,11 +161,11 @@ class SyscallServer(pb_grpc.SyscallsServicer):
     # --- memory, devices, models, logs -----------------------------------------------------------
     @syscall
     async def MemInfo(self, req: pb.MemInfoRequest, context) -> pb.MemInfoResponse:
-        cred()
+        c = cred()
 
         def meminfo(k) -> list[pb.PoolInfo]:
             names = [req.model] if req.model else sorted(m.name for m in k.pools())
-            return [convert.pool_info(n, k.meminfo(n), k.model(n).kv_bytes) for n in names]
+            return [convert.pool_info(n, k.meminfo(c, n), k.model(n).kv_bytes) for n in names]
         return pb.MemInfoResponse(pools=await self.kt.run(meminfo))
 
     @syscall
@@ -166,11 +175,12 @@ class SyscallServer(pb_grpc.SyscallsServicer):
 
     @syscall
     async def Models(self, req: pb.ModelsRequest, context) -> pb.ModelsResponse:
-        cred()
+        c = cred()
 
         def models(k) -> pb.ModelsResponse:
-            return pb.ModelsResponse(loaded=[convert.model_info(m, k.live(n)) for n, m in sorted(k.models.items())],
-                                     stored=k.store.list() if k.store is not None else [])
+            loaded, stored = k.list_models(c)
+            return pb.ModelsResponse(loaded=[convert.model_info(m, live, source) for m, live, source in loaded],
+                                     stored=stored)
         return await self.kt.run(models)
 
     @syscall
@@ -181,7 +191,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         prep = await off_thread(lambda: kernel.prepare_model(c, req.model, req.name or None, req.dtype or "float32",
                                                              req.quantize or None))
         return await self.kt.run(lambda k: pb.LoadModelResponse(model=convert.model_info(
-            m := k.install_model(prep), k.live(m.name))))
+            m := k.install_model(prep), k.live(m.name), m.source)))
 
     @syscall
     async def UnloadModel(self, req: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
@@ -233,28 +243,58 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         c = cred()
         return pb.RevokeTokenResponse(token=convert.token(await self.kt.run(lambda k: k.revoke_token(c, req.token))))
 
-    # --- workloads (kernel/workloads/): the data is read off the kernel thread first ---------------
+    # --- workloads (kernel/workloads/): the data comes first, off the kernel thread ----------------
+    async def _data(self, c, first, rest) -> tuple[str, bytes]:
+        """A workload's data: the chunks the client streams (within its data quota), or, for an
+        admin, a file on the daemon's disk inside its data_dirs."""
+        kernel = self.kt.kernel
+        if first.path:
+            if first.data or first.data_name:
+                raise InvalidArgument("give the data in the request or a path on the daemon's disk, not both")
+            return await off_thread(lambda: dataset.read_server_file(c, first.path, kernel.config.data_dirs))
+        left = await self.kt.run(lambda k: k.quota.data_allowance(k, c.user))
+        chunks, size = [first.data], len(first.data)
+        async for more in rest:
+            size += len(more.data)
+            if left is not None and size > left:
+                raise ResourceExhausted(f"the data is over the {left} bytes user {c.user} may still send "
+                                        "(their data quota, less what their live tasks hold)")
+            chunks.append(more.data)
+        if left is not None and size > left:
+            raise ResourceExhausted(f"the data is over the {left} bytes user {c.user} may still send")
+        return first.data_name or "data", b"".join(chunks)
+
     @syscall
-    async def Eval(self, req: pb.EvalRequest, context) -> pb.EvalResponse:
-        c, model = cred(), variant_name(req.model, req.quantize)
-        await self.kt.run(lambda k: k.model(model))  # an unknown model fails before the data is read
-        spec = evaluate.EvalSpec(model=model, path=req.path, metric=req.metric, window=req.window,
+    async def Eval(self, requests, context) -> pb.EvalResponse:
+        c, req = cred(), await _first(requests)
+        model = variant_name(req.model, req.quantize)
+        codec = await self.kt.run(lambda k: k.model_for(c, model).codec)  # an unknown model fails before any data
+        name, data = await self._data(c, req, requests)
+        spec = evaluate.EvalSpec(model=model, data_name=name, metric=req.metric, window=req.window,
                                  max_tokens=req.max_tokens if req.HasField("max_tokens") else 256)
-        task = await off_thread(lambda: evaluate.prepare(spec))
+        task = await off_thread(lambda: evaluate.prepare(spec, data, codec))
+        task.data_bytes = len(data)
         p = await self.kt.run(lambda k: evaluate.spawn_eval(k, c, task, priority=req.priority, owner=req.owner))
         return pb.EvalResponse(pid=p.pid)
 
     @syscall
-    async def Train(self, req: pb.TrainRequest, context) -> pb.TrainResponse:
-        c = cred()
-        await self.kt.run(lambda k: k.model(req.model))  # an unknown model fails before the data is read
-        d = train.TrainSpec(req.path)  # zero fields take the defaults
-        spec = train.TrainSpec(req.path, steps=req.steps or d.steps, lr=req.lr or d.lr, rank=req.rank or d.rank,
+    async def Train(self, requests, context) -> pb.TrainResponse:
+        c, req = cred(), await _first(requests)
+        await self.kt.run(lambda k: k.model_for(c, req.model))  # an unknown model fails before any data
+        name, data = ("", None) if req.resume and not (req.path or req.data or req.data_name) \
+            else await self._data(c, req, requests)
+        d = train.TrainSpec(name)  # zero fields take the defaults
+        spec = train.TrainSpec(name, steps=req.steps or d.steps, lr=req.lr or d.lr, rank=req.rank or d.rank,
                                batch=req.batch or d.batch, micro_batch=req.micro_batch or d.micro_batch,
                                checkpoint_every=req.checkpoint_every or d.checkpoint_every, name=req.name,
                                max_len=req.max_len or d.max_len)
-        if not req.resume:  # a resumed run re-reads the dataset its checkpoint names
-            await off_thread(lambda: dataset.read(req.path))
-        p = await self.kt.run(lambda k: train.start(k, c, req.model, spec, resume=req.resume, priority=req.priority,
-                                                    owner=req.owner, steps=req.steps))
+        p = await self.kt.run(lambda k: train.start(k, c, req.model, spec, data, resume=req.resume,
+                                                    priority=req.priority, owner=req.owner, steps=req.steps))
         return pb.TrainResponse(pid=p.pid, name=p.task.name)
+
+
+async def _first(requests):
+    """The first message of a client stream: it carries the request's fields."""
+    async for req in requests:
+        return req
+    raise InvalidArgument("the request stream was empty: its first message must hold the request's fields")

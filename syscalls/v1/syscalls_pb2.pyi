@@ -218,6 +218,20 @@ class KillResponse(_message.Message):
     proc: ProcInfo
     def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ...) -> None: ...
 
+class ReniceRequest(_message.Message):
+    __slots__ = ("pid", "priority")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    priority: int
+    def __init__(self, pid: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class ReniceResponse(_message.Message):
+    __slots__ = ("proc",)
+    PROC_FIELD_NUMBER: _ClassVar[int]
+    proc: ProcInfo
+    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ...) -> None: ...
+
 class ForkRequest(_message.Message):
     __slots__ = ("pid", "text", "sampling", "max_tokens")
     PID_FIELD_NUMBER: _ClassVar[int]
@@ -467,14 +481,16 @@ class WhoamiRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Quota(_message.Message):
-    __slots__ = ("procs", "pages", "tokens_per_min")
+    __slots__ = ("procs", "pages", "tokens_per_min", "data_bytes")
     PROCS_FIELD_NUMBER: _ClassVar[int]
     PAGES_FIELD_NUMBER: _ClassVar[int]
     TOKENS_PER_MIN_FIELD_NUMBER: _ClassVar[int]
+    DATA_BYTES_FIELD_NUMBER: _ClassVar[int]
     procs: int
     pages: int
     tokens_per_min: int
-    def __init__(self, procs: _Optional[int] = ..., pages: _Optional[int] = ..., tokens_per_min: _Optional[int] = ...) -> None: ...
+    data_bytes: int
+    def __init__(self, procs: _Optional[int] = ..., pages: _Optional[int] = ..., tokens_per_min: _Optional[int] = ..., data_bytes: _Optional[int] = ...) -> None: ...
 
 class WhoamiResponse(_message.Message):
     __slots__ = ("user", "admin", "via", "uid", "token", "limits", "used")
@@ -580,7 +596,7 @@ class StatsResponse(_message.Message):
     def __init__(self, generated_tokens: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., rate_window_s: _Optional[float] = ..., queue_depth: _Optional[int] = ..., procs: _Optional[_Mapping[str, int]] = ..., pools: _Optional[_Iterable[_Union[PoolInfo, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
 
 class EvalRequest(_message.Message):
-    __slots__ = ("model", "path", "metric", "max_tokens", "window", "priority", "owner", "quantize")
+    __slots__ = ("model", "path", "metric", "max_tokens", "window", "priority", "owner", "quantize", "data", "data_name")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -589,6 +605,8 @@ class EvalRequest(_message.Message):
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DATA_NAME_FIELD_NUMBER: _ClassVar[int]
     model: str
     path: str
     metric: str
@@ -597,7 +615,9 @@ class EvalRequest(_message.Message):
     priority: int
     owner: str
     quantize: str
-    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., metric: _Optional[str] = ..., max_tokens: _Optional[int] = ..., window: _Optional[int] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., quantize: _Optional[str] = ...) -> None: ...
+    data: bytes
+    data_name: str
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., metric: _Optional[str] = ..., max_tokens: _Optional[int] = ..., window: _Optional[int] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., quantize: _Optional[str] = ..., data: _Optional[bytes] = ..., data_name: _Optional[str] = ...) -> None: ...
 
 class EvalResponse(_message.Message):
     __slots__ = ("pid",)
@@ -606,7 +626,7 @@ class EvalResponse(_message.Message):
     def __init__(self, pid: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("model", "path", "steps", "lr", "rank", "batch", "checkpoint_every", "resume", "name", "priority", "owner", "micro_batch", "max_len")
+    __slots__ = ("model", "path", "steps", "lr", "rank", "batch", "checkpoint_every", "resume", "name", "priority", "owner", "micro_batch", "max_len", "data", "data_name")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -620,6 +640,8 @@ class TrainRequest(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
     MAX_LEN_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    DATA_NAME_FIELD_NUMBER: _ClassVar[int]
     model: str
     path: str
     steps: int
@@ -633,7 +655,9 @@ class TrainRequest(_message.Message):
     owner: str
     micro_batch: int
     max_len: int
-    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., steps: _Optional[int] = ..., lr: _Optional[float] = ..., rank: _Optional[int] = ..., batch: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., resume: _Optional[bool] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., micro_batch: _Optional[int] = ..., max_len: _Optional[int] = ...) -> None: ...
+    data: bytes
+    data_name: str
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., steps: _Optional[int] = ..., lr: _Optional[float] = ..., rank: _Optional[int] = ..., batch: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., resume: _Optional[bool] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., micro_batch: _Optional[int] = ..., max_len: _Optional[int] = ..., data: _Optional[bytes] = ..., data_name: _Optional[str] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("pid", "name")

@@ -59,6 +59,11 @@ class SyscallsStub:
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.KillRequest.SerializeToString,
                 response_deserializer=llmos_dot_v1_dot_syscalls__pb2.KillResponse.FromString,
                 _registered_method=True)
+        self.Renice = channel.unary_unary(
+                '/llmos.v1.Syscalls/Renice',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.ReniceRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.ReniceResponse.FromString,
+                _registered_method=True)
         self.Fork = channel.unary_unary(
                 '/llmos.v1.Syscalls/Fork',
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.ForkRequest.SerializeToString,
@@ -139,12 +144,12 @@ class SyscallsStub:
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.StatsRequest.SerializeToString,
                 response_deserializer=llmos_dot_v1_dot_syscalls__pb2.StatsResponse.FromString,
                 _registered_method=True)
-        self.Eval = channel.unary_unary(
+        self.Eval = channel.stream_unary(
                 '/llmos.v1.Syscalls/Eval',
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.EvalRequest.SerializeToString,
                 response_deserializer=llmos_dot_v1_dot_syscalls__pb2.EvalResponse.FromString,
                 _registered_method=True)
-        self.Train = channel.unary_unary(
+        self.Train = channel.stream_unary(
                 '/llmos.v1.Syscalls/Train',
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.TrainRequest.SerializeToString,
                 response_deserializer=llmos_dot_v1_dot_syscalls__pb2.TrainResponse.FromString,
@@ -184,7 +189,16 @@ class SyscallsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Kill(self, request, context):
-        """Send a signal: TERM, KILL, STOP or CONT.
+        """Send a signal: TERM (end cleanly: a generation at its next token, a fine-tune after a
+        checkpoint, an eval with what it has; KILL after the daemon's grace period), KILL, STOP or CONT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Renice(self, request, context):
+        """Set a process's nice value. Anyone may raise it; only an admin may go below 0, or below
+        the value the process started with.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -299,19 +313,21 @@ class SyscallsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Eval(self, request, context):
-        """Start an evaluation process: the perplexity of a model on a text file, or the BLEU or
-        ROUGE of its greedy outputs against a JSONL file's references. Wait returns the metrics.
+    def Eval(self, request_iterator, context):
+        """Start an evaluation process: the perplexity of a model on a text, or the BLEU or ROUGE of
+        its greedy outputs against a JSONL file's references. Wait returns the metrics. The data
+        travels in the request: the first message holds the fields, every message may hold a chunk
+        of `data` (the client's file), up to the caller's data quota.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Train(self, request, context):
-        """Start a training process: a LoRA fine-tune of a loaded model on a dataset file, time-sliced
-        with decode steps. Its stdout shows loss and rates; when done the adapter is served as a new
-        LoRA model (BASE+DATASTEM) over the base, sharing its batches. Wait's results hold the final
-        loss and step count.
+    def Train(self, request_iterator, context):
+        """Start a training process: a LoRA fine-tune of a loaded model on a dataset, time-sliced with
+        decode steps. Its stdout shows loss and rates; when done the adapter is served as a new LoRA
+        model (BASE+DATASTEM) over the base, sharing its batches, and owned by the caller. Wait's
+        results hold the final loss and step count. The data travels in the request, as Eval's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -344,6 +360,11 @@ def add_SyscallsServicer_to_server(servicer, server):
                     servicer.Kill,
                     request_deserializer=llmos_dot_v1_dot_syscalls__pb2.KillRequest.FromString,
                     response_serializer=llmos_dot_v1_dot_syscalls__pb2.KillResponse.SerializeToString,
+            ),
+            'Renice': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renice,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.ReniceRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.ReniceResponse.SerializeToString,
             ),
             'Fork': grpc.unary_unary_rpc_method_handler(
                     servicer.Fork,
@@ -425,12 +446,12 @@ def add_SyscallsServicer_to_server(servicer, server):
                     request_deserializer=llmos_dot_v1_dot_syscalls__pb2.StatsRequest.FromString,
                     response_serializer=llmos_dot_v1_dot_syscalls__pb2.StatsResponse.SerializeToString,
             ),
-            'Eval': grpc.unary_unary_rpc_method_handler(
+            'Eval': grpc.stream_unary_rpc_method_handler(
                     servicer.Eval,
                     request_deserializer=llmos_dot_v1_dot_syscalls__pb2.EvalRequest.FromString,
                     response_serializer=llmos_dot_v1_dot_syscalls__pb2.EvalResponse.SerializeToString,
             ),
-            'Train': grpc.unary_unary_rpc_method_handler(
+            'Train': grpc.stream_unary_rpc_method_handler(
                     servicer.Train,
                     request_deserializer=llmos_dot_v1_dot_syscalls__pb2.TrainRequest.FromString,
                     response_serializer=llmos_dot_v1_dot_syscalls__pb2.TrainResponse.SerializeToString,
@@ -571,6 +592,33 @@ class Syscalls:
             '/llmos.v1.Syscalls/Kill',
             llmos_dot_v1_dot_syscalls__pb2.KillRequest.SerializeToString,
             llmos_dot_v1_dot_syscalls__pb2.KillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Renice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/Renice',
+            llmos_dot_v1_dot_syscalls__pb2.ReniceRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.ReniceResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -1014,7 +1062,7 @@ class Syscalls:
             _registered_method=True)
 
     @staticmethod
-    def Eval(request,
+    def Eval(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -1024,8 +1072,8 @@ class Syscalls:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/llmos.v1.Syscalls/Eval',
             llmos_dot_v1_dot_syscalls__pb2.EvalRequest.SerializeToString,
@@ -1041,7 +1089,7 @@ class Syscalls:
             _registered_method=True)
 
     @staticmethod
-    def Train(request,
+    def Train(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -1051,8 +1099,8 @@ class Syscalls:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
+        return grpc.experimental.stream_unary(
+            request_iterator,
             target,
             '/llmos.v1.Syscalls/Train',
             llmos_dot_v1_dot_syscalls__pb2.TrainRequest.SerializeToString,
