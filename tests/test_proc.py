@@ -254,3 +254,45 @@ def test_what_does_not_end_within_the_grace_period_is_killed(make_kernel):
     time.sleep(0.06)
     k.step()
     assert p.state == State.KILLED and p.reason == "signal TERM, then KILL: it did not end within 0.05 s"
+
+
+def test_stop_twice_then_cont_resumes(make_kernel):
+    """A second STOP used to record STOPPED as where CONT returns, so CONT left it stopped."""
+    k, _ = make_kernel()
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=4, ignore_eos=True)))
+    k.step()
+    k.signal(ROOT, p.pid, "STOP"), k.signal(ROOT, p.pid, "STOP")
+    k.signal(ROOT, p.pid, "CONT")
+    assert p.state == State.READY
+    k.run_until_idle()
+    assert p.state == State.EXITED
+
+
+def test_fork_of_a_process_waiting_for_its_first_turn(make_kernel, tokenizer):
+    """It used to make a child with no tokens and no conversation, stuck as new."""
+    k, _ = make_kernel()
+    msgs = [{"role": "system", "content": "Be brief."}]
+    p = k.spawn(ROOT, SpawnSpec("tiny", messages=msgs, interactive=True, stop=StopRules(max_tokens=3)))
+    child = k.fork(ROOT, p.pid)
+    assert child.state == State.BLOCKED and child.preamble == msgs
+    other = k.fork(ROOT, p.pid, text="Hi")
+    assert other.state == State.NEW and other.tokens == k.models["tiny"].codec.encode_chat(
+        msgs + [{"role": "user", "content": "Hi"}])
+    k.run_until_idle()
+    assert other.state == State.BLOCKED and other.out_tokens
+
+
+def test_a_task_process_cannot_fork(make_kernel):
+    class Idle:
+        kind = "test"
+
+        def run_unit(self, kernel, proc):
+            return False
+
+        def close(self, kernel, proc, reason):
+            pass
+
+    k, _ = make_kernel()
+    t = k.spawn_task(ROOT, "tiny", Idle())
+    with pytest.raises(FailedPrecondition, match=f"pid {t.pid} is a test process; only a token process can fork"):
+        k.fork(ROOT, t.pid)

@@ -249,3 +249,25 @@ def test_term_checkpoints_a_fine_tune_and_resume_goes_on_from_there(kernel, data
     assert r.task.step == step
     k.signal(ROOT, r.pid, "KILL")  # KILL keeps no checkpoint of its own
     assert r.state == State.KILLED and r.reason == "signal KILL"
+
+
+def test_names_and_owners_of_adapters(kernel, data):
+    """Nobody, an admin included, trains over a base model's name (its files would be replaced);
+    a user never trains over or resumes another user's adapter or checkpoints."""
+    from llmos.kernel import Cred, PermissionDenied
+
+    k, _ = kernel
+    with pytest.raises(InvalidArgument, match="'tiny' names a base model"):
+        train.start(k, ROOT, "tiny", *spec(data, name="tiny"))
+    alice, bob = Cred("alice"), Cred("bob")
+    p = train.start(k, alice, "tiny", *spec(data, name="alices", steps=2))
+    k.run_until_idle()
+    assert p.state == State.EXITED and k.models["alices"].owner == "alice"
+    assert k.store.owner_of("alices") == "alice"
+    for attempt in (lambda: train.start(k, bob, "tiny", *spec(data, name="alices")),
+                    lambda: train.start(k, bob, "tiny", train.TrainSpec("x", name="alices"), resume=True)):
+        with pytest.raises(PermissionDenied, match="belongs to another user"):
+            attempt()
+    q = train.start(k, alice, "tiny", *spec(data, name="alices", steps=2))  # her own: she may train it again
+    k.run_until_idle()
+    assert q.state == State.EXITED, q.reason
