@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-import platform
+import re
+from datetime import date
 from pathlib import Path
 from statistics import mean
 
@@ -31,7 +32,9 @@ def _fmt(x: float | None, digits: int = 1) -> str:
 def print_setup(console: Console, args, bench) -> None:
     counts = [len(p) for p in bench.prompt_ids]
     console.print(f"[bold]llmos throughput[/] · model {MODEL} ({bench.path}) · torch {torch.__version__} · "
-                  f"{args.threads} threads · {platform.processor() or platform.machine()}")
+                  f"{args.threads} threads")
+    if bench.machine is not None:
+        console.print(f"machine: {bench.machine.line()}")
     console.print(f"systems: {', '.join(args.systems)} · concurrency {args.concurrency} × {args.new_tokens} "
                   "new tokens (greedy, EOS ignored)")
     console.print(f"prompt tokens of the {len(counts)} chat requests: min {min(counts)}, mean {mean(counts):.1f}, "
@@ -60,17 +63,45 @@ def ratios(results: list[RunResult]) -> list[dict]:
     return out
 
 
-def print_results(console: Console, results: list[RunResult]) -> None:
+def weight_bytes(system: str) -> int:
+    """Bytes a weight of the system's model takes (its Linear layers read every decode step)."""
+    return 1 if "int8" in system else 4
+
+
+def rooflines(results: list[RunResult], machine, params: int) -> list[dict]:
+    """Each run's tok/s as a fraction of the bound the machine's limits give its model at N."""
+    from bench.machine import roofline
+
+    out = []
+    for r in results:
+        roof = roofline(machine, params, weight_bytes(r.system), r.concurrency)
+        out.append({"system": r.system, "concurrency": r.concurrency, "weight_bytes": roof.weight_bytes,
+                    "memory_ms": roof.memory_ms, "compute_ms": roof.compute_ms, "bound": roof.bound,
+                    "bound_tok_s": roof.bound_tok_s, "fraction": ratio(r.tok_s, roof.bound_tok_s)})
+    return out
+
+
+def print_results(console: Console, results: list[RunResult], roofs: list[dict] | None = None) -> None:
     t = Table(title="Throughput (N requests arriving together, each generating new_tokens)")
     t.add_column("system", no_wrap=True)
-    for col in ("N", "new", "tok/s", "TTFT p50 ms", "TTFT p99 ms", "wall s", "llmos ×"):
+    cols = ["N", "new", "tok/s", "TTFT p50 ms", "TTFT p99 ms", "wall s", "llmos ×"]
+    cols += ["roof tok/s", "of roof"] if roofs else []
+    for col in cols:
         t.add_column(col, justify="right")
+    roof = {(x["system"], x["concurrency"]): x for x in roofs or []}
     for r in sorted(results, key=lambda r: (r.concurrency, r.system != BASELINE)):
         base = _find(results, BASELINE, r.concurrency)
         rel = ratio(base.tok_s, r.tok_s) if base else None
-        t.add_row(r.system, str(r.concurrency), str(r.new_tokens), _fmt(r.tok_s), _fmt(r.ttft_p50_ms, 0),
-                  _fmt(r.ttft_p99_ms, 0), _fmt(r.wall_s, 2), "" if r.system == BASELINE else _fmt(rel, 2) + "×")
+        row = [r.system, str(r.concurrency), str(r.new_tokens), _fmt(r.tok_s), _fmt(r.ttft_p50_ms, 0),
+               _fmt(r.ttft_p99_ms, 0), _fmt(r.wall_s, 2), "" if r.system == BASELINE else _fmt(rel, 2) + "×"]
+        x = roof.get((r.system, r.concurrency))
+        if roofs:
+            row += [f"{_fmt(x['bound_tok_s'], 0)} ({x['bound'][:3]})", f"{x['fraction']:.0%}"] if x else ["", ""]
+        t.add_row(*row)
     console.print(t)
+    if roofs:
+        console.print("roof: N ÷ the least step time, max(weights ÷ read bandwidth, 2·weights·N FLOPs ÷ the 2048³ "
+                      "GEMM peak); mem/com says which bound binds. Attention and the KV cache are left out.")
     rs = ratios(results)
     if rs:
         t = Table(title="llmos / peer (tok/s: higher is better for llmos; TTFT p50: lower is better for llmos)")
@@ -150,10 +181,16 @@ def print_targets(console: Console, targets: list[dict]) -> None:
                           "the shared system-prompt pages. Measured / least possible is the kernel's own share.")
 
 
-def write_json(path: Path, args, results: list[RunResult], memory: dict, targets: list[dict]) -> None:
+def write_json(path: Path, args, results: list[RunResult], memory: dict, targets: list[dict],
+               machine: dict | None = None, roofs: list[dict] | None = None, profile: list[dict] | None = None,
+               kernels: dict | None = None) -> None:
     data = {
+        "machine": machine or {},
         "runs": [r.as_json() for r in results],
         "ratios": ratios(results),
+        "roofline": roofs or [],
+        "profile": profile or [],
+        "kernels": kernels or {},
         "memory": memory,
         "targets": targets,
         "config": {"model": MODEL, "threads": args.threads, "new_tokens": args.new_tokens,
@@ -161,3 +198,46 @@ def write_json(path: Path, args, results: list[RunResult], memory: dict, targets
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def results_path(root: Path, cpu: str, day: date | None = None) -> Path:
+    """bench/results/<date>-<cpu>.json (a later run of the same day gets -2, -3, ...)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") or "cpu"
+    stem = f"{(day or date.today()).isoformat()}-{slug}"
+    path, n = root / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = root / f"{stem}-{n}.json"
+    return path
+
+
+def plot(path: Path, results: list[RunResult], roofs: list[dict] | None = None, title: str = "") -> None:
+    """tok/s against concurrency, one line per system, with the roofline of each weight format dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for system in dict.fromkeys(r.system for r in results):
+        rs = sorted((r for r in results if r.system == system), key=lambda r: r.concurrency)
+        ax.plot([r.concurrency for r in rs], [r.tok_s for r in rs], marker="o", label=system)
+    bounds: dict[int, dict[int, float]] = {}
+    for x in roofs or []:
+        bounds.setdefault(x["weight_bytes"], {})[x["concurrency"]] = x["bound_tok_s"]
+    for (nbytes, pts), style in zip(sorted(bounds.items(), reverse=True), ("--", ":", "-.")):
+        ns = sorted(pts)
+        ax.plot(ns, [pts[n] for n in ns], linestyle=style, color="grey", alpha=0.8,
+                label=f"roofline, {nbytes / 1e6:.0f} MB of weights")
+    ax.set_xscale("log", base=2)
+    ns = sorted({r.concurrency for r in results})
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.set_yscale("log")
+    ax.set_xlabel("concurrent processes (N)")
+    ax.set_ylabel("generated tok/s")
+    ax.set_title(title or f"{MODEL} throughput")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

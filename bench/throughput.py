@@ -7,6 +7,10 @@ check runs first (bench/memory.py): 16 processes sharing one long system prompt 
     python bench/throughput.py                       # 1,4,16,32 × 128 tokens, all systems
     python bench/throughput.py --quick               # smoke run: 1,4 × 16 tokens
     python bench/throughput.py --systems llmos,hf_static_batch --json bench/results/tp.json
+    python bench/throughput.py --profile --plot tp.png --results   # + a per-op step profile, a plot, a dated JSON
+
+Every run names its machine and measures two of its limits (bench/machine.py), and every row
+says what fraction of the roofline they give for its model it reached.
 
 More llmos front ends (a `llmos_daemon` row going through gRPC, say) are added as one more
 entry in SYSTEMS: a function (bench, n, new_tokens, tick) -> RunResult.
@@ -30,7 +34,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 
-from bench import report  # noqa: E402
+from bench import machine, report, step_profile  # noqa: E402
 from bench.common import (MODEL, QUESTIONS, FirstTokenStreamer, RunResult, Tick, chat, default_store,  # noqa: E402
                           drive, encode_chat, result)
 from bench.daemon import run_daemon  # noqa: E402
@@ -52,6 +56,7 @@ class Bench:
         self.requests = [chat(q) for q in QUESTIONS]
         self.prompt_ids = [encode_chat(self.tokenizer, r) for r in self.requests]
         self.notes: list[str] = []
+        self.machine = None  # bench/machine.py's probe, taken before any model loads
         self._kernel = None
         self._hf: dict[str, torch.nn.Module] = {}
 
@@ -230,6 +235,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-memory", action="store_true", help="skip the memory check")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per cell; the median by tok/s is reported")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--results", action="store_true", help="write the results to bench/results/<date>-<cpu>.json")
+    ap.add_argument("--plot", type=Path, help="draw tok/s against concurrency for every system here (matplotlib)")
+    ap.add_argument("--profile", action="store_true", help="profile one steady decode step at 1 and 16 processes "
+                                                           "(fp32 and int8) through the kernel (bench/step_profile.py)")
     ap.add_argument("--via-daemon", action="store_true", help="add llmos_daemon rows: the same work through llmosd")
     ap.add_argument("--via-http", action="store_true", help="add llmos_http rows: the same work through llmosd's HTTP API")
     args = ap.parse_args(argv)
@@ -252,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 150)  # a log file keeps whole columns
     bench = Bench(args)
+    bench.machine = machine.probe(args.threads)
     report.print_setup(console, args, bench)
     results: list[RunResult] = []
     memory: dict = {}
@@ -275,16 +285,34 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.systems:
                 bar.update(task, description=f"{name} × {n}")
                 results.append(median_run(name, bench, n, args.new_tokens, tick, args.repeat))
-    report.print_results(console, results)
+    from transformers import AutoConfig
+
+    roofs = report.rooflines(results, bench.machine, machine.linear_params(AutoConfig.from_pretrained(str(bench.path))))
+    report.print_results(console, results, roofs)
+    kernels = {name: m.info.kernels for name, m in bench._kernel.models.items()} if bench._kernel else {}
+    for name, line in kernels.items():
+        console.print(f"kernels of {name}: {line}")
+    profiles: list[dict] = []
+    if args.profile:
+        modes = [m for s, m in (("llmos", "none"), ("llmos_int8", "int8")) if s in args.systems] or ["none"]
+        profiles = step_profile.run(bench.kernel(), [1, 16], modes)
+        step_profile.print_profiles(console, profiles)
     if memory:
         report.print_memory(console, memory)
     targets = report.check_targets(results, memory)
     report.print_targets(console, targets)
     for note in bench.notes:
         console.print(f"[yellow]note:[/] {note}")
-    if args.json:
-        report.write_json(args.json, args, results, memory, targets)
-        console.print(f"wrote {args.json}")
+    paths = [args.json] if args.json else []
+    if args.results:
+        paths.append(report.results_path(Path(__file__).resolve().parent / "results", bench.machine.cpu))
+    for path in paths:
+        report.write_json(path, args, results, memory, targets, machine.as_json(bench.machine), roofs, profiles,
+                          kernels)
+        console.print(f"wrote {path}")
+    if args.plot:
+        report.plot(args.plot, results, roofs, f"{MODEL} on {bench.machine.cpu}, {args.threads} threads")
+        console.print(f"wrote {args.plot}")
     return 0
 
 

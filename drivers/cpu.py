@@ -6,7 +6,7 @@ import platform
 import psutil
 import torch
 
-from llmos.drivers import packed
+from llmos.drivers import choice
 from llmos.drivers.driver import DeviceInfo
 from llmos.drivers.torch_driver import TorchDriver
 
@@ -22,9 +22,10 @@ class CPUDriver(TorchDriver):
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
 
-    def prepare(self, model: torch.nn.Module) -> None:
-        """Prepack the Linear weights for oneDNN (drivers/packed.py)."""
-        packed.pack_model(model)
+    def prepare(self, model: torch.nn.Module, cache_dir: str | None = None) -> str:
+        """Serve each Linear shape in the form measured fastest on this CPU (drivers/choice.py),
+        the measurement cached in `cache_dir`; returns the one-line summary of the choice."""
+        return choice.serve(model, cache_dir)
 
     def describe(self) -> DeviceInfo:
         mem = psutil.virtual_memory()

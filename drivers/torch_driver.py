@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from llmos.drivers import attention, probe, quant, score
-from llmos.drivers.driver import DeviceInfo, ModelInfo, StepInput, check_quantize
+from llmos.drivers.driver import DeviceInfo, ModelInfo, StepInput, StepOutput, check_quantize
 from llmos.drivers.runner import ModelRunner
 from llmos.drivers.train import Trainer
 
@@ -31,17 +31,19 @@ class TorchDriver:
     def describe(self) -> DeviceInfo:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def load(self, name: str, path: str, dtype: str = "float32", quantize: str = "none") -> ModelInfo:
-        """Load weights from a local transformers directory, quantizing them if asked."""
+    def load(self, name: str, path: str, dtype: str = "float32", quantize: str = "none",
+             cache_dir: str | None = None) -> ModelInfo:
+        """Load weights from a local transformers directory, quantizing them if asked; the
+        device's measurements for serving them are cached in `cache_dir` (None: not kept)."""
         if dtype not in DTYPES:
             raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         quantize = check_quantize(quantize)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa")
         if quantize == "none":
-            return self.adopt(name, model)
+            return self.adopt(name, model, cache_dir)
         nparams = sum(p.numel() for p in model.parameters())
         ratio = self._quantize(model, path, quantize)
-        return dataclasses.replace(self.adopt(name, model), quantize=quantize, ppl_ratio=ratio, num_parameters=nparams)
+        return dataclasses.replace(self.adopt(name, model, cache_dir), quantize=quantize, ppl_ratio=ratio, num_parameters=nparams)
 
     @staticmethod
     def _quantize(model: PreTrainedModel, path: str, mode: str) -> float:
@@ -53,15 +55,15 @@ class TorchDriver:
         quant.quantize_model(model, mode, calibration=tok(probe.CALIBRATION_TEXT)["input_ids"])
         return probe.perplexity(model, ids) / before
 
-    def adopt(self, name: str, model: PreTrainedModel) -> ModelInfo:
+    def adopt(self, name: str, model: PreTrainedModel, cache_dir: str | None = None) -> ModelInfo:
         """Take an already-built model (on any device) and serve it under `name`."""
         model = model.to(self.device).eval()
         nparams = sum(p.numel() for p in model.parameters())  # before prepacking hides them
-        self.prepare(model)
+        kernels = self.prepare(model, cache_dir)
         model.set_attn_implementation(attention.ATTN_NAME)
         runner = ModelRunner(model, self.device)
         self.runners[name] = runner
-        return dataclasses.replace(self._info(name, runner), num_parameters=nparams)
+        return dataclasses.replace(self._info(name, runner), num_parameters=nparams, kernels=kernels)
 
     def load_adapter(self, base: str, name: str, path: str) -> ModelInfo:
         """Serve the peft LoRA adapter at `path` over loaded model `base`, in its batches:
@@ -84,13 +86,15 @@ class TorchDriver:
             dtype=str(runner.dtype).removeprefix("torch."), num_parameters=0,
             weight_bytes=quant.model_bytes(model))
 
-    def prepare(self, model: PreTrainedModel) -> None:
-        """Device-specific rewriting of a model about to be served (none by default)."""
+    def prepare(self, model: PreTrainedModel, cache_dir: str | None = None) -> str:
+        """Device-specific rewriting of a model about to be served (none by default); returns a
+        line saying which kernels serve it ("" where there is no choice)."""
+        return ""
 
     def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int:
         return self.runners[name].alloc_kv(num_pages, page_size, swap_pages)
 
-    def step(self, name: str, batch: StepInput) -> dict[int, int]:
+    def step(self, name: str, batch: StepInput) -> StepOutput:
         return self.runners[name].step(batch)
 
     def score(self, name: str, token_ids: list[int]) -> tuple[float, int]:

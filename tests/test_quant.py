@@ -143,7 +143,7 @@ def test_int8_through_the_daemon_and_the_shell(llmosd, tiny_model_dir):
         pid = c.spawn("tiny-llama", tokens=[5, 6, 7, 8], quantize="int8", max_tokens=6, ignore_eos=True)
         res = c.wait(pid)
         assert res.proc.model == "tiny-llama:int8" and res.proc.usage.generated_tokens == 6
-    bad = shell("load", str(tiny_model_dir), "--quantize", "int4")
-    assert bad.returncode != 0 and "unknown quantization mode 'int4'; supported: none, int8" in bad.stderr
+    bad = shell("load", str(tiny_model_dir), "--quantize", "int3")
+    assert bad.returncode != 0 and "unknown quantization mode 'int3'; supported: none, int8, int4" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     assert shell("unload", "tiny-llama:int8").returncode == 0

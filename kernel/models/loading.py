@@ -162,7 +162,7 @@ def prepare(k: "Kernel", ref: str, name: str, dtype: str, quantize: str = "none"
         raise Unavailable(str(e)) from None
     t0 = time.monotonic()
     try:
-        info = k.driver.load(name, str(path), dtype, quantize)
+        info = k.driver.load(name, str(path), dtype, quantize, cache_dir=str(k.store.cache_of(path)))
     except ValueError as e:  # an unsupported dtype, or layers that cannot be quantized
         raise InvalidArgument(f"cannot load {ref}: {e}") from None
     tok = AutoTokenizer.from_pretrained(str(path))
@@ -205,5 +205,5 @@ def _install(k: "Kernel", name: str, info: ModelInfo, tok, eos, source: str) -> 
     swap = cfg.swap_pages if cfg.swap_pages is not None else pages
     kv_bytes = k.driver.alloc_kv(name, pages, cfg.page_size, swap)
     memory = MemoryManager(pages, cfg.page_size, swap, salt=zlib.crc32(name.encode()))
-    return LoadedModel(name=name, info=info, codec=TextCodec(tok, eos_ids), memory=memory,
+    return LoadedModel(name=name, info=info, codec=TextCodec(tok, eos_ids, info.vocab_size), memory=memory,
                        scheduler=Scheduler(cfg.sched, memory), source=source, kv_bytes=kv_bytes)

@@ -16,6 +16,7 @@ the way, before anything is created, read or removed there; the store is 0700.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -115,6 +116,18 @@ class ModelStore:
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not (path / ADAPTER_META).exists():
             (path / "owner.json").write_text(json.dumps({"owner": owner}))
+        return path
+
+    def cache_of(self, source: Path) -> Path:
+        """The store's private folder for what a driver measured about the model at `source`
+        (its kernel choice), made on first use; one per source, wherever the source lies."""
+        key = hashlib.sha256(str(Path(source).resolve()).encode()).hexdigest()[:16]
+        path = self.root / ".cache" / key
+        for at in (self.root / ".cache", path):
+            if at.is_symlink():
+                raise OutsideStore(f"the store holds a symbolic link at {at.relative_to(self.root)}; "
+                                   "llmos never follows links in its store")
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
         return path
 
     def resolve(self, ref: str, log: Callable[[str], None] = print) -> Path:
