@@ -1,9 +1,10 @@
-"""CUDADriver: torch on an NVIDIA GPU, with pynvml telemetry."""
+"""CUDADriver: torch on an NVIDIA GPU, with NVML telemetry (drivers/nvml.py)."""
 from __future__ import annotations
 
 import torch
 
 from llmos.drivers.driver import DeviceInfo
+from llmos.drivers.nvml import Telemetry, pci_bus_id
 from llmos.drivers.torch_driver import TorchDriver
 
 
@@ -19,29 +20,19 @@ class CUDADriver(TorchDriver):
             raise RuntimeError(f"cuda:{index} does not exist: torch sees {torch.cuda.device_count()} CUDA device(s)")
         super().__init__(torch.device("cuda", index))
         self.index = index
-        self._nvml = _nvml_handle(index)
+        props = torch.cuda.get_device_properties(index)
+        self.telemetry = Telemetry(pci_bus_id(props.pci_domain_id, props.pci_bus_id, props.pci_device_id))
 
     def describe(self) -> DeviceInfo:
         free, total = torch.cuda.mem_get_info(self.index)
-        info = DeviceInfo(name=torch.cuda.get_device_name(self.index), kind="cuda", index=self.index,
-                          total_memory=total, free_memory=free)
-        if self._nvml is not None:
-            import pynvml
-            try:
-                info.utilization = float(pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu)
-                info.temperature = float(pynvml.nvmlDeviceGetTemperature(self._nvml, pynvml.NVML_TEMPERATURE_GPU))
-            except pynvml.NVMLError:
-                pass
-        return info
+        util, temp = self.telemetry.read()
+        return DeviceInfo(name=torch.cuda.get_device_name(self.index), kind="cuda", index=self.index,
+                          total_memory=total, free_memory=free, utilization=util, temperature=temp,
+                          telemetry_error=self.telemetry.error)
+
+    def free_memory(self) -> int:
+        """Bytes the device has free now (what a KV pool may be sized from)."""
+        return torch.cuda.mem_get_info(self.index)[0]
 
     def _empty_cache(self) -> None:
         torch.cuda.empty_cache()
-
-
-def _nvml_handle(index: int):
-    try:
-        import pynvml
-        pynvml.nvmlInit()
-        return pynvml.nvmlDeviceGetHandleByIndex(index)
-    except Exception:  # NVML missing or unusable: telemetry degrades to torch's own figures
-        return None
