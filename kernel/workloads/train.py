@@ -1,4 +1,6 @@
-"""Training processes: LoRA fine-tunes that the kernel time-slices with decode steps.
+"""Training processes: LoRA fine-tunes that the kernel time-slices with decode steps; with
+`distill` a teacher model's distributions are the target, with `full` every weight trains
+(kernel/workloads/distill.py).
 
 `start(kernel, model, spec)` validates the dataset and spawns a task process (kernel/tasks.py).
 Each unit is one micro-batch (forward + backward); the unit that ends an optimizer step also
@@ -25,7 +27,7 @@ from llmos.kernel.errors import FailedPrecondition, InvalidArgument
 from llmos.kernel.models import adapters, loading
 from llmos.kernel.proc import State
 from llmos.kernel.users.cred import Cred
-from llmos.kernel.workloads import dataset
+from llmos.kernel.workloads import dataset, distill
 from llmos.syscalls.abi.names import check_name
 
 if TYPE_CHECKING:
@@ -50,6 +52,10 @@ class TrainSpec:
     name: str = ""              # the adapter model's name; default BASE+DATASTEM
     seed: int = 0
     max_len: int = 512
+    distill: str = ""           # the teacher model's name: learn its next-token distributions
+    temperature: float = 2.0    # distillation's softmax temperature (the KL is scaled by its square)
+    alpha: float = 0.0          # distillation: the weight of the data's cross-entropy (1 - alpha: the KL's)
+    full: bool = False          # train every weight of a copy (a model of its own), not a LoRA adapter
 
     def check(self) -> "TrainSpec":
         for what, v, lo, hi in [("steps", self.steps, 1, 1_000_000), ("rank", self.rank, 1, 256),
@@ -62,6 +68,7 @@ class TrainSpec:
             raise InvalidArgument(f"lr must be in (0, 1], got {self.lr}")
         if not self.dataset:
             raise InvalidArgument("give a dataset to train on")
+        distill.check_spec(self.temperature, self.alpha)
         return self
 
 
@@ -78,6 +85,7 @@ class TrainTask:
     start_step: int = 0
     owner: str = ""
     data_bytes: int = 0
+    vocab: int = 0  # distilling: how many logits teacher and student share
     kind: str = "train"
     unit_tokens: int = 0
     step: int = 0
@@ -94,7 +102,7 @@ class TrainTask:
         idx = dataset.Order(len(self.examples), s.seed).batch(self.step, s.batch)
         exs = [self.examples[i] for i in idx]
         part = exs[self._micro * s.micro_batch:(self._micro + 1) * s.micro_batch]
-        self.unit_tokens = sum(len(e.tokens) for e in part)
+        self.unit_tokens = sum(len(e.tokens) for e in part) * (2 if s.distill else 1)  # the teacher's too
         self._sum += kernel.driver.train_micro(self.name, [list(e.tokens) for e in part],
                                                [e.loss_from for e in part], _targets(exs))
         self._micro += 1
@@ -104,12 +112,17 @@ class TrainTask:
 
     def _begin(self, kernel: "Kernel", p: "Process") -> bool:
         s = self.spec
-        n = kernel.driver.train_begin(self.base, self.name, {"rank": s.rank, "lr": s.lr, "seed": s.seed})
+        cfg = {"rank": s.rank, "lr": s.lr, "seed": s.seed, "full": s.full}
         self._begun = True
+        if s.distill:  # the driver holds the teacher for the session begun next (drivers/train.py)
+            kernel.driver.train_begin(kernel.model(s.distill).name, self.name, {"role": "teacher"})
+            cfg.update(distill=True, temperature=s.temperature, kd_alpha=s.alpha, vocab=self.vocab)
+        n = kernel.driver.train_begin(self.base, self.name, cfg)
         if self.start_step:
             kernel.driver.train_load(self.name, str(self.ckpt_root / f"step-{self.start_step}"))
             p.stdout += f"resuming {self.name} from step {self.start_step}/{s.steps}\n"
-        p.stdout += (f"training {self.name}: LoRA rank {s.rank} on {self.base} ({n} trainable parameters), "
+        p.stdout += (distill.describe(s, n, self.base, len(self.examples)) if s.distill or s.full else
+                     f"training {self.name}: LoRA rank {s.rank} on {self.base} ({n} trainable parameters), "
                      f"{len(self.examples)} examples from {s.dataset}, {s.steps} steps of {s.batch}, lr {s.lr:g}\n")
         self._t = time.monotonic()
         return False
@@ -147,25 +160,29 @@ class TrainTask:
             shutil.rmtree(self.ckpt_root / f"step-{old}", ignore_errors=True)
 
     def _register(self, kernel: "Kernel", p: "Process") -> None:
-        """Save the adapter as a LoRA model in the store and serve it (replacing an idle older copy)."""
-        s, staged = self.spec, kernel.store.staging(self.name)
+        """Save the adapter as a LoRA model in the store (a full run: the model itself) and serve
+        it (replacing an idle older copy)."""
+        staged = kernel.store.staging(self.name)
         kernel.driver.train_export(self.name, str(staged))
+        served = self._save_adapter(kernel, staged) if not self.spec.full else \
+            distill.register_full(kernel, self.name, self.base)
+        p.results = {"loss": self.losses[-1], "first_loss": self.losses[0], "steps": float(self.step)}
+        p.reason = f"trained {self.step} steps, final loss {self.losses[-1]:.4f}; registered model {self.name}{served}"
+        p.stdout += p.reason + "\n"
+
+    def _save_adapter(self, kernel: "Kernel", staged: Path) -> str:
+        s = self.spec
         meta = {"adapter": self.name, "base": self.base, "base_source": adapters.base_source(kernel.model(self.base)),
                 "owner": self.owner, "rank": s.rank, "lr": s.lr, "seed": s.seed, "steps": self.step,
                 "dataset_sha256": self.digest}
         dest = kernel.store.save_adapter(staged, self.name, meta)
-        served = ""
         if self.name in kernel.models:
             try:
                 loading.unload_model(kernel, self.name)
             except FailedPrecondition as e:
-                served = f"; not reloaded: {e}"
-        if not served:
-            kernel.install_model(loading.prepare_model(kernel, str(dest), name=self.name))
-            served = "; loaded"
-        p.results = {"loss": self.losses[-1], "first_loss": self.losses[0], "steps": float(self.step)}
-        p.reason = f"trained {self.step} steps, final loss {self.losses[-1]:.4f}; registered model {self.name}{served}"
-        p.stdout += p.reason + "\n"
+                return f"; not reloaded: {e}"
+        kernel.install_model(loading.prepare_model(kernel, str(dest), name=self.name))
+        return "; loaded"
 
     def terminate(self, kernel: "Kernel", p: "Process") -> None:
         """TERM: keep what the finished steps learned in a checkpoint, then end."""
@@ -210,6 +227,9 @@ def start(kernel: "Kernel", cred: "Cred", model: str, spec: TrainSpec, data: byt
     if data is None:
         raise InvalidArgument("give the data to train on")
     spec.check()
+    vocab = distill.check_teacher(kernel, cred, m, spec.distill) if spec.distill else 0
+    if spec.full:
+        distill.check_full(cred, m)
     unit = spec.micro_batch * min(spec.max_len, m.info.max_context)
     if unit > kernel.config.max_unit_tokens:
         raise InvalidArgument(f"micro_batch x max_len is {unit} tokens, over the {kernel.config.max_unit_tokens} "
@@ -225,7 +245,7 @@ def start(kernel: "Kernel", cred: "Cred", model: str, spec: TrainSpec, data: byt
                               spec.dataset)
     kernel.quota.check_data(kernel, owner, len(data))
     task = TrainTask(model, spec.name, spec, examples, root, digest, start_step=start_step, step=start_step,
-                     losses=list(losses), owner=owner, data_bytes=len(data))
+                     losses=list(losses), owner=owner, data_bytes=len(data), vocab=vocab)
     p = kernel.spawn_task(cred, model, task, priority=priority, owner=owner)
     if not resume:  # a fresh run: an older run's checkpoints would mislead --resume
         try:
