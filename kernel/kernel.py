@@ -17,10 +17,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from llmos.drivers.driver import Driver
+from llmos.kernel import grammar
 from llmos.kernel import pipe as pipes
-from llmos.kernel import signals, spawn, stdio, step, tasks
-from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound, Overloaded
-from llmos.kernel.events import Event, Listener, Reaped, ShutdownRequested, Spawned, StateChanged
+from llmos.kernel import signals, spawn, stdio, step, table, tasks
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
+from llmos.kernel.events import Event, Listener, ShutdownRequested
 from llmos.kernel.memory import MemInfo
 from llmos.kernel.models import loading
 from llmos.kernel.models.loading import LoadedModel, Prepared
@@ -30,7 +31,7 @@ from llmos.kernel.sched import SchedConfig
 from llmos.kernel.users.cred import Cred
 from llmos.kernel.users.quota import QuotaKeeper, Quotas, UserLimits
 from llmos.kernel.users.tokens import TokenInfo, TokenStore
-from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec, SpecError, check_nice
+from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec
 
 
 @dataclass
@@ -51,6 +52,7 @@ class KernelConfig:
     max_unit_tokens: int = 2048    # most tokens one unit of task work may compute (a micro-batch, a window)
     max_unit_s: float = 30.0       # a task whose unit takes longer is ended: the decode streams wait for it
     data_dirs: tuple[str, ...] = ()  # where an admin may have llmosd read data files (none by default)
+    tool_wait_ttl_s: float = 60.0  # a process blocked on a tool's result keeps its pages this long
 
 
 class Kernel:
@@ -73,8 +75,8 @@ class Kernel:
         self.device_share = tasks.DeviceShare()  # device time of token steps against task units
         self.accepting = True   # False once shutdown has begun: no new processes
         self.steps = 0
-        self._exited: collections.deque[int] = collections.deque()
-        self._next_pid = 1
+        self.exited: collections.deque[int] = collections.deque()  # finished pids, oldest first (table.py)
+        self.next_pid = 1
         self._next_pipe = 1
         self._events: list[Event] = []
         self._batching = 0
@@ -98,9 +100,10 @@ class Kernel:
         """A process that runs `task` (kernel/tasks.py) on `model` instead of sampling tokens."""
         return spawn.spawn_task(self, cred, model, task, priority, owner)
 
-    def write(self, cred: Cred, pid: int, text: str) -> int:
-        """A user turn on an interactive process's stdin; the offset where its answer begins."""
-        return stdio.write(self, cred, pid, text)
+    def write(self, cred: Cred, pid: int, text: str, role: str = "user") -> int:
+        """A turn on an interactive process's stdin (a user's, or a tool result with
+        role="tool"); the offset where its answer begins."""
+        return stdio.write(self, cred, pid, text, role)
 
     def signal(self, cred: Cred, pid: int, sig: Signal | str) -> Process:
         """TERM, KILL, STOP or CONT."""
@@ -109,22 +112,11 @@ class Kernel:
     def renice(self, cred: Cred, pid: int, nice: int) -> Process:
         """A new nice value: anyone may raise theirs; only an admin may go below 0 or below
         what the process started with."""
-        p = self.lookup(cred, pid)
-        try:
-            check_nice(nice)
-        except SpecError as e:
-            raise InvalidArgument(str(e), getattr(e, "field", None)) from None
-        p.priority = cred.check_nice(nice, floor=p.spec.priority)
-        self.emit(StateChanged(pid))
-        return p
+        return signals.renice(self, cred, pid, nice)
 
     def detach(self, cred: Cred, pid: int) -> Process:
         """Nobody will wait for pid: it is reaped as soon as it ends (now, if it has)."""
-        p = self.lookup(cred, pid)
-        if p.state.done:
-            return self.reap(cred, pid)
-        p.detached = True
-        return p
+        return table.detach(self, cred, pid)
 
     def pipe(self, cred: Cred, src: int, dst: int) -> pipes.Pipe:
         """src's output into interactive dst's stdin when src ends."""
@@ -132,12 +124,7 @@ class Kernel:
 
     def reap(self, cred: Cred, pid: int) -> Process:
         """Forget a finished process (its output stays readable until then)."""
-        p = self.lookup(cred, pid)
-        if not p.state.done:
-            raise FailedPrecondition(f"pid {pid} is still {p.state.value}")
-        del self.procs[pid]
-        self.emit(Reaped(pid))
-        return p
+        return table.reap(self, cred, pid)
 
     def lookup(self, cred: Cred, pid: int) -> Process:
         """The process pid, if the caller may see it; NotFound, as for no such pid, if not."""
@@ -148,13 +135,7 @@ class Kernel:
     def ps(self, cred: Cred, model: str = "", states: Sequence[str] = (), owner: str = "",
            live_only: bool = False) -> list[Process]:
         """The processes the caller may see, filtered."""
-        known = {s.value for s in State}
-        bad = sorted(set(states) - known)
-        if bad:
-            raise InvalidArgument(f"unknown state {bad[0]!r}; states are {', '.join(s.value for s in State)}")
-        return [p for p in self.procs.values() if cred.sees(p.owner) and (not model or p.model == model)
-                and (not states or p.state.value in states) and (not owner or p.owner == owner)
-                and not (live_only and p.state.done)]
+        return table.ps(self, cred, model, states, owner, live_only)
 
     def live(self, model: str | None = None) -> int:
         """Live processes, all of them or those on one model."""
@@ -267,6 +248,7 @@ class Kernel:
         total = 0
         with self.batch():
             step.enforce_time_limits(self, now)
+            grammar.poll(self)
             for m in self.pools():
                 live = self.pool_procs(m)
                 plan = m.scheduler.schedule(live, now, self.quota.allowance(live, now))
@@ -295,50 +277,17 @@ class Kernel:
 
     def pool_procs(self, m: LoadedModel) -> list[Process]:
         """The live token processes scheduled in m's pool: its own and its LoRA models'."""
-        return [p for p in self.procs.values() if not p.state.done and p.task is None
+        return [p for p in self.procs.values() if not p.state.done and p.task is None and p.grammar_job is None
                 and self.models[p.model].pool == m.name]
 
     # --- for the kernel's own files: the process table and the events --------------------------------
     def admit(self, p: Process, state: State = State.NEW) -> Process:
         """Give a new process a pid and a place in the table."""
-        live = self.live()
-        if live >= self.config.max_procs:
-            raise Overloaded(f"process table full: {live} live processes (max_procs={self.config.max_procs})")
-        p.pid = self._next_pid
-        self._next_pid += 1
-        p.usage.prompt_tokens = len(p.tokens)
-        p.state = state  # NEW until the scheduler first gives it tokens
-        if state == State.BLOCKED:
-            p.reason = "waiting for input"
-        self.procs[p.pid] = p
-        self.emit(Spawned(p.pid, tuple(p.tokens)))
-        return p
+        return table.admit(self, p, state)
 
     def exit(self, p: Process, state: State, reason: str) -> None:
-        """End a process (like xv6's exit): its pages go back, its task closes, it stays
-        readable until reaped or evicted (only the newest keep_exited finished ones stay)."""
-        p.exit(state, reason)
-        if p.task is not None:
-            try:
-                p.task.close(self, p, reason)
-            except Exception as e:  # noqa: BLE001 - the process is ending anyway
-                self.log(f"pid {p.pid}: closing its task failed: {type(e).__name__}: {e}", "error")
-        m = self.models.get(p.model)
-        if m is not None:
-            m.memory.free(p.pid)
-        p.usage.pages_held = 0
-        p.detok = None
-        self.log(f"pid {p.pid} {state.value}: {reason}")
-        self.emit(StateChanged(p.pid))
-        if p.detached:
-            del self.procs[p.pid]
-            return self.emit(Reaped(p.pid))
-        self._exited.append(p.pid)
-        while len(self._exited) > self.config.keep_exited:
-            old = self._exited.popleft()
-            if old in self.procs and self.procs[old].state.done:
-                del self.procs[old]
-                self.emit(Reaped(old))
+        """End a process (like xv6's exit): its pages go back, it stays readable until reaped."""
+        table.exit(self, p, state, reason)
 
     def emit(self, event: Event) -> None:
         """Tell the listeners: at once, or at the end of the batch (a step) in progress."""
@@ -376,13 +325,8 @@ class Kernel:
     # --- recovery: kernel/recovery.py rebuilds processes after a crash through these --------------------
     def restore(self, p: Process) -> None:
         """Put a journaled process back under its own pid; new pids continue above it."""
-        if p.pid in self.procs:
-            raise FailedPrecondition(f"pid {p.pid} is already in the process table")
-        self.procs[p.pid] = p
-        self.reserve_pids(p.pid + 1)
-        m = self.models.get(p.model)
-        p.kv_salt, p.adapter = (m.kv_salt, m.adapter) if m is not None else (0, "")
+        table.restore(self, p)
 
     def reserve_pids(self, next_pid: int) -> None:
         """New pids start at next_pid or above (pids of reaped processes are never reused)."""
-        self._next_pid = max(self._next_pid, next_pid)
+        self.next_pid = max(self.next_pid, next_pid)
