@@ -22,6 +22,7 @@ class SeqSlice:
     sample: bool  # whether to sample a token after the last of token_ids
     sampling: SamplingParams = field(default_factory=SamplingParams)
     adapter: str = ""  # the LoRA adapter these tokens run under (its model name); "" = the base model
+    grammar: object | None = None  # a sampling slice's GrammarState (drivers/grammar_state.py): its mask
 
 
 @dataclass
@@ -30,6 +31,17 @@ class StepInput:
 
     seqs: list[SeqSlice]
     moves: list[tuple[str, int, int]] = field(default_factory=list)
+
+
+@dataclass
+class StepOutput:
+    """What a forward pass gives back: the sampled token of each slice that asked for one, and,
+    for slices whose sampling asked, (log-probability, [(token, log-probability)] of the top
+    alternatives), of the logits after any mask and before temperature."""
+
+    tokens: dict[int, int] = field(default_factory=dict)
+    logprobs: dict[int, tuple[float, list[tuple[int, float]]]] = field(default_factory=dict)
+    grammar_ended: dict[int, str] = field(default_factory=dict)  # slices no token could continue: why
 
 
 @dataclass
@@ -44,9 +56,10 @@ class DeviceInfo:
     utilization: float | None = None  # percent
     temperature: float | None = None  # degrees C
     threads: int | None = None
+    telemetry_error: str = ""  # why utilization or temperature are unknown ("" when they are read)
 
 
-QUANT_MODES = ("none", "int8")
+QUANT_MODES = ("none", "int8", "int4")
 PPL_TOLERANCE = 1.03  # a quantized model's perplexity may exceed its original's by 3% at most
 
 
@@ -87,6 +100,7 @@ class ModelInfo:
     ppl_ratio: float = 0.0
     base: str = ""     # a LoRA adapter: the model it runs over (its parameters are the adapter's)
     lora_rank: int = 0
+    kernels: str = ""  # which GEMM kernels serve it, and why (drivers/choice.py); "": no choice made
 
     def kv_bytes_per_page(self, page_size: int, dtype_bytes: int) -> int:
         return 2 * self.num_layers * page_size * self.kv_heads * self.head_dim * dtype_bytes
@@ -99,13 +113,14 @@ class Driver(Protocol):
 
     def describe(self) -> DeviceInfo: ...
 
-    def load(self, name: str, path: str, dtype: str, quantize: str = "none") -> ModelInfo: ...
+    def load(self, name: str, path: str, dtype: str, quantize: str = "none",
+             cache_dir: str | None = None) -> ModelInfo: ...
 
     def load_adapter(self, base: str, name: str, path: str) -> ModelInfo: ...
 
     def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int: ...
 
-    def step(self, name: str, batch: StepInput) -> dict[int, int]: ...
+    def step(self, name: str, batch: StepInput) -> StepOutput: ...
 
     def score(self, name: str, token_ids: list[int]) -> tuple[float, int]: ...
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from llmos.drivers.attention import PagedBatch, PrefillSlice
-from llmos.drivers.driver import StepInput
+from llmos.drivers.driver import StepInput, StepOutput
 from llmos.drivers.lora import LoraSet
 from llmos.drivers.lean import LeanDecoder
-from llmos.drivers.sampler import sample
+from llmos.drivers.grammar_mask import mask_logits
+from llmos.drivers.sampler import logprobs, sample
 
 
 class ModelRunner:
@@ -53,20 +54,25 @@ class ModelRunner:
                     k[dst].copy_(sk[src]); v[dst].copy_(sv[src])
 
     @torch.inference_mode()
-    def step(self, batch: StepInput) -> dict[int, int]:
-        """Run one forward pass; return the sampled token of each slice that asked for one."""
+    def step(self, batch: StepInput) -> StepOutput:
+        """Run one forward pass; the sampled token of each slice that asked for one (and its
+        log-probabilities, where its sampling asked)."""
         self.apply_moves(batch.moves)
         if not batch.seqs:
-            return {}
+            return StepOutput()
         meta, ids, pos, keep = self._prepare(batch)
         with self.lora.applied([(s.adapter, len(s.token_ids)) for s in batch.seqs]):
             logits = self.forward(meta, ids, pos, keep)
         sampled = [s for s in batch.seqs if s.sample]
         if not sampled:
-            return {}
-        tokens = sample(logits, [s.sampling for s in sampled],
-                        [s.start_pos + len(s.token_ids) for s in sampled])
-        return {s.seq_id: t for s, t in zip(sampled, tokens)}
+            return StepOutput()
+        params = [s.sampling for s in sampled]
+        dead = mask_logits(logits, [s.grammar for s in sampled])  # constrained rows only
+        tokens = sample(logits, params, [s.start_pos + len(s.token_ids) for s in sampled])
+        lps = logprobs(logits, params, tokens)
+        return StepOutput({s.seq_id: t for s, t in zip(sampled, tokens)},
+                          {sampled[i].seq_id: lp for i, lp in lps.items()},
+                          {sampled[i].seq_id: why for i, why in dead.items()})
 
     def forward(self, meta: PagedBatch, ids: list[int], pos: list[int], keep: list[int]) -> torch.Tensor:
         """Logits [len(keep), vocab]: through the lean forward where the model has its shape,

@@ -20,6 +20,26 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], positions: list[i
     return out
 
 
+def logprobs(logits: torch.Tensor, params: list[SamplingParams],
+             tokens: list[int]) -> dict[int, tuple[float, list[tuple[int, float]]]]:
+    """For the rows whose params ask: (log-probability of the sampled token, the top
+    alternatives as (token, log-probability)), from log-softmax of the logits. Rows that do
+    not ask cost nothing."""
+    rows = [i for i, p in enumerate(params) if p.logprobs]
+    if not rows:
+        return {}
+    lp = torch.log_softmax(logits[rows].float(), dim=-1)
+    k = max(params[i].top_logprobs for i in rows)
+    top = lp.topk(k, dim=-1) if k else None
+    chosen = lp.gather(1, torch.tensor([[tokens[i]] for i in rows], device=lp.device))[:, 0].tolist()
+    out = {}
+    for j, i in enumerate(rows):
+        n = params[i].top_logprobs
+        alts = list(zip(top.indices[j, :n].tolist(), top.values[j, :n].tolist())) if n else []
+        out[i] = (chosen[j], alts)
+    return out
+
+
 def _sample_row(logits: torch.Tensor, p: SamplingParams, position: int) -> int:
     logits = logits / p.temperature
     if 0 < p.top_k < logits.shape[-1]:

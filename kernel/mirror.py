@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -36,6 +36,8 @@ class Snap:
     state: State
     reason: str
     owner: str = ""  # who may see it (kernel/users/cred.py)
+    logprobs: list = field(default_factory=list, compare=False)  # the process's own, append-only list
+    n_logprobs: int = 0  # how many of them this snapshot covers
 
     def ended(self, turn: bool) -> bool:
         """Whether a reader or waiter stops here: at exit, or also at a turn's end."""
@@ -50,7 +52,7 @@ def snapshot(p: Process) -> Snap:
         # may already be in the text: hold back what a stop string could still begin with.
         hold = max(len(s) for s in p.stop.stop) - 1
         stable = max(p.turn_text_start, stable - hold)
-    return Snap(p.pid, p.stdout, stable, p.state, p.reason, p.owner)
+    return Snap(p.pid, p.stdout, stable, p.state, p.reason, p.owner, p.logprobs, len(p.logprobs))
 
 
 class ProcMirror:
@@ -140,17 +142,18 @@ class ProcMirror:
         return e.offset
 
     async def read(self, cred: "Cred", pid: int, offset: int = 0, turn: bool = False,
-                   now: bool = False) -> AsyncIterator[tuple[str, int, Snap]]:
-        """Stream pid's output from offset as (new text, its end offset, snapshot), until the
-        process ends (or, with turn, its turn ends; with now, at once). The last item always
-        carries the ending snapshot, with or without text."""
+                   now: bool = False) -> AsyncIterator[tuple[str, int, Snap, list]]:
+        """Stream pid's output from offset as (new text, its end offset, snapshot, the logprobs
+        of the tokens whose text it carries), until the process ends (or, with turn, its turn
+        ends; with now, at once). The last item always carries the ending snapshot, with or
+        without text, and every logprob not yet handed out."""
         if offset < 0:
             raise InvalidArgument(f"offset must be 0 or more, got {offset}")
         snap = await self.track(cred, pid)
         if offset > len(snap.stdout) and snap.state.done:
             raise InvalidArgument(f"offset {offset} is past the end of pid {pid}'s output "
                                   f"({len(snap.stdout)} characters)")
-        seen = None
+        seen, sent = None, _upto(snap, offset)
         while True:
             # Updates land while the consumer is suspended at `yield`: compare with the last
             # snapshot handled, not with the last wake-up, so none is missed.
@@ -159,7 +162,16 @@ class ProcMirror:
             end = max(offset, snap.stable)
             done = now or snap.ended(turn)
             if done or end > offset:
-                yield snap.stdout[offset:end], end, snap
-                offset = end
+                upto = snap.n_logprobs if done else _upto(snap, end, sent)
+                yield snap.stdout[offset:end], end, snap, snap.logprobs[sent:upto]
+                offset, sent = end, upto
             if done:
                 return
+
+
+def _upto(snap: Snap, end: int, start: int = 0) -> int:
+    """How many of snap's logprobs are of tokens whose text ends at or before `end`."""
+    i, lps = start, snap.logprobs
+    while i < snap.n_logprobs and lps[i].text_end <= end:
+        i += 1
+    return i

@@ -7,9 +7,12 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llmos.syscalls.abi.logprobs import TokenLogprob
 from llmos.syscalls.abi.spec import Limits, SamplingParams, SpawnSpec, StopRules
 
 if TYPE_CHECKING:
+    from llmos.drivers.grammar import CompileJob
+    from llmos.drivers.grammar_state import GrammarState
     from llmos.kernel.tasks import Task
     from llmos.kernel.text import Detokenizer
 
@@ -77,7 +80,11 @@ class Process:
     stdout: str = ""         # generated text, all turns
     turn_text_start: int = 0  # where this turn's text begins in stdout (stop strings search from here)
     detok: "Detokenizer | None" = None  # turns out_tokens into stdout
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # per output token, if its sampling asks (append-only)
+    grammar: "GrammarState | None" = None  # where this turn's output stands in spec.grammar
+    grammar_job: "CompileJob | None" = None  # its grammar while it compiles: not scheduled until then
     term_at: float | None = None  # when TERM arrived: it ends at its next token (a task: its next unit)
+    pinned_until: float = 0.0  # its pages are not taken before this (blocked on a tool's result)
     detached: bool = False   # reaped as soon as it ends (nobody will wait for it)
     results: dict[str, float] = field(default_factory=dict)  # a task's structured results (eval metrics)
 

@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from llmos.kernel import stdio
+from llmos.kernel import grammar, stdio
 from llmos.kernel.events import Event, Input, Output, Reaped, Spawned, StateChanged
 from llmos.kernel.proc import Process, State
+from llmos.syscalls.abi.grammar import GrammarSpec
 from llmos.syscalls.abi.spec import Limits, SamplingParams, SpawnSpec, StopRules
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ def spawn_spec(d: dict) -> SpawnSpec:
     return SpawnSpec(model=s["model"], prompt=s.get("prompt"), messages=s.get("messages"), tokens=s.get("tokens"),
                      sampling=SamplingParams(**s["sampling"]), stop=StopRules(**s["stop"]),
                      limits=Limits(**s["limits"]), priority=s["priority"], owner=s.get("owner", d["owner"]),
-                     interactive=s["interactive"])
+                     interactive=s["interactive"], grammar=GrammarSpec(**s["grammar"]) if s.get("grammar") else None)
 
 
 def process_from(pid: int, d: dict) -> Process:
@@ -167,6 +168,8 @@ def _recover_one(kernel: "Kernel", r: Record) -> str | None:
             kernel.exit(p, State.KILLED, f"model {p.model!r} not loaded after restart")
         return f"pid {p.pid}: model {p.model!r} is not loaded, so its output cannot be decoded"
     m = kernel.model(p.model)
+    if p.spec.grammar is not None:  # rebuilt from the tokens as they are replayed
+        p.grammar = grammar.compile(m, p.spec.grammar).start()
     for generated, tokens in r.chunks:
         if not generated:
             stdio.feed(kernel, p, tokens)

@@ -92,7 +92,9 @@ class Scheduler:
         ready = self.order([p for p in procs if p.runnable and p.owed > 0], now)
         # Victims under page pressure, worst first: blocked and stopped processes, then the
         # lowest-priority, newest of those that owe nothing this step.
-        idle = [p for p in procs if not (p.runnable and p.owed > 0) and not p.state.done and p.pid in mem.tables]
+        # A process waiting on a tool's result keeps its pages until its pin runs out (kernel/stdio.py).
+        idle = [p for p in procs if not (p.runnable and p.owed > 0) and not p.state.done and p.pid in mem.tables
+                and p.pinned_until <= now]
         idle = sorted(reversed(self.order(idle, now)), key=lambda p: p.runnable)
         budget, seats = self.config.token_budget, self.config.max_seqs
         admitting = True
@@ -142,8 +144,9 @@ class Scheduler:
         p.state = State.RUNNING
         p.admitted = p.admitted or now
         start = p.num_computed
-        return SeqSlice(p.pid, p.tokens[start:start + n], start, self.memory.page_table(p.pid),
-                        start + n == len(p.tokens), p.sampling, p.adapter)
+        sample = start + n == len(p.tokens)
+        return SeqSlice(p.pid, p.tokens[start:start + n], start, self.memory.page_table(p.pid), sample, p.sampling,
+                        p.adapter, p.grammar if sample else None)
 
     def _prefix_in_flight(self, p: Process, inflight: set[int]) -> bool:
         """Whether the next page p would compute is being filled by a process ahead of it."""

@@ -15,6 +15,7 @@ from llmos.kernel import tasks
 from llmos.kernel.errors import InvalidArgument
 from llmos.kernel.events import StateChanged
 from llmos.kernel.proc import Process, Signal, State
+from llmos.syscalls.abi.spec import SpecError, check_nice
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -70,3 +71,16 @@ def enforce_grace(k: "Kernel", now: float) -> None:
     for p in list(k.procs.values()):
         if p.term_at is not None and not p.state.done and now - p.term_at > grace:
             k.exit(p, State.KILLED, f"signal TERM, then KILL: it did not end within {grace:g} s")
+
+
+def renice(k: "Kernel", cred: "Cred", pid: int, nice: int) -> Process:
+    """A new nice value: anyone may raise theirs; only an admin may go below 0 or below what
+    the process started with (Unix's rule for root)."""
+    p = k.lookup(cred, pid)
+    try:
+        check_nice(nice)
+    except SpecError as e:
+        raise InvalidArgument(str(e), getattr(e, "field", None)) from None
+    p.priority = cred.check_nice(nice, floor=p.spec.priority)
+    k.emit(StateChanged(pid))
+    return p

@@ -6,7 +6,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-from llmos.kernel import stdio, tasks
+from llmos.kernel import grammar, stdio, tasks
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from llmos.kernel.proc import Process, State
 from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec, SpecError, check_nice, check_text
@@ -34,7 +34,7 @@ def spawn(k: "Kernel", cred: "Cred", spec: SpawnSpec, ppid: int = 0) -> Process:
         if spec.interactive and spec.messages[-1]["role"] != "user":
             preamble, ids = list(spec.messages), []  # nothing to answer yet: wait for a user turn
         else:
-            ids = m.codec.encode_chat(spec.messages)
+            ids = m.codec.encode_chat(spec.messages, spec.tools)
     elif spec.prompt is not None:
         ids = m.codec.encode(spec.prompt)
     else:
@@ -42,6 +42,7 @@ def spawn(k: "Kernel", cred: "Cred", spec: SpawnSpec, ppid: int = 0) -> Process:
     p = Process(pid=0, spec=spec, owner=spec.owner, ppid=ppid, tokens=ids, priority=spec.priority,
                 preamble=preamble, adapter=m.adapter, kv_salt=m.kv_salt)
     check(k, m, p)
+    grammar.attach(m, p)
     return k.admit(p, State.NEW if p.tokens else State.BLOCKED)
 
 
@@ -94,6 +95,7 @@ def fork(k: "Kernel", cred: "Cred", pid: int, text: str | None = None, sampling:
     elif text:
         child.tokens += m.codec.encode_more(text)
     check(k, m, child)
+    grammar.fork(parent, child)
     k.admit(child, State.NEW if child.tokens else State.BLOCKED)
     if parent.pid in m.memory.tables:
         m.memory.fork(parent.pid, child.pid)

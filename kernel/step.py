@@ -15,6 +15,7 @@ from llmos.kernel.proc import State
 from llmos.kernel.sched import Schedule
 
 if TYPE_CHECKING:
+    from llmos.drivers.driver import StepOutput
     from llmos.kernel.kernel import Kernel
     from llmos.kernel.models.loading import LoadedModel
 
@@ -27,9 +28,9 @@ def enforce_time_limits(k: "Kernel", now: float) -> None:
     signals.enforce_grace(k, now)
 
 
-def run(k: "Kernel", m: "LoadedModel", plan: Schedule) -> dict[int, int] | None:
-    """The forward pass of a schedule: sampled tokens by pid, or None if there was nothing to
-    run or the driver failed (then the processes in it are killed)."""
+def run(k: "Kernel", m: "LoadedModel", plan: Schedule) -> "StepOutput | None":
+    """The forward pass of a schedule: what it sampled, or None if there was nothing to run or
+    the driver failed (then the processes in it are killed)."""
     for p in plan.over_quota:
         k.exit(p, State.KILLED, f"limit: KV pages over max_pages={p.limits.max_pages}")
     if not plan.input.seqs and not plan.input.moves:
@@ -41,11 +42,17 @@ def run(k: "Kernel", m: "LoadedModel", plan: Schedule) -> dict[int, int] | None:
         return None
 
 
-def apply(k: "Kernel", m: "LoadedModel", plan: Schedule, out: dict[int, int] | None, now: float) -> int:
+def apply(k: "Kernel", m: "LoadedModel", plan: Schedule, out: "StepOutput | None", now: float) -> int:
     """Account for a step that ran; returns the tokens it computed."""
     if out is None:
         return 0
+    for pid, why in out.grammar_ended.items():  # no token could continue its grammar: it ends now
+        p = k.procs.get(pid)
+        if p is not None and not p.state.done:
+            k.exit(p, State.KILLED, f"grammar: {why}")
     for p, n in plan.runs:
+        if p.state.done:
+            continue
         p.num_computed += n
         p.last_run = now
         m.memory.publish(p.pid, p.tokens, p.num_computed)
@@ -53,8 +60,8 @@ def apply(k: "Kernel", m: "LoadedModel", plan: Schedule, out: dict[int, int] | N
         k.quota.charge(p.owner, n, now)
         if p.state == State.RUNNING:
             p.state = State.READY
-        if p.pid in out:
-            stdio.emit(k, m, p, out[p.pid])
+        if p.pid in out.tokens:
+            stdio.emit(k, m, p, out.tokens[p.pid], out.logprobs.get(p.pid))
         if not p.state.done:
             p.usage.pages_held = m.memory.pages_held(p.pid)
     return plan.num_tokens

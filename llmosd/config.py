@@ -143,6 +143,7 @@ class Config:
     max_unit_tokens: int = 2048     # most tokens one unit of task work may compute
     max_unit_s: float = 30.0        # a task whose unit takes longer is ended
     data_dirs: tuple[str, ...] = () # where an admin may have llmosd read data files
+    tool_wait_ttl: float = 60.0     # seconds a process waiting on a tool's result keeps its KV pages
 
     @property
     def socket_path(self) -> Path:
@@ -166,7 +167,7 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "device": (_device, "auto, cpu or cuda:N"),
     "threads": (_positive(int), "CPU threads for the driver"),
     "dtype": (_choice("float32", "bfloat16", "float16"), "weights dtype"),
-    "quantize": (_choice(*QUANT_MODES), "quantize weights (the boot model's and default loads'): none or int8"),
+    "quantize": (_choice(*QUANT_MODES), "quantize weights (the boot model's and default loads'): none, int8 or int4"),
     "kv_memory": (_positive(parse_size), "KV pool size per model, e.g. 1GiB"),
     "kv_pages": (_positive(int), "KV pool size in pages (overrides --kv-memory)"),
     "page_size": (_positive(int), "tokens per KV page"),
@@ -194,6 +195,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_unit_tokens": (_positive(int), "most tokens one unit of task work (a micro-batch, a window) may compute "
                                         "(2048)"),
     "max_unit_s": (_positive(float), "a task whose unit of work takes longer than this many seconds is ended (30)"),
+    "tool_wait_ttl": (_nonneg_float, "seconds an interactive process waiting on a tool's result keeps its KV "
+                                     "pages before they may be swapped (60)"),
     "data_dirs": (_dirs, "directories (joined by ':') an admin may have llmosd read data files from "
                          "(default none: data travels in the request)"),
 }

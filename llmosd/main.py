@@ -63,7 +63,7 @@ class Daemon:
                             max_procs=cfg.max_procs, quantize=cfg.quantize, quotas=quotas(cfg, admin_names()),
                             sched=SchedConfig(policy=cfg.policy, token_budget=cfg.token_budget),
                             term_grace_s=cfg.term_grace, max_unit_tokens=cfg.max_unit_tokens,
-                            max_unit_s=cfg.max_unit_s, data_dirs=cfg.data_dirs)
+                            max_unit_s=cfg.max_unit_s, data_dirs=cfg.data_dirs, tool_wait_ttl_s=cfg.tool_wait_ttl)
         kernel = Kernel(driver, kcfg, ModelStore(cfg.store_path), tokens=self.tokens)
         d = driver.describe()
         self.log.info("device opened", extra={"fields": {"device": d.name, "kind": d.kind, "threads": d.threads}})

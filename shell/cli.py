@@ -7,6 +7,7 @@
     llmos load MODEL        llmos unload MODEL    llmos dmesg
     llmos eval MODEL DATA --metric ppl|bleu|rouge [--json]
     llmos train MODEL DATA [--steps N] [--lr X] [--rank R] [--batch B] [--priority P] [--resume]
+    llmos translate MODEL TEXT --to fr [--from en]
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from llmos.shell import evaluate, train, users
+from llmos.shell import evaluate, train, translate, users
 from llmos.syscalls.sdk import DaemonNotRunning, SyscallError
 
 
@@ -57,6 +58,10 @@ def build_parser() -> Parser:
     _sampling_flags(p)
     p.add_argument("--chat", action="store_true", help="send the prompt as a user message (chat template)")
     p.add_argument("--json", action="store_true", help="print the result as JSON at the end")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--json-schema", metavar="FILE", help="the output is JSON valid against this JSON Schema file")
+    g.add_argument("--regex", metavar="RE", help="the output matches this regular expression")
+    g.add_argument("--choice", metavar="A,B,C", help="the output is one of these")
 
     p = sub.add_parser("chat", help="an interactive multi-turn conversation")
     p.add_argument("model")
@@ -101,7 +106,7 @@ def build_parser() -> Parser:
     p.add_argument("--name", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--quantize", default=None, metavar="MODE",
-                   help="none or int8: int8 loads a quantized copy, served as MODEL:int8")
+                   help="none, int8 or int4: a quantized copy, served as MODEL:MODE")
     p = sub.add_parser("unload", help="unload a model")
     p.add_argument("name")
     p = sub.add_parser("dmesg", help="the kernel log")
@@ -112,6 +117,7 @@ def build_parser() -> Parser:
     users.add_parsers(sub, Parser)
     evaluate.add_parsers(sub, Parser)
     train.add_parsers(sub, Parser)
+    translate.add_parsers(sub, Parser)
     return ap
 
 

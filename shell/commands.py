@@ -3,6 +3,7 @@ and its parsed arguments and returns an exit status."""
 from __future__ import annotations
 
 import argparse
+import json
 import signal as signals  # (this module's `signal` is the kill/stop/cont command maker)
 import sys
 from collections.abc import Callable
@@ -10,7 +11,8 @@ from typing import TextIO
 
 from rich.console import Console
 
-from llmos.shell import evaluate, render, top, train, users
+from llmos.shell import evaluate, render, top, train, translate, users
+from llmos.syscalls.sdk import SyscallError
 from llmos.syscalls.sdk import Client
 
 
@@ -74,16 +76,30 @@ def _sampling(a: argparse.Namespace) -> dict:
                 ignore_eos=a.ignore_eos)
 
 
+def _grammar(a: argparse.Namespace) -> dict:
+    """--json-schema FILE, --regex RE or --choice A,B,C as spawn's keyword."""
+    if getattr(a, "json_schema", None):
+        try:
+            with open(a.json_schema) as f:
+                return {"json_schema": json.load(f)}
+        except (OSError, json.JSONDecodeError) as e:
+            raise SyscallError("invalid_argument", f"--json-schema {a.json_schema}: {e}") from None
+    if getattr(a, "regex", None):
+        return {"regex": a.regex}
+    if getattr(a, "choice", None):
+        return {"choices": [c for c in a.choice.split(",") if c]}
+    return {}
+
+
 def spawn_run(sh: Shell, a: argparse.Namespace, interactive: bool = False, reads_stdin: bool = False) -> int:
     """Spawn the process that `run` describes. With reads_stdin its prompt becomes the system
     message and the process waits for its first user turn (the far end of a pipe)."""
+    kw = {**_sampling(a), **_grammar(a)}
     if reads_stdin:
-        return sh.c.spawn(a.model, messages=[{"role": "system", "content": a.prompt}], interactive=True,
-                          **_sampling(a))
+        return sh.c.spawn(a.model, messages=[{"role": "system", "content": a.prompt}], interactive=True, **kw)
     if a.chat or interactive:
-        return sh.c.spawn(a.model, messages=[{"role": "user", "content": a.prompt}], interactive=interactive,
-                          **_sampling(a))
-    return sh.c.spawn(a.model, a.prompt, **_sampling(a))
+        return sh.c.spawn(a.model, messages=[{"role": "user", "content": a.prompt}], interactive=interactive, **kw)
+    return sh.c.spawn(a.model, a.prompt, **kw)
 
 
 class HeldInterrupt:
@@ -254,4 +270,5 @@ COMMANDS: dict[str, Callable[[Shell, argparse.Namespace], int]] = {
     "models": models, "load": load, "unload": unload, "dmesg": dmesg, "shutdown": shutdown, **users.COMMANDS,
     **evaluate.COMMANDS,
     **train.COMMANDS,
+    **translate.COMMANDS,
 }

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
@@ -63,7 +64,7 @@ def free_table(pools: Sequence[pb.PoolInfo]) -> Table:
     return t
 
 
-def devices_table(devices: Sequence[pb.Device]) -> Table:
+def devices_table(devices: Sequence[pb.Device]) -> Table | Group:
     t = Table(box=None, header_style="bold")
     for col in ("DEVICE", "KIND", "NAME", "MEMORY", "FREE", "UTIL", "TEMP", "THREADS"):
         t.add_column(col)
@@ -72,10 +73,11 @@ def devices_table(devices: Sequence[pb.Device]) -> Table:
                   f"{d.utilization:.0f}%" if d.HasField("utilization") else "-",
                   f"{d.temperature:.0f}C" if d.HasField("temperature") else "-",
                   str(d.threads) if d.HasField("threads") else "-")
-    return t
+    errors = [Text(f"{d.kind}:{d.index}: {d.telemetry_error}", style="yellow") for d in devices if d.telemetry_error]
+    return Group(t, *errors) if errors else t
 
 
-def models_table(resp: pb.ModelsResponse) -> Table:
+def models_table(resp: pb.ModelsResponse) -> Table | Group:
     t = Table(box=None, header_style="bold")
     for col in ("NAME", "ARCH", "PARAMS", "WEIGHTS", "SIZE", "CONTEXT", "KV PAGES", "PROCS", "SOURCE"):
         t.add_column(col)
@@ -89,7 +91,8 @@ def models_table(resp: pb.ModelsResponse) -> Table:
     for name in resp.stored:
         if name not in loaded:
             t.add_row(Text(name, style="dim"), Text("(in the store, not loaded)", style="dim"), *[""] * 7)
-    return t
+    kernels = [Text(f"kernels of {m.name}: {m.kernels}", style="dim") for m in resp.loaded if m.kernels]
+    return Group(t, *kernels) if kernels else t  # which GEMM kernels serve each, as measured here
 
 
 def dmesg_text(lines: Sequence[pb.LogLine]) -> Text:

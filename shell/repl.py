@@ -19,7 +19,7 @@ from llmos.syscalls.sdk import Client
 from llmos.syscalls.sdk import DaemonNotRunning, SyscallError
 
 BUILTINS = ("help", "exit", "quit")
-MODEL_ARG = ("run", "chat", "unload", "load")
+MODEL_ARG = ("run", "chat", "unload", "load", "eval", "train", "translate")
 PID_ARG = ("kill", "stop", "cont", "fork", "wait", "attach")
 
 

@@ -6,6 +6,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from typing import TYPE_CHECKING
+
+from llmos.syscalls.abi.logprobs import MAX_TOP_LOGPROBS
+
+if TYPE_CHECKING:
+    from llmos.syscalls.abi.grammar import GrammarSpec
+
 NICE_MIN, NICE_MAX = -20, 19
 MAX_TEMPERATURE = 100.0
 MAX_STOP_STRINGS, MAX_STOP_CHARS = 16, 256
@@ -32,6 +39,8 @@ class SamplingParams:
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
+    logprobs: bool = False  # record each sampled token's log-probability
+    top_logprobs: int = 0   # and this many alternatives (0..MAX_TOP_LOGPROBS)
 
     @property
     def greedy(self) -> bool:
@@ -44,6 +53,11 @@ class SamplingParams:
             raise SpecError(f"top_p must be in (0, 1], got {self.top_p}", "top_p")
         if self.top_k < 0:
             raise SpecError(f"top_k must be 0 (off) or positive, got {self.top_k}", "top_k")
+        if not 0 <= self.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise SpecError(f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.top_logprobs}",
+                            "top_logprobs")
+        if self.top_logprobs and not self.logprobs:
+            raise SpecError("top_logprobs needs logprobs", "top_logprobs")
 
 
 @dataclass
@@ -92,6 +106,8 @@ class SpawnSpec:
     priority: int = 0
     owner: str = ""
     interactive: bool = False
+    grammar: "GrammarSpec | None" = None  # what each turn's output must follow (syscalls/abi/grammar.py)
+    tools: list[dict] | None = None       # OpenAI-shaped function tools the messages offer (syscalls/abi/tools.py)
 
     def check(self) -> None:
         """Refuse what no model could run; SpecError names the field."""
@@ -103,11 +119,16 @@ class SpawnSpec:
                             "(an interactive process may give none and wait for input)")
         if self.messages is not None:
             check_messages(self.messages)
+        if self.tools is not None:
+            from llmos.syscalls.abi.tools import check_tools
+            check_tools(self.tools)
         if self.prompt is not None:
             check_text(self.prompt, "prompt")
         if self.tokens is not None and len(self.tokens) > MAX_PROMPT_TOKENS:
             raise SpecError(f"tokens: {len(self.tokens)} token ids, over the limit of {MAX_PROMPT_TOKENS}", "tokens")
         check_nice(self.priority)
+        if self.grammar is not None:
+            self.grammar.check()
         self.sampling.check()
         self.stop.check()
         self.limits.check()
@@ -135,6 +156,12 @@ def check_messages(messages: list[dict]) -> list[dict]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
             raise SpecError(f"message {i} needs a role ({', '.join(ROLES)}) and string content", "messages")
+        calls = m.get("tool_calls")
+        if calls is not None and (m["role"] != "assistant" or not isinstance(calls, list) or not all(
+                isinstance(c, dict) and isinstance(c.get("function"), dict) and isinstance(c["function"].get("name"), str)
+                and isinstance(c["function"].get("arguments"), str) for c in calls)):
+            raise SpecError(f"message {i}: tool_calls belong to assistant messages, each a function with a name "
+                            "and arguments as a JSON string", "messages")
     total = sum(len(m["content"]) for m in messages)
     if total > MAX_TEXT_CHARS:
         raise SpecError(f"messages: {total} characters of content, over the limit of {MAX_TEXT_CHARS}", "messages")

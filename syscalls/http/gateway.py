@@ -21,13 +21,16 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from llmos.kernel import grammar
 from llmos.kernel.errors import NotFound
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.mirror import ProcMirror
 from llmos.kernel.thread import KernelThread
 from llmos.kernel.users.cred import Cred
 from llmos.syscalls.http import openai as oai
+from llmos.syscalls.http import replies
 from llmos.syscalls.http.openai import ApiError, Request
+from llmos.syscalls.http.tools import Reply
 
 T = TypeVar("T")
 log = logging.getLogger("llmos.http")
@@ -110,6 +113,7 @@ class HttpGateway:
     async def _complete(self, request: web.Request, kind: str) -> web.StreamResponse:
         cred = await self._user(request)
         req = oai.parse(kind, await _json(request), request.headers.get(oai.PRIORITY_HEADER))
+        await grammar.ready(self.kt, cred, req.spawn)  # compiled off the kernel thread; a bad one is a 400
         pids = await self.kt.run(lambda k: [p.pid for p in k.spawn_n(cred, req.spawn, req.n)])
         log.info("http request", extra={"fields": {"pid": pids[0], "n": req.n, "owner": cred.user,
                                                    "user": req.user or "",
@@ -124,7 +128,7 @@ class HttpGateway:
         for pid in pids:
             await self.mirror.wait(cred, pid)
         outputs, used = await self._finish(cred, pids)
-        return web.json_response(oai.completion(req, pids[0], outputs, used), headers=_pid_header(pids))
+        return web.json_response(replies.completion(req, pids[0], outputs, used), headers=_pid_header(pids))
 
     async def _stream(self, request: web.Request, req: Request, cred: Cred, pids: list[int]) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -136,16 +140,22 @@ class HttpGateway:
         try:
             if req.kind == "chat":
                 for i in range(req.n):
-                    await send(oai.chunk(req, pids[0], i, first=True))
+                    await send(replies.chunk(req, pids[0], i, first=True))
+            answers = [Reply(pids[0], i, req.calls) for i in range(req.n)]
             async with contextlib.aclosing(_merge([self.mirror.read(cred, pid) for pid in pids])) as events:
-                async for i, (text, _, snap) in events:
-                    if text:
-                        await send(oai.chunk(req, pids[0], i, text))
+                async for i, (text, end, snap, lps) in events:
+                    if req.kind == "text" and (text or lps):
+                        await send(replies.chunk(req, pids[0], i, text, lps=lps, start=end - len(text)))
+                    elif req.kind == "chat":
+                        deltas = answers[i].deltas(text, final=snap.state.done) or ([{}] if lps else [])
+                        for n, delta in enumerate(deltas):
+                            await send(replies.chunk(req, pids[0], i, delta=delta, lps=lps if n == 0 else None))
                     if snap.state.done:
-                        await send(oai.chunk(req, pids[0], i, reason=snap.reason))
+                        made = answers[i].calls > 0 and not answers[i].cut_short
+                        await send(replies.chunk(req, pids[0], i, reason=snap.reason, calls=made))
             _, used = await self._finish(cred, pids)
             if req.include_usage:
-                await send(oai.usage_chunk(req, pids[0], used))
+                await send(replies.usage_chunk(req, pids[0], used))
         except ConnectionError:  # the client is gone
             self._release(cred, pids)
             return resp
@@ -157,13 +167,13 @@ class HttpGateway:
             await resp.write(b"data: [DONE]\n\n")
         return resp
 
-    async def _finish(self, cred: Cred, pids: list[int]) -> tuple[list[tuple[str, str]], dict]:
-        """Reap the ended processes: their (output, reason) and the request's usage."""
-        def finish(k: Kernel) -> tuple[list[tuple[str, str]], dict]:
+    async def _finish(self, cred: Cred, pids: list[int]) -> tuple[list[tuple[str, str, list]], dict]:
+        """Reap the ended processes: their (output, reason, logprobs) and the request's usage."""
+        def finish(k: Kernel) -> tuple[list[tuple[str, str, list]], dict]:
             procs = [k.reap(cred, pid) for pid in pids]
-            used = oai.usage(procs[0].usage.prompt_tokens, sum(p.usage.generated_tokens for p in procs))
+            used = replies.usage(procs[0].usage.prompt_tokens, sum(p.usage.generated_tokens for p in procs))
             used["prompt_tokens_details"] = {"cached_tokens": procs[0].usage.cached_tokens}
-            return [(p.stdout, p.reason) for p in procs], used
+            return [(p.stdout, p.reason, p.logprobs) for p in procs], used
         return await self.kt.run(finish)
 
     def _release(self, cred: Cred, pids: list[int]) -> None:

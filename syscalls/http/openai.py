@@ -1,7 +1,8 @@
-"""The OpenAI wire format, both ways: request bodies of /v1/chat/completions and /v1/completions
-checked and turned into a SpawnSpec, kernel results into responses and stream chunks, and
-errors into OpenAI's error shape with an HTTP status. No HTTP server here and no policy: this
-checks JSON types and moves fields; the kernel decides what is valid (ranges, models, limits).
+"""OpenAI's requests: bodies of /v1/chat/completions and /v1/completions checked and turned into
+a SpawnSpec (tools and response_format through syscalls/http/tools.py), and every failure into
+OpenAI's error shape with an HTTP status. No HTTP server here and no policy: this checks JSON
+types and moves fields; the kernel decides what is valid (ranges, models, limits). Replies are
+syscalls/http/replies.py's.
 """
 from __future__ import annotations
 
@@ -13,20 +14,22 @@ from typing import Any
 from llmos.kernel.errors import (FailedPrecondition, InvalidArgument, KernelError, NotFound, Overloaded,
                                  ResourceExhausted, Unavailable)
 from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec
+from llmos.syscalls.http import tools
 
 log = logging.getLogger("llmos.http")
 
 PRIORITY_HEADER = "X-LLMOS-Priority"
 _COMMON = {"model", "max_tokens", "temperature", "top_p", "seed", "stop", "n", "user", "stream", "stream_options",
            "priority", "ignore_eos"}
-FIELDS = {"chat": _COMMON | {"messages", "max_completion_tokens"}, "text": _COMMON | {"prompt"}}
+FIELDS = {"chat": _COMMON | {"messages", "max_completion_tokens", "logprobs", "top_logprobs"} | tools.FIELDS,
+          "text": _COMMON | {"prompt", "logprobs"}}
 # Accepted only at the value that changes nothing; any other value is refused, naming the field.
-NO_OP = {"presence_penalty": 0, "frequency_penalty": 0, "logprobs": False, "store": False, "echo": False, "best_of": 1}
+NO_OP = {"presence_penalty": 0, "frequency_penalty": 0, "store": False, "echo": False, "best_of": 1}
 IGNORED = {"metadata"}  # accepted and dropped: it cannot change the output
 CHAT_ROLES = {"developer": "system"}  # OpenAI's newer name for the system role
 # The kernel's reason for the end of a process -> OpenAI's finish_reason; anything else (a
 # signal, a limit, a driver error) is "abort", as vLLM reports it.
-FINISH = {"eos": "stop", "stop": "stop", "length": "length", "context window full": "length"}
+FINISH = {"eos": "stop", "stop": "stop", "grammar": "stop", "length": "length", "context window full": "length"}
 
 
 class ApiError(Exception):
@@ -85,6 +88,7 @@ class Request:
 
     kind: str  # "chat" or "text"
     spawn: SpawnSpec
+    calls: bool = False  # replies are read for tool calls (syscalls/http/tools.py)
     n: int = 1
     stream: bool = False
     include_usage: bool = False
@@ -110,20 +114,26 @@ def parse(kind: str, body: Any, priority_header: str | None = None) -> Request:
         raise ApiError(400, f"{name} is not supported by llmos{hint}", param=name, code="unsupported_parameter")
     spawn = SpawnSpec(model=_get(body, "model", str, required=True))
     spawn.stop.ignore_eos = _get(body, "ignore_eos", bool, False)
+    calls = False
     if kind == "chat":
         messages = _get(body, "messages", list, required=True)
         if not messages:
             raise bad("messages", "messages is empty; give at least one message")
-        spawn.messages = _messages(messages)
+        try:
+            spawn.messages = _messages(messages)
+            calls = tools.parse(body, spawn)
+        except tools.ToolsError as e:
+            raise bad(e.param, str(e)) from None
     else:
         _prompt(body.get("prompt"), spawn)
     _limits(body, spawn)
     spawn.sampling = _sampling(body)
+    spawn.sampling.logprobs, spawn.sampling.top_logprobs = _logprobs(kind, body)
     spawn.priority = _priority(body, priority_header)
     n = _get(body, "n", int, 1)  # its range is the kernel's (spawn_n)
     options = _get(body, "stream_options", dict, {})
     _only(options, {"include_usage"}, "stream_options")
-    return Request(kind, spawn, n=n, stream=_get(body, "stream", bool, False),
+    return Request(kind, spawn, calls, n=n, stream=_get(body, "stream", bool, False),
                    include_usage=_get(options, "include_usage", bool, False, "stream_options.include_usage"),
                    user=_get(body, "user", str, None))
 
@@ -167,9 +177,10 @@ def _messages(messages: list) -> list[dict]:
         where = f"messages[{i}]"
         if not isinstance(m, dict):
             raise bad(where, f"{where} must be an object with a role and content")
-        _only(m, {"role", "content"}, where)
-        role = _get(m, "role", str, required=True, param=f"{where}.role")
-        out.append({"role": CHAT_ROLES.get(role, role), "content": _content(m.get("content"), where)})
+        _only(m, {"role", "content", "tool_calls", "tool_call_id", "name"}, where)
+        role = CHAT_ROLES.get(_get(m, "role", str, required=True, param=f"{where}.role"), m["role"])
+        content = "" if m.get("content") is None and (m.get("tool_calls") or role == "tool") else m.get("content")
+        out.append({"role": role, "content": _content(content, where), **tools.message({**m, "role": role}, where)})
     return out
 
 
@@ -220,6 +231,17 @@ def _sampling(body: dict) -> SamplingParams:
                           seed=_get(body, "seed", int, None))
 
 
+def _logprobs(kind: str, body: dict) -> tuple[bool, int]:
+    """Chat asks with `logprobs: true` and `top_logprobs: K`; completions with `logprobs: K`."""
+    if kind == "chat":
+        on, top = _get(body, "logprobs", bool, False), _get(body, "top_logprobs", int, 0)
+        if top and not on:
+            raise bad("top_logprobs", "top_logprobs needs logprobs: true")
+        return on, top
+    top = _get(body, "logprobs", int, None)
+    return top is not None, top or 0
+
+
 def _priority(body: dict, header: str | None) -> int:
     """The nice value: the `priority` field, else the X-LLMOS-Priority header, else 0."""
     if "priority" in body:
@@ -230,55 +252,3 @@ def _priority(body: dict, header: str | None) -> int:
         return int(header.strip())
     except ValueError:
         raise bad(PRIORITY_HEADER, f"{PRIORITY_HEADER} must be an integer nice value, got {header!r:.40}") from None
-
-
-# --- responses --------------------------------------------------------------------------------------
-def finish_reason(reason: str) -> str:
-    return FINISH.get(reason, "abort")
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
-def response_id(req: Request, pid: int) -> str:
-    return f"{'chatcmpl' if req.kind == 'chat' else 'cmpl'}-llmos-{pid}"
-
-
-def _envelope(req: Request, pid: int, chunk: bool) -> dict:
-    obj = {"chat": "chat.completion", "text": "text_completion"}[req.kind] + (".chunk" if chunk and req.kind == "chat"
-                                                                               else "")
-    return {"id": response_id(req, pid), "object": obj, "created": req.created, "model": req.model,
-            "system_fingerprint": None}
-
-
-def completion(req: Request, pid: int, outputs: list[tuple[str, str]], used: dict) -> dict:
-    """The whole response: outputs are (text, kernel reason) per choice."""
-    if req.kind == "chat":
-        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "logprobs": None,
-                    "finish_reason": finish_reason(reason)} for i, (text, reason) in enumerate(outputs)]
-    else:
-        choices = [{"index": i, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}
-                   for i, (text, reason) in enumerate(outputs)]
-    return {**_envelope(req, pid, False), "choices": choices, "usage": used}
-
-
-def chunk(req: Request, pid: int, index: int, text: str = "", reason: str | None = None,
-          first: bool = False) -> dict:
-    """One stream event for choice index: new text, or its end (reason is the kernel's)."""
-    fr = finish_reason(reason) if reason is not None else None
-    if req.kind == "chat":
-        delta = {"role": "assistant", "content": text} if first else ({"content": text} if text else {})
-        choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": fr}
-    else:
-        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": fr}
-    out = {**_envelope(req, pid, True), "choices": [choice]}
-    if req.include_usage:
-        out["usage"] = None
-    return out
-
-
-def usage_chunk(req: Request, pid: int, used: dict) -> dict:
-    """The last event when stream_options.include_usage is true: no choices, the usage."""
-    return {**_envelope(req, pid, True), "choices": [], "usage": used}

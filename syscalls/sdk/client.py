@@ -18,6 +18,7 @@ import grpc
 from llmos.syscalls.abi import wire
 from llmos.syscalls.sdk import channel
 from llmos.syscalls.sdk import requests as rq
+from llmos.syscalls.sdk import translate
 from llmos.syscalls.sdk.errors import DaemonNotRunning, SyscallError, error
 from llmos.syscalls.sdk.paths import resolve_target
 from llmos.syscalls.sdk.requests import Chunk, Result
@@ -51,9 +52,10 @@ class Calls:
         """Stream output from `offset` until the process exits (until="turn": or blocks; "now": at once)."""
         return self._stream("Read", pb.ReadRequest(pid=pid, offset=offset, until=rq.until(until)), rq.chunk)
 
-    def write(self, pid: int, text: str) -> int:
-        """Append a user turn; returns the output offset where the answer begins."""
-        return self._call("Write", pb.WriteRequest(pid=pid, text=text), lambda r: r.offset)
+    def write(self, pid: int, text: str, role: str = "user") -> int:
+        """Append a turn (a user's, or role="tool": a tool's result); returns the output offset
+        where the answer begins."""
+        return self._call("Write", pb.WriteRequest(pid=pid, text=text, role=role), lambda r: r.offset)
 
     def wait(self, pid: int, until: str = "exit", reap: bool = False, timeout: float | None = None) -> Result:
         """Block until the process ends (until="turn": or blocks); reap=True forgets it after."""
@@ -141,13 +143,27 @@ class Calls:
         return self._call("Train", rq.train_requests(model, path, **kw), lambda r: (r.pid, r.name))
 
     # --- conveniences ----------------------------------------------------------------------
-    def generate(self, model: str, prompt: str, **kw: Any) -> str:
-        """Run a prompt to the end and return the generated text."""
-        return self._then(self._then(self.spawn(model, prompt, **kw), self.wait), lambda r: r.output)
+    def generate(self, model: str, prompt: str, **kw: Any) -> Any:
+        """Run a prompt to the end and return the generated text; with json_schema=, the JSON
+        it generated, parsed (valid against the schema by construction)."""
+        read = rq.parsed_json if kw.get("json_schema") is not None else (lambda r: r.output)
+        return self._then(self._then(self.spawn(model, prompt, **kw), self.wait), read)
 
-    def chat(self, model: str, messages: Sequence[dict], **kw: Any) -> str:
-        """Answer a chat (list of {role, content}) and return the reply."""
-        return self._then(self._then(self.spawn(model, messages=messages, **kw), self.wait), lambda r: r.output)
+    def chat(self, model: str, messages: Sequence[dict], **kw: Any) -> Any:
+        """Answer a chat (list of {role, content}) and return the reply; with tools=[...]
+        (OpenAI-shaped function tools, and tool_choice=), a ChatReply: its text and its calls."""
+        read = rq.chat_reply if kw.get("tools") else (lambda r: r.output)
+        return self._then(self._then(self.spawn(model, messages=messages, **kw), self.wait), read)
+
+
+    def translate(self, model: str, text: str, target_language: str, source_language: str | None = None,
+                  **kw: Any) -> Any:
+        """`text` in `target_language` (an ISO 639-1 code such as "fr"), greedy, through the
+        model's chat template with syscalls/sdk/translate.py's fixed instruction."""
+        kw.setdefault("temperature", 0.0)
+        kw.setdefault("stop", translate.stops(text))
+        msgs = translate.messages(text, target_language, source_language)
+        return self._then(self.chat(model, msgs, **kw), translate.answer)
 
 
 class Client(Calls):
@@ -247,6 +263,11 @@ class Model:
     def chat(self, messages: Sequence[dict], max_tokens: int = 256, temperature: float = 0.0, **kw: Any) -> str:
         """The model's reply to a chat, given as [{"role": ..., "content": ...}, ...]."""
         return self.client.chat(self.name, messages, max_tokens=max_tokens, temperature=temperature, **kw)
+
+    def translate(self, text: str, target_language: str, source_language: str | None = None,
+                  max_tokens: int = 256, **kw: Any) -> str:
+        """`text` translated into `target_language`, an ISO 639-1 code ("fr", "de", ...)."""
+        return self.client.translate(self.name, text, target_language, source_language, max_tokens=max_tokens, **kw)
 
     def __repr__(self) -> str:
         return f"Model({self.name!r} on {self.client.target})"

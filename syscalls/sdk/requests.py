@@ -2,11 +2,15 @@
 replies read into plain results. Imports nothing heavy (no torch)."""
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
+from llmos.syscalls.abi import tools as tool_format
 from llmos.syscalls.abi import wire
+from llmos.syscalls.abi.grammar import GrammarSpec
+from llmos.syscalls.abi.logprobs import TokenLogprob
 from llmos.syscalls.abi.spec import Limits, SamplingParams, SpawnSpec, StopRules
 from llmos.syscalls.sdk.errors import SyscallError
 from llmos.syscalls.v1 import syscalls_pb2 as pb
@@ -23,6 +27,7 @@ class Chunk:
     offset: int
     state: str
     reason: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # of the tokens this text carries, if asked for
 
 
 @dataclass
@@ -35,10 +40,44 @@ class Result:
     reason: str
     proc: pb.ProcInfo
     results: dict[str, float] = field(default_factory=dict)  # a task's structured results: an eval's metrics
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # every generated token's, if asked for
 
     @property
     def usage(self) -> pb.Usage:
         return self.proc.usage
+
+
+@dataclass
+class ToolCall:
+    """A call the model made: the function's name and its arguments (parsed JSON)."""
+
+    id: str
+    name: str
+    arguments: dict
+
+
+@dataclass
+class ChatReply:
+    """A chat answer offered tools: its text, and the calls it made instead (or beside it)."""
+
+    content: str
+    tool_calls: list[ToolCall]
+    result: Result
+
+
+def chat_reply(r: Result) -> ChatReply:
+    text, calls = tool_format.parse(r.output)
+    return ChatReply(text, [ToolCall(f"call_llmos_{r.pid}_0_{i}", name, json.loads(args))
+                            for i, (name, args) in enumerate(calls)], r)
+
+
+def parsed_json(r: Result):
+    """The output of a process constrained by a JSON schema, parsed; SyscallError if it ended
+    before the JSON was complete."""
+    if r.reason not in ("grammar", "eos"):
+        raise SyscallError("failed_precondition", f"pid {r.pid} ended ({r.reason}) before its JSON was complete: "
+                                                  "give it more max_tokens")
+    return json.loads(r.output)
 
 
 def until(value: str) -> int:
@@ -57,11 +96,12 @@ def signal(sig: str | int) -> int:
 
 
 def sampling(temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-             seed: int | None = None) -> SamplingParams | None:
-    if temperature is None and top_k is None and top_p is None and seed is None:
+             seed: int | None = None, logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams | None:
+    if temperature is None and top_k is None and top_p is None and seed is None and not logprobs:
         return None
     return SamplingParams(temperature=temperature or 0.0, top_k=top_k or 0,
-                          top_p=1.0 if top_p is None else top_p, seed=seed)
+                          top_p=1.0 if top_p is None else top_p, seed=seed, logprobs=logprobs,
+                          top_logprobs=top_logprobs)
 
 
 def spawn_spec(model: str, prompt: str | None = None, messages: Sequence[dict] | None = None,
@@ -69,18 +109,36 @@ def spawn_spec(model: str, prompt: str | None = None, messages: Sequence[dict] |
                temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                seed: int | None = None, stop: Sequence[str] = (), ignore_eos: bool = False, priority: int = 0,
                max_pages: int | None = None, max_wall_s: float | None = None, interactive: bool = False,
-               owner: str = "", quantize: str = "") -> SpawnSpec:
-    """The SpawnSpec that Client.spawn's keyword arguments describe."""
+               owner: str = "", quantize: str = "", logprobs: bool = False, top_logprobs: int = 0,
+               grammar: GrammarSpec | None = None, json_schema: dict | None = None, regex: str | None = None,
+               choices: Sequence[str] | None = None, tools: list[dict] | None = None,
+               tool_choice: str | dict = "auto") -> SpawnSpec:
+    """The SpawnSpec that Client.spawn's keyword arguments describe. At most one of grammar,
+    json_schema, regex or choices constrains the output; tools are offered to the model (and,
+    unless tool_choice is "none", its calls are valid by construction)."""
+    given = [g for g in (grammar, json_schema, regex, choices) if g is not None]
+    if len(given) > 1:
+        raise SyscallError("invalid_argument", "give at most one of grammar, json_schema, regex or choices")
+    if json_schema is not None:
+        grammar = GrammarSpec("json_schema", json_schema)
+    elif regex is not None:
+        grammar = GrammarSpec("regex", regex)
+    elif choices is not None:
+        grammar = GrammarSpec("choice", tuple(choices))
+    if tools:
+        grammar = tool_format.tool_grammar(tools, tool_choice, True, json_schema)
     return SpawnSpec(
         model=wire.variant_name(model, quantize), prompt=prompt,
-        messages=[{"role": m.get("role", ""), "content": m.get("content", "")} for m in messages]
+        messages=[{"role": m.get("role", ""), "content": m.get("content") or "",
+                   **{k: m[k] for k in ("tool_calls", "tool_call_id") if m.get(k)}} for m in messages]
         if messages is not None else None,
         tokens=list(tokens) if tokens is not None else None,
-        sampling=sampling(temperature, top_k, top_p, seed) or SamplingParams(),
+        sampling=sampling(temperature, top_k, top_p, seed, logprobs or bool(top_logprobs), top_logprobs)
+        or SamplingParams(),
         stop=StopRules(max_tokens=StopRules().max_tokens if max_tokens is None else max_tokens, stop=list(stop),
                        ignore_eos=ignore_eos),
         limits=Limits(max_pages=max_pages, max_wall_s=max_wall_s), priority=priority, owner=owner,
-        interactive=interactive)
+        interactive=interactive, grammar=grammar, tools=list(tools) if tools else None)
 
 
 def fork_request(pid: int, text: str | None = None, max_tokens: int | None = None, temperature: float | None = None,
@@ -91,11 +149,11 @@ def fork_request(pid: int, text: str | None = None, max_tokens: int | None = Non
 
 
 def chunk(r: pb.ReadResponse) -> Chunk:
-    return Chunk(r.text, r.offset, r.state, r.reason)
+    return Chunk(r.text, r.offset, r.state, r.reason, wire.logprobs(r.logprobs))
 
 
 def result(r: pb.WaitResponse) -> Result:
-    return Result(r.proc.pid, r.output, r.proc.state, r.proc.reason, r.proc, dict(r.results))
+    return Result(r.proc.pid, r.output, r.proc.state, r.proc.reason, r.proc, dict(r.results), wire.logprobs(r.logprobs))
 
 
 CHUNK = 1 << 20  # bytes of data per message: well under any message size limit

@@ -41,7 +41,7 @@ def pool_info(name: str, mem: "MemInfo", kv_bytes: int) -> pb.PoolInfo:
 def device(d: "DeviceInfo") -> pb.Device:
     return pb.Device(name=d.name, kind=d.kind, index=d.index, total_memory=d.total_memory,
                      free_memory=d.free_memory, utilization=d.utilization, temperature=d.temperature,
-                     threads=d.threads)
+                     threads=d.threads, telemetry_error=d.telemetry_error)
 
 
 def model_info(m: "LoadedModel", live_procs: int, source: str) -> pb.ModelInfo:
@@ -52,7 +52,7 @@ def model_info(m: "LoadedModel", live_procs: int, source: str) -> pb.ModelInfo:
                         num_parameters=i.num_parameters, weight_bytes=i.weight_bytes, kv_bytes=m.kv_bytes,
                         kv_pages=m.memory.pool.num_pages, live_procs=live_procs, loaded_at=m.loaded_at,
                         quantize=i.quantize, ppl_ratio=i.ppl_ratio, base=i.base, lora_rank=i.lora_rank,
-                        ppl_tolerance=PPL_TOLERANCE)
+                        ppl_tolerance=PPL_TOLERANCE, kernels=i.kernels)
 
 
 def stats(s: "Stats") -> pb.StatsResponse:
@@ -68,3 +68,9 @@ def quota(q: UserLimits) -> pb.Quota:
 
 def token(t: TokenInfo) -> pb.TokenInfo:
     return pb.TokenInfo(id=t.id, name=t.name, user=t.user, admin=t.admin, created=t.created)
+
+
+def logprobs(lps) -> list[pb.TokenLogprob]:
+    """TokenLogprobs (llmos.syscalls.abi.logprobs) as messages."""
+    return [pb.TokenLogprob(token=lp.token, text=lp.text, logprob=lp.logprob,
+                            top=[pb.TopLogprob(token=t, text=x, logprob=v) for t, x, v in lp.top]) for lp in lps]

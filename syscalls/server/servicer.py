@@ -18,6 +18,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
+from llmos.kernel import grammar
 from llmos.kernel import stats as kstats
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError, ResourceExhausted
 from llmos.kernel.mirror import ProcMirror
@@ -89,18 +90,21 @@ class SyscallServer(pb_grpc.SyscallsServicer):
     @syscall
     async def Spawn(self, req: pb.SpawnRequest, context) -> pb.SpawnResponse:
         c, spec = cred(), wire.spawn_spec(req)
+        await grammar.ready(self.kt, c, spec)
         return pb.SpawnResponse(pid=(await self.kt.run(lambda k: k.spawn(c, spec))).pid)
 
     @syscall
     async def Read(self, req: pb.ReadRequest, context):
-        async for text, end, snap in self.mirror.read(cred(), req.pid, req.offset, turn=req.until == pb.TURN,
-                                                      now=req.until == pb.NOW):
-            yield pb.ReadResponse(text=text, offset=end, state=snap.state.value, reason=snap.reason)
+        async for text, end, snap, lps in self.mirror.read(cred(), req.pid, req.offset, turn=req.until == pb.TURN,
+                                                           now=req.until == pb.NOW):
+            yield pb.ReadResponse(text=text, offset=end, state=snap.state.value, reason=snap.reason,
+                                  logprobs=convert.logprobs(lps))
 
     @syscall
     async def Write(self, req: pb.WriteRequest, context) -> pb.WriteResponse:
         c = cred()
-        return pb.WriteResponse(offset=await self.kt.run(lambda k: k.write(c, req.pid, req.text)))
+        role = req.role or "user"
+        return pb.WriteResponse(offset=await self.kt.run(lambda k: k.write(c, req.pid, req.text, role)))
 
     @syscall
     async def Wait(self, req: pb.WaitRequest, context) -> pb.WaitResponse:
@@ -109,7 +113,8 @@ class SyscallServer(pb_grpc.SyscallsServicer):
 
         def finish(k):
             p = k.reap(c, req.pid) if req.reap else k.lookup(c, req.pid)
-            return pb.WaitResponse(proc=convert.proc_info(p), output=p.stdout, results=dict(p.results))
+            return pb.WaitResponse(proc=convert.proc_info(p), output=p.stdout, results=dict(p.results),
+                                   logprobs=convert.logprobs(p.logprobs))
         resp = await self.kt.run(finish)
         if req.reap:
             self.mirror.forget(req.pid)

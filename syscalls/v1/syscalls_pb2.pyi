@@ -28,16 +28,42 @@ TURN: Until
 NOW: Until
 
 class Sampling(_message.Message):
-    __slots__ = ("temperature", "top_k", "top_p", "seed")
+    __slots__ = ("temperature", "top_k", "top_p", "seed", "logprobs", "top_logprobs")
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
+    TOP_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     temperature: float
     top_k: int
     top_p: float
     seed: int
-    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ...) -> None: ...
+    logprobs: bool
+    top_logprobs: int
+    def __init__(self, temperature: _Optional[float] = ..., top_k: _Optional[int] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., logprobs: _Optional[bool] = ..., top_logprobs: _Optional[int] = ...) -> None: ...
+
+class TopLogprob(_message.Message):
+    __slots__ = ("token", "text", "logprob")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    token: int
+    text: str
+    logprob: float
+    def __init__(self, token: _Optional[int] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ...) -> None: ...
+
+class TokenLogprob(_message.Message):
+    __slots__ = ("token", "text", "logprob", "top")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    token: int
+    text: str
+    logprob: float
+    top: _containers.RepeatedCompositeFieldContainer[TopLogprob]
+    def __init__(self, token: _Optional[int] = ..., text: _Optional[str] = ..., logprob: _Optional[float] = ..., top: _Optional[_Iterable[_Union[TopLogprob, _Mapping]]] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_pages", "max_wall_s")
@@ -47,13 +73,37 @@ class Limits(_message.Message):
     max_wall_s: float
     def __init__(self, max_pages: _Optional[int] = ..., max_wall_s: _Optional[float] = ...) -> None: ...
 
+class ToolCall(_message.Message):
+    __slots__ = ("id", "name", "arguments")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    arguments: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., arguments: _Optional[str] = ...) -> None: ...
+
 class ChatMessage(_message.Message):
-    __slots__ = ("role", "content")
+    __slots__ = ("role", "content", "tool_calls", "tool_call_id")
     ROLE_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    TOOL_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     role: str
     content: str
-    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
+    tool_calls: _containers.RepeatedCompositeFieldContainer[ToolCall]
+    tool_call_id: str
+    def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[ToolCall, _Mapping]]] = ..., tool_call_id: _Optional[str] = ...) -> None: ...
+
+class Tool(_message.Message):
+    __slots__ = ("name", "description", "parameters")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "generated_tokens", "cached_tokens", "ttft_s", "pages_held", "swaps", "preemptions")
@@ -105,8 +155,20 @@ class ProcInfo(_message.Message):
     max_tokens: int
     def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., model: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., priority: _Optional[int] = ..., interactive: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., num_tokens: _Optional[int] = ..., output_chars: _Optional[int] = ..., age_s: _Optional[float] = ..., run_s: _Optional[float] = ..., max_tokens: _Optional[int] = ...) -> None: ...
 
+class Grammar(_message.Message):
+    __slots__ = ("kind", "source", "choices", "flexible_whitespace")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    CHOICES_FIELD_NUMBER: _ClassVar[int]
+    FLEXIBLE_WHITESPACE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    source: str
+    choices: _containers.RepeatedScalarFieldContainer[str]
+    flexible_whitespace: bool
+    def __init__(self, kind: _Optional[str] = ..., source: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., flexible_whitespace: _Optional[bool] = ...) -> None: ...
+
 class SpawnRequest(_message.Message):
-    __slots__ = ("model", "prompt", "messages", "tokens", "sampling", "max_tokens", "stop", "ignore_eos", "priority", "limits", "interactive", "owner", "quantize")
+    __slots__ = ("model", "prompt", "messages", "tokens", "sampling", "max_tokens", "stop", "ignore_eos", "priority", "limits", "interactive", "owner", "quantize", "grammar", "tools")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +182,8 @@ class SpawnRequest(_message.Message):
     INTERACTIVE_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    GRAMMAR_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -133,7 +197,9 @@ class SpawnRequest(_message.Message):
     interactive: bool
     owner: str
     quantize: str
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., priority: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., interactive: _Optional[bool] = ..., owner: _Optional[str] = ..., quantize: _Optional[str] = ...) -> None: ...
+    grammar: Grammar
+    tools: _containers.RepeatedCompositeFieldContainer[Tool]
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., priority: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., interactive: _Optional[bool] = ..., owner: _Optional[str] = ..., quantize: _Optional[str] = ..., grammar: _Optional[_Union[Grammar, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ...) -> None: ...
 
 class SpawnResponse(_message.Message):
     __slots__ = ("pid",)
@@ -152,24 +218,28 @@ class ReadRequest(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., offset: _Optional[int] = ..., until: _Optional[_Union[Until, str]] = ...) -> None: ...
 
 class ReadResponse(_message.Message):
-    __slots__ = ("text", "offset", "state", "reason")
+    __slots__ = ("text", "offset", "state", "reason", "logprobs")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     text: str
     offset: int
     state: str
     reason: str
-    def __init__(self, text: _Optional[str] = ..., offset: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    def __init__(self, text: _Optional[str] = ..., offset: _Optional[int] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class WriteRequest(_message.Message):
-    __slots__ = ("pid", "text")
+    __slots__ = ("pid", "text", "role")
     PID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     pid: int
     text: str
-    def __init__(self, pid: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+    role: str
+    def __init__(self, pid: _Optional[int] = ..., text: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
 
 class WriteResponse(_message.Message):
     __slots__ = ("offset",)
@@ -188,7 +258,7 @@ class WaitRequest(_message.Message):
     def __init__(self, pid: _Optional[int] = ..., until: _Optional[_Union[Until, str]] = ..., reap: _Optional[bool] = ...) -> None: ...
 
 class WaitResponse(_message.Message):
-    __slots__ = ("proc", "output", "results")
+    __slots__ = ("proc", "output", "results", "logprobs")
     class ResultsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -199,10 +269,12 @@ class WaitResponse(_message.Message):
     PROC_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     proc: ProcInfo
     output: str
     results: _containers.ScalarMap[str, float]
-    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ..., output: _Optional[str] = ..., results: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    logprobs: _containers.RepeatedCompositeFieldContainer[TokenLogprob]
+    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ..., output: _Optional[str] = ..., results: _Optional[_Mapping[str, float]] = ..., logprobs: _Optional[_Iterable[_Union[TokenLogprob, _Mapping]]] = ...) -> None: ...
 
 class KillRequest(_message.Message):
     __slots__ = ("pid", "signal")
@@ -337,7 +409,7 @@ class DevicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("name", "kind", "index", "total_memory", "free_memory", "utilization", "temperature", "threads")
+    __slots__ = ("name", "kind", "index", "total_memory", "free_memory", "utilization", "temperature", "threads", "telemetry_error")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -346,6 +418,7 @@ class Device(_message.Message):
     UTILIZATION_FIELD_NUMBER: _ClassVar[int]
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
+    TELEMETRY_ERROR_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     index: int
@@ -354,7 +427,8 @@ class Device(_message.Message):
     utilization: float
     temperature: float
     threads: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., index: _Optional[int] = ..., total_memory: _Optional[int] = ..., free_memory: _Optional[int] = ..., utilization: _Optional[float] = ..., temperature: _Optional[float] = ..., threads: _Optional[int] = ...) -> None: ...
+    telemetry_error: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., index: _Optional[int] = ..., total_memory: _Optional[int] = ..., free_memory: _Optional[int] = ..., utilization: _Optional[float] = ..., temperature: _Optional[float] = ..., threads: _Optional[int] = ..., telemetry_error: _Optional[str] = ...) -> None: ...
 
 class DevicesResponse(_message.Message):
     __slots__ = ("devices",)
@@ -363,7 +437,7 @@ class DevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio", "base", "lora_rank", "ppl_tolerance")
+    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio", "base", "lora_rank", "ppl_tolerance", "kernels")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -382,6 +456,7 @@ class ModelInfo(_message.Message):
     BASE_FIELD_NUMBER: _ClassVar[int]
     LORA_RANK_FIELD_NUMBER: _ClassVar[int]
     PPL_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    KERNELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     source: str
@@ -400,7 +475,8 @@ class ModelInfo(_message.Message):
     base: str
     lora_rank: int
     ppl_tolerance: float
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ..., base: _Optional[str] = ..., lora_rank: _Optional[int] = ..., ppl_tolerance: _Optional[float] = ...) -> None: ...
+    kernels: str
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ..., base: _Optional[str] = ..., lora_rank: _Optional[int] = ..., ppl_tolerance: _Optional[float] = ..., kernels: _Optional[str] = ...) -> None: ...
 
 class ModelsRequest(_message.Message):
     __slots__ = ()
