@@ -125,30 +125,38 @@ def main(argv: list[str] | None = None) -> int:
         student_dir = Path(tmp) / "pruned"
         pruned = make_student(path, student_dir, args.prune, args.heads)
         console.print(f"[bold]distilling {MODEL}[/] into its pruned copy: {pruned['summary']}")
-        k = Kernel(open_driver("cpu", threads=args.threads), KernelConfig(kv_pages=2048), ModelStore(Path(tmp) / "store"))
+        # One user and no decode streams to keep waiting: a slow unit on a busy machine is no fault.
+        k = Kernel(open_driver("cpu", threads=args.threads), KernelConfig(kv_pages=2048, max_unit_s=600),
+                   ModelStore(Path(tmp) / "store"))
         k.load_model(ROOT, str(path), name=TEACHER)
         k.load_model(ROOT, str(student_dir), name=STUDENT)
         ids = k.models[TEACHER].codec.encode(TEXT.read_text())
         cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*cols, console=console, refresh_per_second=2) as bar:
             job = bar.add_task("teacher writes the data set (tokens)", total=args.samples * args.new_tokens)
+            note(console, "teacher writes the data set (tokens)")
             data, data_tokens = teacher_data(k, args.samples, args.new_tokens, args.seed,
                                              lambda n: bar.advance(job, n))
             job = bar.add_task("perplexity: teacher, pruned student", total=2)
+            note(console, "perplexity: teacher, pruned student")
             ppl = {"unpruned": perplexity(k, TEACHER, ids)}
             bar.advance(job)
             ppl["pruned"] = perplexity(k, STUDENT, ids)
             bar.advance(job)
             name = "student-distilled"
             spec = train.TrainSpec("teacher.jsonl", steps=args.steps, lr=args.lr, rank=args.rank, batch=args.batch,
-                                   micro_batch=min(args.batch, 4), checkpoint_every=0, name=name, seed=args.seed,
+                                   micro_batch=1, checkpoint_every=0, name=name, seed=args.seed,
                                    max_len=512, distill=TEACHER, temperature=args.temperature, alpha=args.alpha,
                                    full=args.full)
             job = bar.add_task("distilling (optimizer steps)", total=args.steps)
+            note(console, "distilling (optimizer steps)")
             t0 = time.perf_counter()
             p = train.start(k, ROOT, STUDENT, spec, data)
             while not p.state.done:
                 k.step()
+                if p.task.step != bar.tasks[job].completed:
+                    loss = f", loss {p.task.losses[-1]:.3f}" if p.task.losses else ""
+                    note(console, f"step {p.task.step}/{args.steps}{loss}")
                 bar.update(job, completed=p.task.step)
             train_s = time.perf_counter() - t0
             if p.state.name != "EXITED":
@@ -171,6 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(figures, indent=2))
         console.print(f"wrote {args.json}")
     return 0
+
+
+def note(console: Console, text: str) -> None:
+    """Off a terminal, where the progress bars are not drawn, a line for each phase."""
+    if not console.is_terminal:
+        console.print(f"{time.strftime('%H:%M:%S')} {text}")
 
 
 def show(console: Console, f: dict, args: argparse.Namespace) -> None:

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     with Progress(*cols, console=console, refresh_per_second=2) as bar:
         job = bar.add_task("pruning and scoring", total=len(specs))
         for i, (f, h, q) in enumerate(specs):
-            bar.update(job, description=f"pruning and scoring: {label(f, h, q)}")
+            phase(console, bar, job, f"pruning and scoring: {label(f, h, q)}")
             model, row = make_variant(base, tok, f, h, q)
             k.adopt_model(f"v{i}", model, tok)
             rows.append(row)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repeat):
             for n in conc:
                 for i, row in enumerate(rows):
-                    bar.update(job, description=f"decoding: repeat {rep + 1}, {n} processes, {row['variant']}")
+                    phase(console, bar, job, f"decoding: repeat {rep + 1}, {n} processes, {row['variant']}")
                     runs.setdefault((i, n), []).append(run_once(k, f"v{i}", n, args.new_tokens, tick))
     for i, row in enumerate(rows):
         for n in conc:
@@ -148,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
         console.print(f"wrote {args.json}")
     return 0
+
+
+def phase(console: Console, bar: Progress, job, text: str) -> None:
+    """Name the phase on the bar; off a terminal, where the bar is not drawn, as a line too."""
+    bar.update(job, description=text)
+    if not console.is_terminal:
+        console.print(f"{time.strftime('%H:%M:%S')} {text}")
 
 
 def show(console: Console, rows: list[dict], conc: list[int], tokens: int) -> None:

@@ -115,6 +115,15 @@ def run_llmos_int8(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResu
     return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int8", m.name)
 
 
+def run_llmos_int4(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    """The same kernel serving the model's 4-bit copy (--quantize int4, drivers/int4.py)."""
+    from llmos.kernel import ROOT
+
+    k = bench.kernel()
+    m = k.load_model(ROOT, MODEL, quantize="int4")
+    return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int4", m.name)
+
+
 # --- transformers -------------------------------------------------------------------------------
 def _gen_config(bench: Bench, new_tokens: int, **over):
     from transformers import GenerationConfig
@@ -198,6 +207,7 @@ class System:
 SYSTEMS: dict[str, System] = {
     "llmos": System(run_llmos, "the llmos kernel in-process: all N spawned at once, stepped until idle"),
     "llmos_int8": System(run_llmos_int8, "the llmos kernel in-process on the model's int8 copy (--quantize int8)"),
+    "llmos_int4": System(run_llmos_int4, "the llmos kernel in-process on the model's 4-bit copy (--quantize int4)"),
     "llmos_daemon": System(run_daemon, "llmosd through gRPC and the asyncio SDK (with --via-daemon)"),
     "llmos_http": System(run_http, "llmosd through its OpenAI-compatible HTTP API, streaming (with --via-http)"),
     "hf_generate": System(run_hf_generate, "transformers generate(), one request at a time"),

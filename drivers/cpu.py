@@ -27,6 +27,10 @@ class CPUDriver(TorchDriver):
         the measurement cached in `cache_dir`; returns the one-line summary of the choice."""
         return choice.serve(model, cache_dir)
 
+    def free_memory(self) -> int:
+        """Bytes of host memory available now."""
+        return psutil.virtual_memory().available
+
     def describe(self) -> DeviceInfo:
         mem = psutil.virtual_memory()
         return DeviceInfo(name=_cpu_name(), kind="cpu", index=0, total_memory=mem.total, free_memory=mem.available,

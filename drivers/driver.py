@@ -23,6 +23,9 @@ class SeqSlice:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     adapter: str = ""  # the LoRA adapter these tokens run under (its model name); "" = the base model
     grammar: object | None = None  # a sampling slice's GrammarState (drivers/grammar_state.py): its mask
+    # Proposals to verify: the last len(draft) of token_ids. Each row samples; the driver keeps
+    # the proposals while each equals its row's draw, then that row's own token (drivers/sampler.py accept).
+    draft: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -42,6 +45,9 @@ class StepOutput:
     tokens: dict[int, int] = field(default_factory=dict)
     logprobs: dict[int, tuple[float, list[tuple[int, float]]]] = field(default_factory=dict)
     grammar_ended: dict[int, str] = field(default_factory=dict)  # slices no token could continue: why
+    # A slice with a draft: the proposals it kept, which come before its entry in tokens (and their logprobs).
+    accepted: dict[int, list[int]] = field(default_factory=dict)
+    accepted_logprobs: dict[int, list[tuple[float, list[tuple[int, float]]]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -57,6 +63,22 @@ class DeviceInfo:
     temperature: float | None = None  # degrees C
     threads: int | None = None
     telemetry_error: str = ""  # why utilization or temperature are unknown ("" when they are read)
+
+
+SWAP_HOST_SHARE = 0.25  # the host swap of all of a driver's KV pools together: at most this share of host RAM
+
+
+@dataclass
+class KVBudget:
+    """How much memory a new model's KV may take on a device now (Driver.kv_budget), in bytes."""
+
+    pool: int | None  # an unsized pool takes this much; None: the device sets no default (the kernel's applies)
+    swap: int         # its host swap space takes at most this much
+
+
+class KVMemoryError(MemoryError):
+    """A KV pool or its swap that the device cannot hold; the message names the sizes asked
+    and the memory free."""
 
 
 QUANT_MODES = ("none", "int8", "int4")
@@ -101,23 +123,30 @@ class ModelInfo:
     base: str = ""     # a LoRA adapter: the model it runs over (its parameters are the adapter's)
     lora_rank: int = 0
     kernels: str = ""  # which GEMM kernels serve it, and why (drivers/choice.py); "": no choice made
+    pruned: float = 0.0        # the fraction of MLP channels removed at load (drivers/prune.py)
+    pruned_heads: float = 0.0  # the fraction of attention heads asked removed at load
+    prune_ppl_ratio: float = 0.0  # probe-text perplexity, pruned over unpruned (0: not pruned)
 
     def kv_bytes_per_page(self, page_size: int, dtype_bytes: int) -> int:
         return 2 * self.num_layers * page_size * self.kv_heads * self.head_dim * dtype_bytes
 
 
 class Driver(Protocol):
-    """A device: describe it, load weights, allocate the KV pool, run steps, score text, release."""
+    """A device: describe it, load weights, size and allocate the KV pool, run steps, score
+    text, release."""
 
     kind: str
 
     def describe(self) -> DeviceInfo: ...
 
     def load(self, name: str, path: str, dtype: str, quantize: str = "none",
-             cache_dir: str | None = None) -> ModelInfo: ...
+             cache_dir: str | None = None, prune: float = 0.0, prune_heads: float = 0.0) -> ModelInfo: ...
 
     def load_adapter(self, base: str, name: str, path: str) -> ModelInfo: ...
 
+    def kv_budget(self) -> KVBudget: ...  # asked once a model's weights are loaded: they are not free
+
+    # The pool's bytes; KVMemoryError when the pool or its swap does not fit (nothing is kept then).
     def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int: ...
 
     def step(self, name: str, batch: StepInput) -> StepOutput: ...

@@ -26,6 +26,7 @@ from llmos.drivers.fuse import FusedGroup, FusedLinear, linear_parents, replace_
 
 
 CUDA_INT_MM_MIN_ROWS = 16
+CUDA_INT_MM_MULTIPLE = 8  # cuBLASLt's int8 GEMM takes K and N in multiples of 8 only
 # The quantization constants as 0-dim tensors: a Python number becomes a fresh tensor copy on
 # every op, which at ~120 Linear groups a step costs more than the arithmetic at batch 1.
 _EPS, _QMAX, _SHIFT = torch.tensor(1e-12), torch.tensor(127.0), torch.tensor(128.0)
@@ -37,6 +38,23 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127
     q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
     return q.t().contiguous(), scale
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def pad_weight(weight_t: torch.Tensor, multiple: int) -> torch.Tensor:
+    """int8 weights [in, out] with zero rows and columns appended up to multiples of `multiple`.
+    Exact: a zero row meets the zero columns appended to the activations (int8_matmul), and
+    the zero columns' outputs are sliced off, so every real output is the same int32 sum."""
+    k, n = weight_t.shape
+    kp, np_ = round_up(k, multiple), round_up(n, multiple)
+    if (kp, np_) == (k, n):
+        return weight_t
+    out = weight_t.new_zeros(kp, np_)
+    out[:k, :n] = weight_t
+    return out
 
 
 def _quantize_rows(x: torch.Tensor, smooth: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,10 +83,11 @@ def int8_matmul(x: torch.Tensor, weight_t: torch.Tensor, scale: torch.Tensor, bi
     """x [..., in] (float) times int8 weights, with x quantized per row."""
     rows, sx = _quantize_rows(x, smooth)
     xq = torch.div(rows, sx).round_().to(torch.int8)
-    m = xq.shape[0]
-    if xq.is_cuda and m <= CUDA_INT_MM_MIN_ROWS:  # cuBLASLt's int8 GEMM wants more than 16 rows
-        xq = torch.cat([xq, xq.new_zeros(CUDA_INT_MM_MIN_ROWS + 1 - m, xq.shape[1])])
-    return _finish(torch._int_mm(xq, weight_t)[:m].mul(scale).mul_(sx), x, bias)  # oneDNN's order
+    (m, k), n = xq.shape, scale.shape[0]
+    pad_rows = CUDA_INT_MM_MIN_ROWS + 1 - m if xq.is_cuda and m <= CUDA_INT_MM_MIN_ROWS else 0  # cuBLASLt: > 16 rows
+    if pad_rows or weight_t.shape[0] != k:  # weights padded by pad_weight: zero columns to match
+        xq = torch.nn.functional.pad(xq, (0, weight_t.shape[0] - k, 0, pad_rows))
+    return _finish(torch._int_mm(xq, weight_t)[:m, :n].mul(scale).mul_(sx), x, bias)  # oneDNN's order
 
 
 def int8_matmul_packed(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
@@ -112,6 +131,16 @@ class Int8Group(FusedGroup):
             self.zeros = torch.zeros(self.scale.shape[0], dtype=torch.long)
             self.packed_bytes = self.weight_t.numel()
             self.weight_t = None
+
+    def pad(self, multiple: int) -> bool:
+        """Zero-pad the weights' K and N to multiples of `multiple` (pad_weight), for GEMMs that
+        take no other shapes; outputs stay exactly the same. Whether anything was padded."""
+        if self.weight_t is None:
+            raise QuantizeError("prepacked int8 weights cannot be padded")
+        padded = pad_weight(self.weight_t, multiple)
+        changed = padded is not self.weight_t
+        self.weight_t = padded
+        return changed
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -223,6 +252,13 @@ def _scales_with_weight(norm: nn.Module | None) -> bool:
 
 def _int8(mod: nn.Module | None) -> bool:
     return isinstance(mod, FusedLinear) and isinstance(mod.group, Int8Group)
+
+
+def pad_int8(model: nn.Module, multiple: int = CUDA_INT_MM_MULTIPLE) -> tuple[int, int]:
+    """Pad every int8 group of the model for `_int_mm` on CUDA (Int8Group.pad), so that a
+    vocabulary of 32001 or any odd width runs; returns (groups padded, int8 groups)."""
+    groups = [m for m in model.modules() if isinstance(m, Int8Group)]
+    return sum(g.pad(multiple) for g in groups), len(groups)
 
 
 def model_bytes(model: nn.Module) -> int:

@@ -9,7 +9,7 @@ from llmos.drivers.driver import StepInput, StepOutput
 from llmos.drivers.lora import LoraSet
 from llmos.drivers.lean import LeanDecoder
 from llmos.drivers.grammar_mask import mask_logits
-from llmos.drivers.sampler import logprobs, sample
+from llmos.drivers.sampler import accept, logprobs, sample
 
 
 class ModelRunner:
@@ -28,6 +28,16 @@ class ModelRunner:
         self.page_size = 0
         self.lora = LoraSet(model)  # adapters served over this model (drivers/lora.py)
         self.lean = LeanDecoder(model) if LeanDecoder.supports(model) else None
+
+    def kv_bytes_per_page(self, page_size: int) -> int:
+        """Bytes of one page of KV, keys and values of every layer."""
+        return 2 * self.num_layers * page_size * self.kv_heads * self.head_dim * self.dtype.itemsize
+
+    def swap_bytes(self) -> int:
+        return sum(k.numel() * k.element_size() * 2 for k, _ in self.swap)
+
+    def free_kv(self) -> None:
+        self.kv, self.swap = [], []
 
     def alloc_kv(self, num_pages: int, page_size: int, swap_pages: int) -> int:
         """Allocate the pool; returns its size in bytes."""
@@ -66,13 +76,27 @@ class ModelRunner:
         sampled = [s for s in batch.seqs if s.sample]
         if not sampled:
             return StepOutput()
-        params = [s.sampling for s in sampled]
-        dead = mask_logits(logits, [s.grammar for s in sampled])  # constrained rows only
-        tokens = sample(logits, params, [s.start_pos + len(s.token_ids) for s in sampled])
+        # A slice with a draft has a row of logits for each proposal and one after them.
+        rows = [(s, j) for s in sampled for j in range(len(s.draft) + 1)]
+        params = [s.sampling for s, _ in rows]
+        dead = mask_logits(logits, [s.grammar for s, _ in rows])  # constrained rows only (they have no draft)
+        tokens = sample(logits, params, [s.start_pos + len(s.token_ids) - len(s.draft) + j for s, j in rows])
         lps = logprobs(logits, params, tokens)
-        return StepOutput({s.seq_id: t for s, t in zip(sampled, tokens)},
-                          {sampled[i].seq_id: lp for i, lp in lps.items()},
-                          {sampled[i].seq_id: why for i, why in dead.items()})
+        out, i = StepOutput(), 0
+        for s in sampled:
+            drawn = tokens[i:i + len(s.draft) + 1]
+            a = accept(s.draft, drawn)
+            out.tokens[s.seq_id] = drawn[a]
+            if i + a in lps:
+                out.logprobs[s.seq_id] = lps[i + a]
+            if i in dead:
+                out.grammar_ended[s.seq_id] = dead[i]
+            if s.draft:
+                out.accepted[s.seq_id] = drawn[:a]
+                if lps:
+                    out.accepted_logprobs[s.seq_id] = [lps[i + j] for j in range(a)]
+            i += len(drawn)
+        return out
 
     def forward(self, meta: PagedBatch, ids: list[int], pos: list[int], keep: list[int]) -> torch.Tensor:
         """Logits [len(keep), vocab]: through the lean forward where the model has its shape,
@@ -102,6 +126,13 @@ class ModelRunner:
             pos.extend(span)
             slots.extend(table[p // size] * size + p % size for p in span)
             end_pos = s.start_pos + n
+            if s.draft:  # a verify: every row attends, as a decode row, to the context up to itself
+                for j in range(n):
+                    d_rows.append(row + j)
+                    d_tables.append(table[:-(-(s.start_pos + j + 1) // size)])
+                    d_lens.append(s.start_pos + j + 1)
+                keep.extend(range(row + n - len(s.draft) - 1, row + n))
+                continue
             if n == 1:
                 d_rows.append(row)
                 d_tables.append(table[:-(-end_pos // size)])

@@ -20,6 +20,24 @@ def sample(logits: torch.Tensor, params: list[SamplingParams], positions: list[i
     return out
 
 
+def accept(draft: list[int], drawn: list[int]) -> int:
+    """How many proposals a verify step keeps. drawn[i] is what row i drew from the target's own
+    distribution p_i, exactly as a step without proposals would (argmax when greedy, else the
+    draw seeded by the process's seed and the position): a proposal is kept while it equals the
+    draw, and the draw at the first mismatch (or after the last proposal) follows them.
+
+    For a proposer that is a point mass on x (prompt lookup is deterministic), keeping x only
+    where the draw is x accepts it with probability p(x), and a draw that rejects it is
+    distributed as p with x removed and renormalised: the standard rejection rule with q = δ_x.
+    So the output is distributed as without speculation; greedy output is the same tokens, and
+    so is a seeded process's (each draw depends only on the seed and its position), up to the
+    rounding differences of logits computed in a batch of another shape."""
+    n = 0
+    while n < len(draft) and draft[n] == drawn[n]:
+        n += 1
+    return n
+
+
 def logprobs(logits: torch.Tensor, params: list[SamplingParams],
              tokens: list[int]) -> dict[int, tuple[float, list[tuple[int, float]]]]:
     """For the rows whose params ask: (log-probability of the sampled token, the top

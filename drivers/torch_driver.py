@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 
+import psutil
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from llmos.drivers import attention, probe, quant, score
-from llmos.drivers.driver import DeviceInfo, ModelInfo, StepInput, StepOutput, check_quantize
+from llmos.drivers.driver import (SWAP_HOST_SHARE, DeviceInfo, KVBudget, KVMemoryError, ModelInfo, StepInput,
+                                  StepOutput, check_quantize)
+from llmos.drivers.prune import prune_loaded
 from llmos.drivers.runner import ModelRunner
 from llmos.drivers.train import Trainer
 
@@ -32,18 +35,24 @@ class TorchDriver:
         raise NotImplementedError
 
     def load(self, name: str, path: str, dtype: str = "float32", quantize: str = "none",
-             cache_dir: str | None = None) -> ModelInfo:
-        """Load weights from a local transformers directory, quantizing them if asked; the
-        device's measurements for serving them are cached in `cache_dir` (None: not kept)."""
+             cache_dir: str | None = None, prune: float = 0.0, prune_heads: float = 0.0) -> ModelInfo:
+        """Load weights from a local transformers directory, pruning (drivers/prune.py) and then
+        quantizing them if asked; the device's measurements for serving them are cached in
+        `cache_dir` (None: not kept)."""
         if dtype not in DTYPES:
             raise ValueError(f"unsupported dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         quantize = check_quantize(quantize)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="sdpa")
+        pruned = {}
+        if prune or prune_heads:
+            _, ratio = prune_loaded(model, AutoTokenizer.from_pretrained(path), prune, prune_heads)
+            pruned = {"pruned": prune, "pruned_heads": prune_heads, "prune_ppl_ratio": ratio}
         if quantize == "none":
-            return self.adopt(name, model, cache_dir)
+            return dataclasses.replace(self.adopt(name, model, cache_dir), **pruned)
         nparams = sum(p.numel() for p in model.parameters())
         ratio = self._quantize(model, path, quantize)
-        return dataclasses.replace(self.adopt(name, model, cache_dir), quantize=quantize, ppl_ratio=ratio, num_parameters=nparams)
+        return dataclasses.replace(self.adopt(name, model, cache_dir), quantize=quantize, ppl_ratio=ratio,
+                                   num_parameters=nparams, **pruned)
 
     @staticmethod
     def _quantize(model: PreTrainedModel, path: str, mode: str) -> float:
@@ -91,8 +100,48 @@ class TorchDriver:
         line saying which kernels serve it ("" where there is no choice)."""
         return ""
 
+    def free_memory(self) -> int:  # pragma: no cover - overridden
+        """Bytes of device memory free now, for a KV pool."""
+        raise NotImplementedError
+
+    def kv_budget(self) -> KVBudget:
+        """No default pool (the kernel's applies); swap within SWAP_HOST_SHARE of host RAM for
+        all pools together."""
+        return KVBudget(pool=None, swap=self.swap_budget())
+
+    def swap_budget(self) -> int:
+        held = sum(r.swap_bytes() for r in self.runners.values())
+        return max(0, int(psutil.virtual_memory().total * SWAP_HOST_SHARE) - held)
+
     def alloc_kv(self, name: str, num_pages: int, page_size: int, swap_pages: int) -> int:
-        return self.runners[name].alloc_kv(num_pages, page_size, swap_pages)
+        """The pool and its swap, refused (KVMemoryError) before allocating when they do not fit
+        in the memory free, or when the allocation fails."""
+        runner = self.runners[name]
+        page = runner.kv_bytes_per_page(page_size)
+        pool, swap = num_pages * page, swap_pages * page
+        asked = f"a KV pool of {num_pages} pages ({pool} bytes) with {swap_pages} swap pages ({swap} bytes)"
+        problem = self._kv_fits(pool, swap)
+        if problem:
+            raise KVMemoryError(f"{asked} does not fit on {self.device}: {problem}")
+        try:
+            return runner.alloc_kv(num_pages, page_size, swap_pages)
+        except RuntimeError as e:  # torch.OutOfMemoryError, and the CPU allocator's RuntimeError
+            runner.free_kv()
+            if not isinstance(e, torch.OutOfMemoryError) and "allocate memory" not in str(e):
+                raise
+            raise KVMemoryError(f"{asked} could not be allocated on {self.device} "
+                                f"({self.free_memory()} bytes free): {' '.join(str(e).split())[:300]}") from None
+
+    def _kv_fits(self, pool: int, swap: int) -> str:
+        """Why a pool and swap of these sizes cannot be allocated now ("" if they can): the pool
+        in device memory, the swap in host memory; the CPU's are the same memory."""
+        host = psutil.virtual_memory().available
+        if self.device.type == "cpu":
+            return f"{pool + swap} bytes asked, {host} bytes of host memory available" if pool + swap > host else ""
+        free = self.free_memory()
+        if pool > free:
+            return f"the pool needs {pool} bytes, the device has {free} bytes free"
+        return f"the swap needs {swap} bytes, the host has {host} bytes available" if swap > host else ""
 
     def step(self, name: str, batch: StepInput) -> StepOutput:
         return self.runners[name].step(batch)

@@ -8,11 +8,14 @@ loop. It knows nothing of gRPC or HTTP. What each file holds (this package's def
 - signals.py   TERM, KILL, STOP, CONT
 - pipe.py      Pipe: one process's output into another's stdin
 - sched.py     Scheduler, Schedule (the step's slices and the driver's input), SchedConfig
+- speculate.py prompt-lookup proposals verified in the decode step; SpecConfig
 - step.py      around a forward pass: run a Schedule, apply what it sampled
 - tasks.py     the Task protocol and the device share of task units (training, evaluation)
 - events.py    what listeners are told: Spawned, Input, Output, StateChanged, Reaped, ...
 - recovery.py  the journal's kernel side: events to deltas, and rebuilding after a crash
 - stats.py     daemon-wide figures and the token meter
+- accounting.py usage accounting: Charged events (tokens, device seconds, processes per user) and
+                who may read which; llmosd's usage store keeps them
 - thread.py    KernelThread: the one thread that runs the kernel
 - mirror.py    ProcMirror: what readers and waiters see, on the event loop
 - text.py      TextCodec (prompts, chat templates) and Detokenizer
@@ -27,6 +30,7 @@ from llmos.kernel.errors import (FailedPrecondition, InvalidArgument, KernelErro
 from llmos.kernel.kernel import Kernel, KernelConfig
 from llmos.kernel.proc import Limits, Process, SamplingParams, Signal, SpawnSpec, State, StopRules
 from llmos.kernel.sched import SchedConfig
+from llmos.kernel.speculate import SpecConfig
 from llmos.kernel.users.cred import ROOT, Cred
 
 __all__ = [
@@ -34,8 +38,8 @@ __all__ = [
     "Kernel", "KernelConfig",
     # proc.py (and the spec it runs, from the syscall ABI)
     "Process", "State", "Signal", "SpawnSpec", "SamplingParams", "StopRules", "Limits",
-    # sched.py
-    "SchedConfig",
+    # sched.py, speculate.py
+    "SchedConfig", "SpecConfig",
     # users/cred.py
     "Cred", "ROOT",
     # errors.py

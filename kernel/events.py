@@ -58,13 +58,27 @@ class PipeClosed:
 
 
 @dataclass(frozen=True)
+class Charged:
+    """Work to charge to `owner` on `model` (kernel/accounting.py says what each field counts).
+    It names no pid: listeners that follow processes pass it by."""
+
+    owner: str
+    model: str
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    step_seconds: float = 0.0
+    task_seconds: float = 0.0
+    processes: int = 0
+
+
+@dataclass(frozen=True)
 class ShutdownRequested:
     """An admin asked the daemon to stop; `grace` overrides the configured grace period."""
 
     grace: float | None
 
 
-Event = Spawned | Input | Output | StateChanged | Reaped | PipeClosed | ShutdownRequested
+Event = Spawned | Input | Output | StateChanged | Reaped | PipeClosed | Charged | ShutdownRequested
 Listener = Callable[[list[Event]], None]
 
 

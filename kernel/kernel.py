@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from llmos.drivers.driver import Driver
-from llmos.kernel import grammar
+from llmos.kernel import accounting, grammar
 from llmos.kernel import pipe as pipes
 from llmos.kernel import signals, spawn, stdio, step, table, tasks
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -39,9 +39,10 @@ class KernelConfig:
     """Kernel-wide settings."""
 
     page_size: int = 16
-    kv_memory: int = 1 << 30       # bytes of KV pool per loaded model
+    kv_memory: int | None = None   # bytes of KV pool per loaded model; None: the device's (models/pool_size.py)
     kv_pages: int | None = None    # overrides kv_memory when set
-    swap_pages: int | None = None  # host swap slots per model; default: as many as the pool
+    swap_memory: int | None = None  # bytes of host swap per model; None: as many pages as the pool, bounded
+    swap_pages: int | None = None  # host swap slots per model; overrides swap_memory
     sched: SchedConfig = field(default_factory=SchedConfig)
     max_procs: int = 4096
     keep_exited: int = 1024        # finished processes kept readable before the oldest are reaped
@@ -73,6 +74,7 @@ class Kernel:
         self.ring: collections.deque[tuple[float, str, str]] = collections.deque(maxlen=self.config.dmesg_lines)
         self.quota = QuotaKeeper(self.config.quotas)
         self.device_share = tasks.DeviceShare()  # device time of token steps against task units
+        self.device_time = accounting.DeviceTime()  # device seconds since boot (kernel/accounting.py)
         self.accepting = True   # False once shutdown has begun: no new processes
         self.steps = 0
         self.exited: collections.deque[int] = collections.deque()  # finished pids, oldest first (table.py)
@@ -143,16 +145,17 @@ class Kernel:
 
     # --- models (kernel/models/) -----------------------------------------------------------------
     def load_model(self, cred: Cred, ref: str, name: str | None = None, dtype: str = "float32",
-                   quantize: str | None = None) -> LoadedModel:
+                   quantize: str | None = None, prune: float = 0.0, prune_heads: float = 0.0) -> LoadedModel:
         """Load and serve a model (both halves; use the halves to keep the kernel thread free)."""
-        return self.install_model(self.prepare_model(cred, ref, name, dtype, quantize))
+        return self.install_model(self.prepare_model(cred, ref, name, dtype, quantize, prune, prune_heads))
 
     def prepare_model(self, cred: Cred, ref: str, name: str | None = None, dtype: str = "float32",
-                      quantize: str | None = None) -> "Prepared | LoadedModel":
-        """The slow half of a load (convert, read weights, quantize); callable from any thread."""
+                      quantize: str | None = None, prune: float = 0.0,
+                      prune_heads: float = 0.0) -> "Prepared | LoadedModel":
+        """The slow half of a load (convert, read weights, prune, quantize); callable from any thread."""
         cred.check("load")
         spawn.check_accepting(self)
-        return loading.prepare_model(self, ref, name, dtype, quantize)
+        return loading.prepare_model(self, ref, name, dtype, quantize, prune, prune_heads)
 
     def install_model(self, prep: "Prepared | LoadedModel") -> LoadedModel:
         """The quick half: a KV pool and a scheduler for a prepared model."""
@@ -234,6 +237,12 @@ class Kernel:
             raise NotFound(f"no token named or numbered {name_or_id!r}")
         return info
 
+    def usage_query(self, cred: Cred, user: str = "", model: str = "", since: str = "", by: str = "",
+                    now: float | None = None) -> "accounting.UsageQuery":
+        """What the caller may read of the usage records (kernel/accounting.py): their own, or
+        for an admin anyone's; the daemon's usage store answers it."""
+        return accounting.usage_query(cred, user, model, since, by, time.time() if now is None else now)
+
     def _token_store(self, cred: Cred) -> TokenStore:
         cred.check("tokens")
         if self.tokens is None:
@@ -250,12 +259,11 @@ class Kernel:
             step.enforce_time_limits(self, now)
             grammar.poll(self)
             for m in self.pools():
-                live = self.pool_procs(m)
-                plan = m.scheduler.schedule(live, now, self.quota.allowance(live, now))
-                out = step.run(self, m, plan)
-                total += step.apply(self, m, plan, out, now)
+                total += step.pool_step(self, m, now)
             if total:
-                self.device_share.add(task=False, seconds=time.monotonic() - now)
+                took = time.monotonic() - now
+                self.device_share.add(task=False, seconds=took)
+                self.device_time.step_seconds += took
             tasks.run_unit(self, now, token_work=total > 0)
             self.steps += 1
         return total

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llmos.kernel.speculate import Lookup
 from llmos.syscalls.abi.logprobs import TokenLogprob
 from llmos.syscalls.abi.spec import Limits, SamplingParams, SpawnSpec, StopRules
 
@@ -87,6 +88,7 @@ class Process:
     pinned_until: float = 0.0  # its pages are not taken before this (blocked on a tool's result)
     detached: bool = False   # reaped as soon as it ends (nobody will wait for it)
     results: dict[str, float] = field(default_factory=dict)  # a task's structured results (eval metrics)
+    lookup: Lookup = field(default_factory=Lookup)  # its proposer for speculative decoding (kernel/speculate.py)
 
     # --- the kernel thread only: counters and times
     usage: Usage = field(default_factory=Usage)

@@ -77,7 +77,8 @@ def spawn_spec(d: dict) -> SpawnSpec:
     return SpawnSpec(model=s["model"], prompt=s.get("prompt"), messages=s.get("messages"), tokens=s.get("tokens"),
                      sampling=SamplingParams(**s["sampling"]), stop=StopRules(**s["stop"]),
                      limits=Limits(**s["limits"]), priority=s["priority"], owner=s.get("owner", d["owner"]),
-                     interactive=s["interactive"], grammar=GrammarSpec(**s["grammar"]) if s.get("grammar") else None)
+                     interactive=s["interactive"], grammar=GrammarSpec(**s["grammar"]) if s.get("grammar") else None,
+                     speculate=s.get("speculate", True))
 
 
 def process_from(pid: int, d: dict) -> Process:

@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 
 from llmos.drivers.driver import SeqSlice, StepInput
+from llmos.kernel import speculate
 from llmos.kernel.memory import MemoryManager
 from llmos.kernel.proc import Process, State
+from llmos.kernel.speculate import SpecConfig
 
 POLICIES = ("fcfs", "priority", "fair")
 
@@ -27,6 +29,7 @@ class SchedConfig:
     preempt: str = "swap"    # swap | recompute
     aging_s: float = 2.0     # waiting this long is worth one nice level
     fair_halflife_s: float = 10.0
+    speculate: SpecConfig = field(default_factory=SpecConfig)  # proposals verified beside decodes (kernel/speculate.py)
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
@@ -44,19 +47,21 @@ class Schedule:
     runs: list[tuple[Process, int]] = field(default_factory=list)  # process, tokens to compute
     preempted: list[Process] = field(default_factory=list)
     over_quota: list[Process] = field(default_factory=list)
+    drafts: dict[int, list[int]] = field(default_factory=dict)  # pid -> proposals verified after its token
     input: StepInput = field(default_factory=lambda: StepInput([]))
 
     @property
     def num_tokens(self) -> int:
-        return sum(n for _, n in self.runs)
+        return sum(n for _, n in self.runs) + sum(len(d) for d in self.drafts.values())
 
 
 class Scheduler:
     """Orders processes by policy and hands out tokens and pages under the step budget."""
 
-    def __init__(self, config: SchedConfig, memory: MemoryManager) -> None:
+    def __init__(self, config: SchedConfig, memory: MemoryManager, max_context: int = 1 << 30) -> None:
         self.config = config
         self.memory = memory
+        self.max_context = max_context  # the model's context window: no proposal reaches past it
         self.owner_usage: dict[str, float] = {}
         self._usage_at = time.monotonic()
 
@@ -136,17 +141,21 @@ class Scheduler:
                 inflight.update(mem.unpublished_hashes(p.pid, p.tokens))
             budget -= n
             seats -= 1
-        out.input = StepInput([self._slice(p, n, now) for p, n in out.runs], mem.ops.take())
+        if self.config.speculate.enabled:  # only what the budget has left once everyone has their tokens
+            speculate.draft(out, mem, self.config.speculate, budget, self.max_context, allowance)
+        out.input = StepInput([self._slice(p, n, now, out.drafts.get(p.pid, [])) for p, n in out.runs],
+                              mem.ops.take())
         return out
 
-    def _slice(self, p: Process, n: int, now: float) -> SeqSlice:
-        """p runs this step: its next n tokens, where their KV goes, whether it samples after them."""
+    def _slice(self, p: Process, n: int, now: float, draft: list[int]) -> SeqSlice:
+        """p runs this step: its next n tokens (and any proposals after them), where their KV
+        goes, whether it samples after them."""
         p.state = State.RUNNING
         p.admitted = p.admitted or now
         start = p.num_computed
         sample = start + n == len(p.tokens)
-        return SeqSlice(p.pid, p.tokens[start:start + n], start, self.memory.page_table(p.pid), sample, p.sampling,
-                        p.adapter, p.grammar if sample else None)
+        return SeqSlice(p.pid, p.tokens[start:start + n] + draft, start, self.memory.page_table(p.pid), sample,
+                        p.sampling, p.adapter, p.grammar if sample else None, list(draft))
 
     def _prefix_in_flight(self, p: Process, inflight: set[int]) -> bool:
         """Whether the next page p would compute is being filled by a process ahead of it."""

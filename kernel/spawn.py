@@ -6,7 +6,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-from llmos.kernel import grammar, stdio, tasks
+from llmos.kernel import accounting, grammar, stdio, tasks
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from llmos.kernel.proc import Process, State
 from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec, SpecError, check_nice, check_text
@@ -43,7 +43,9 @@ def spawn(k: "Kernel", cred: "Cred", spec: SpawnSpec, ppid: int = 0) -> Process:
                 preamble=preamble, adapter=m.adapter, kv_salt=m.kv_salt)
     check(k, m, p)
     grammar.attach(m, p)
-    return k.admit(p, State.NEW if p.tokens else State.BLOCKED)
+    k.admit(p, State.NEW if p.tokens else State.BLOCKED)
+    accounting.started(k, p, len(p.tokens))
+    return p
 
 
 def spawn_n(k: "Kernel", cred: "Cred", spec: SpawnSpec, n: int) -> list[Process]:
@@ -97,6 +99,7 @@ def fork(k: "Kernel", cred: "Cred", pid: int, text: str | None = None, sampling:
     check(k, m, child)
     grammar.fork(parent, child)
     k.admit(child, State.NEW if child.tokens else State.BLOCKED)
+    accounting.started(k, child, len(child.tokens) - len(parent.tokens))
     if parent.pid in m.memory.tables:
         m.memory.fork(parent.pid, child.pid)
         child.num_computed = parent.num_computed
@@ -121,7 +124,9 @@ def spawn_task(k: "Kernel", cred: "Cred", model: str, task: "tasks.Task", priori
     if not any(q.task is not None and not q.state.done for q in k.procs.values()):
         # Decode time spent while no task existed is no credit for the first one to come.
         k.device_share = tasks.DeviceShare()
-    return k.admit(p, State.READY)
+    k.admit(p, State.READY)
+    accounting.started(k, p, 0)
+    return p
 
 
 def check_accepting(k: "Kernel") -> None:

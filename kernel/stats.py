@@ -44,6 +44,8 @@ class Stats:
     pools: list[PoolStats]
     devices: list[DeviceInfo]
     uptime_s: float
+    step_seconds: float = 0.0  # device seconds of token steps since the kernel booted (kernel/accounting.py)
+    task_seconds: float = 0.0  # and of task units
 
 
 class TokenMeter:
@@ -102,4 +104,5 @@ def take(k: "Kernel", meter: TokenMeter) -> Stats:
     now = meter.clock()
     return Stats(generated_tokens=meter.total, tokens_per_s=meter.rate(now), rate_window_s=meter.window_s,
                  queue_depth=queue_depth(k), procs={s.value: counts.get(s.value, 0) for s in State},
-                 pools=pools, devices=[k.driver.describe()], uptime_s=now - meter.started)
+                 pools=pools, devices=[k.driver.describe()], uptime_s=now - meter.started,
+                 step_seconds=k.device_time.step_seconds, task_seconds=k.device_time.task_seconds)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from llmos.kernel import grammar
+from llmos.kernel import accounting, grammar
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from llmos.kernel.events import Input, Output, StateChanged
 from llmos.kernel.proc import Process, State
@@ -54,6 +54,7 @@ def write_turn(k: "Kernel", p: Process, text: str, role: str = "user") -> int:
                                 f"but the pool holds only {pool.num_pages} pages of {pool.page_size} tokens")
     k.quota.check_write(k, p, len(new), time.monotonic())
     feed(k, p, new)
+    accounting.given(k, p, len(new))
     return p.turn_text_start
 
 

@@ -8,10 +8,11 @@ process's stdout (kernel/stdio.py).
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
-from llmos.kernel import signals, stdio
-from llmos.kernel.proc import State
+from llmos.kernel import accounting, signals, stdio
+from llmos.kernel.proc import Process, State
 from llmos.kernel.sched import Schedule
 
 if TYPE_CHECKING:
@@ -26,6 +27,20 @@ def enforce_time_limits(k: "Kernel", now: float) -> None:
         if p.limits.max_wall_s is not None and not p.state.done and now - p.created > p.limits.max_wall_s:
             k.exit(p, State.KILLED, f"limit: wall time over {p.limits.max_wall_s:g} s")
     signals.enforce_grace(k, now)
+
+
+def pool_step(k: "Kernel", m: "LoadedModel", now: float) -> int:
+    """One token step of m's KV pool: schedule, run, apply; returns the tokens it computed. Its
+    time is charged to the processes in it (kernel/accounting.py)."""
+    t0 = time.monotonic()
+    live = k.pool_procs(m)
+    plan = m.scheduler.schedule(live, now, k.quota.allowance(live, now))
+    before = {p.pid: p.usage.generated_tokens for p, _ in plan.runs}
+    n = apply(k, m, plan, run(k, m, plan), now)
+    if n:
+        generated = {p.pid: p.usage.generated_tokens - before[p.pid] for p, _ in plan.runs}
+        accounting.charge_step(k, plan, generated, time.monotonic() - t0)
+    return n
 
 
 def run(k: "Kernel", m: "LoadedModel", plan: Schedule) -> "StepOutput | None":
@@ -60,11 +75,36 @@ def apply(k: "Kernel", m: "LoadedModel", plan: Schedule, out: "StepOutput | None
         k.quota.charge(p.owner, n, now)
         if p.state == State.RUNNING:
             p.state = State.READY
-        if p.pid in out.tokens:
+        if p.pid in plan.drafts and p.pid in out.tokens:
+            verified(k, m, p, plan.drafts[p.pid], out, now)
+        elif p.pid in out.tokens:
             stdio.emit(k, m, p, out.tokens[p.pid], out.logprobs.get(p.pid))
         if not p.state.done:
             p.usage.pages_held = m.memory.pages_held(p.pid)
     return plan.num_tokens
+
+
+def verified(k: "Kernel", m: "LoadedModel", p: Process, draft: list[int], out: "StepOutput", now: float) -> None:
+    """Emit what a verify step kept: the accepted proposals, then the target's own token after
+    them, each through the stop rules, until one ends the turn. The KV of every emitted token but
+    the last was computed in this step; the rest (rejected rows, or rows past the end) is rolled back."""
+    kept = out.accepted.get(p.pid, [])
+    lps = out.accepted_logprobs.get(p.pid) or [None] * len(kept)
+    state = p.state
+    emitted = 0
+    for token, lp in zip([*kept, out.tokens[p.pid]], [*lps, out.logprobs.get(p.pid)]):
+        if emitted and p.state != state:
+            break  # the turn ended (stop rule, end of sequence, max tokens, TERM): the rest is dropped
+        stdio.emit(k, m, p, token, lp)
+        emitted += 1
+    p.lookup.record(len(draft), len(kept), len(p.tokens), m.scheduler.config.speculate)
+    if emitted > 1:
+        m.scheduler.account(p.owner, emitted - 1)
+        k.quota.charge(p.owner, emitted - 1, now)
+    if p.pid in m.memory.tables:  # still resident (an exit has freed its pages)
+        p.num_computed = len(p.tokens) - 1
+        m.memory.truncate(p.pid, p.num_computed)
+        m.memory.publish(p.pid, p.tokens, p.num_computed)
 
 
 def failed(k: "Kernel", m: "LoadedModel", plan: Schedule, error: Exception) -> None:

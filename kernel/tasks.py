@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from llmos.kernel import accounting
 from llmos.kernel.errors import KernelError
 from llmos.kernel.events import StateChanged
 from llmos.kernel.proc import State
@@ -142,6 +143,7 @@ def run_unit(k: "Kernel", now: float, token_work: bool) -> None:
     finally:
         took = time.monotonic() - t0
         k.device_share.add(task=True, seconds=took)
+        accounting.charge_unit(k, p, took)
     tokens = getattr(p.task, "unit_tokens", 0)
     if tokens:
         k.quota.charge(p.owner, tokens, now)

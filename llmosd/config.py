@@ -51,6 +51,23 @@ def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return parse
 
 
+def _nonneg(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(v: Any) -> Any:
+        x = kind(v)
+        if not x >= 0:  # NaN too
+            raise ValueError(f"must be 0 or more, got {v!r}")
+        return x
+    return parse
+
+
+_nonneg_float = _nonneg(float)
+
+
+def _size_or_auto(v: Any) -> int | None:
+    """A positive size, or "auto" (None): sized by the device."""
+    return None if str(v).strip().lower() == "auto" else _positive(parse_size)(v)
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(v: Any) -> str:
         if str(v) not in options:
@@ -69,11 +86,6 @@ def _path(v: Any) -> Path:
     return Path(str(v)).expanduser()
 
 
-def _nonneg_float(v: Any) -> float:
-    x = float(v)
-    if not x >= 0:
-        raise ValueError(f"must be 0 or more, got {v!r}")
-    return x
 
 
 def _bool(v: Any) -> bool:
@@ -112,17 +124,21 @@ class Config:
     listen: str | None = None       # also serve TCP on HOST:PORT
     http: str | None = None         # also serve the OpenAI-compatible HTTP API on HOST:PORT
     metrics: str | None = None      # serve Prometheus metrics on HOST:PORT (and at /metrics on --http)
+    metrics_per_user: bool = False  # per-user usage counters in the metrics (a user label)
     store: Path | None = None       # model store; default: <state_dir>/models
     model: str = DEFAULT_MODEL      # loaded at start; "" or "none" for no model
     device: str = "auto"
     threads: int | None = None
     dtype: str = "float32"
     quantize: str = "none"          # weights of the boot model and of loads that name no mode
-    kv_memory: int = 1 << 30
+    kv_memory: int | None = None    # None ("auto"): the device's free memory on CUDA, 1GiB on the CPU
     kv_pages: int | None = None
+    swap_memory: int | None = None  # None: as many swap pages as the pool, within 25% of host RAM in all
+    swap_pages: int | None = None
     page_size: int = 16
     policy: str = "fcfs"
     token_budget: int = 256
+    speculate: bool = False         # verify prompt-lookup proposals beside decodes (kernel/speculate.py)
     max_procs: int = 4096
     grace: float = 30.0             # seconds running processes get to finish at shutdown
     max_message: int = 16 << 20     # largest gRPC message accepted, bytes
@@ -162,17 +178,25 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "http": (str, "also serve the OpenAI-compatible HTTP API on HOST:PORT, e.g. 127.0.0.1:8000 (port 0: any)"),
     "metrics": (str, "serve Prometheus metrics on HOST:PORT, e.g. 127.0.0.1:9100 (port 0: any); "
                       "also at /metrics on --http"),
+    "metrics_per_user": (_bool, "also export per-user usage counters (labelled with user names: a privacy and "
+                                "cardinality decision; off by default)"),
     "store": (_path, "model store directory (default <state-dir>/models)"),
     "model": (str, f"model loaded at start (default {DEFAULT_MODEL}; 'none' for none)"),
     "device": (_device, "auto, cpu or cuda:N"),
     "threads": (_positive(int), "CPU threads for the driver"),
     "dtype": (_choice("float32", "bfloat16", "float16"), "weights dtype"),
     "quantize": (_choice(*QUANT_MODES), "quantize weights (the boot model's and default loads'): none, int8 or int4"),
-    "kv_memory": (_positive(parse_size), "KV pool size per model, e.g. 1GiB"),
+    "kv_memory": (_size_or_auto, "KV pool size per model, e.g. 1GiB; auto (the default): 90%% of the device's "
+                                 "memory free after the weights, less 256MiB, on CUDA, and 1GiB on the CPU"),
     "kv_pages": (_positive(int), "KV pool size in pages (overrides --kv-memory)"),
+    "swap_memory": (_nonneg(parse_size), "host swap per model, e.g. 4GiB (default: as many pages as the pool, "
+                                         "within 25%% of host RAM for all models together; 0: no swap)"),
+    "swap_pages": (_nonneg(int), "host swap per model in pages (overrides --swap-memory)"),
     "page_size": (_positive(int), "tokens per KV page"),
     "policy": (_choice(*POLICIES), "scheduler policy"),
     "token_budget": (_positive(int), "tokens per step, all processes together"),
+    "speculate": (_bool, "exact speculative decoding: verify prompt-lookup proposals in the decode step "
+                         "(same greedy tokens, same sampled distribution; off by default, see bench/speculate.py)"),
     "max_procs": (_positive(int), "most live processes"),
     "grace": (_nonneg_float, "seconds running processes get to finish on shutdown"),
     "max_message": (_positive(parse_size), "largest gRPC message accepted"),
@@ -255,6 +279,8 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             raise ConfigError(f"{flags} go together: give both or neither")
         if getattr(cfg, cert) is not None and not getattr(cfg, port):
             raise ConfigError(f"{flags} secure the --{port} port: give --{port} HOST:PORT too")
+    if cfg.metrics_per_user and not cfg.metrics:
+        raise ConfigError("--metrics-per-user adds to the metrics page: give --metrics HOST:PORT too")
     if cfg.model.lower() == "none":
         cfg.model = ""
     if cfg.metrics and re.fullmatch(r"\d{1,5}", cfg.metrics):

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from llmos import sqlite_wal
 from llmos.kernel.recovery import Delta, JournalTap, Record, Status, recover
 
 if TYPE_CHECKING:
@@ -91,22 +92,10 @@ class Journal:
             raise JournalCorrupt(str(e)) from None
 
     def _setup(self) -> None:
-        db = self._db
-        if db.execute("PRAGMA journal_mode=WAL").fetchone()[0].lower() != "wal":
-            raise JournalCorrupt("cannot switch to WAL mode")
-        db.execute("PRAGMA synchronous=NORMAL")
-        for side in ("-wal", "-shm"):
-            f = self.path.with_name(self.path.name + side)
-            if f.exists():
-                f.chmod(0o600)
-        check = db.execute("PRAGMA quick_check").fetchone()[0]
-        if check != "ok":
-            raise JournalCorrupt(f"integrity check: {check}")
-        db.executescript(_DDL)
-        row = db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is not None and row[0] not in READS:
-            raise JournalCorrupt(f"schema {row[0]}, this llmosd reads schemas {', '.join(READS)}")
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
+        schema = sqlite_wal.setup(self._db, self.path, _DDL, JournalCorrupt)
+        if schema is not None and schema not in READS:
+            raise JournalCorrupt(f"schema {schema}, this llmosd reads schemas {', '.join(READS)}")
+        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('schema', ?)", (str(SCHEMA),))
 
     # --- reading -------------------------------------------------------------------------------
     def load(self) -> tuple[list[Record], int]:

@@ -47,9 +47,10 @@ class Daemon:
 
         from llmos.drivers import open_driver
         from llmos.journal_db import JournalCorrupt, attach as attach_journal
-        from llmos.kernel import ROOT, Kernel, KernelConfig, KernelError, SchedConfig
+        from llmos.kernel import ROOT, Kernel, KernelConfig, KernelError, SchedConfig, SpecConfig
         from llmos.kernel.models import ModelStore
         from llmos.listeners import admin_names, quotas
+        from llmos.usage_db import UsageCorrupt, attach as attach_usage
 
         from transformers.utils import logging as hf_logging
 
@@ -60,8 +61,10 @@ class Daemon:
         except (ValueError, RuntimeError) as e:
             raise BootError(f"device {cfg.device}: {e}") from None
         kcfg = KernelConfig(page_size=cfg.page_size, kv_memory=cfg.kv_memory, kv_pages=cfg.kv_pages,
+                            swap_memory=cfg.swap_memory, swap_pages=cfg.swap_pages,
                             max_procs=cfg.max_procs, quantize=cfg.quantize, quotas=quotas(cfg, admin_names()),
-                            sched=SchedConfig(policy=cfg.policy, token_budget=cfg.token_budget),
+                            sched=SchedConfig(policy=cfg.policy, token_budget=cfg.token_budget,
+                                              speculate=SpecConfig(enabled=cfg.speculate)),
                             term_grace_s=cfg.term_grace, max_unit_tokens=cfg.max_unit_tokens,
                             max_unit_s=cfg.max_unit_s, data_dirs=cfg.data_dirs, tool_wait_ttl_s=cfg.tool_wait_ttl)
         kernel = Kernel(driver, kcfg, ModelStore(cfg.store_path), tokens=self.tokens)
@@ -80,6 +83,10 @@ class Daemon:
             self.journal = attach_journal(kernel, cfg.state_dir / "journal.db")
         except (OSError, sqlite3.Error, JournalCorrupt) as e:
             raise BootError(f"cannot open the journal {cfg.state_dir / 'journal.db'}: {e}") from None
+        try:
+            self.usage = attach_usage(kernel, cfg.state_dir / "usage.db")
+        except (OSError, sqlite3.Error, UsageCorrupt) as e:
+            raise BootError(f"cannot open the usage records {cfg.state_dir / 'usage.db'}: {e}") from None
         return kernel
 
     async def serve(self) -> int:
@@ -120,7 +127,7 @@ class Daemon:
                     loop.call_soon_threadsafe(self.request_stop, e.grace)
         kernel.listeners += [mirror.listener, meter.listener, on_shutdown]
         kt.start()
-        servicer = SyscallServer(kt, mirror, meter)
+        servicer = SyscallServer(kt, mirror, meter, self.usage)
         opts = [("grpc.max_receive_message_length", cfg.max_message), ("grpc.max_send_message_length", 64 << 20)]
         server = grpc.aio.server(options=opts, interceptors=[listeners.interceptor, MalformedInterceptor()])
         syscalls_pb2_grpc.add_SyscallsServicer_to_server(servicer, server)
@@ -159,6 +166,7 @@ class Daemon:
         await listeners.close()
         kt.stop()
         self.journal.close()
+        self.usage.close()
         kernel.driver.release()
         path.unlink(missing_ok=True)
         self.log.info("stopped")
@@ -170,7 +178,7 @@ class Daemon:
         from llmos.syscalls.http.gateway import HttpGateway
 
         gateway = HttpGateway(kt, mirror, authenticate=listeners.http_cred, max_body=self.cfg.max_message,
-                              metrics=exporter.page if exporter is not None else None)
+                              metrics=exporter.page if exporter is not None else None, usage=self.usage)
         try:
             targets.append(await gateway.start(self.cfg.http, listeners.http_tls()))
         except OSError as e:
@@ -181,7 +189,7 @@ class Daemon:
         """Prometheus metrics (llmosd/prometheus.py) on --metrics; returns the exporter and its URL."""
         from llmos.prometheus import MetricsExporter
 
-        exporter = MetricsExporter(kt, meter)
+        exporter = MetricsExporter(kt, meter, per_user=self.usage.user_totals if self.cfg.metrics_per_user else None)
         try:
             return exporter, exporter.start(self.cfg.metrics)
         except OSError as e:

@@ -22,6 +22,9 @@ from llmos.kernel.thread import KernelThread
 SCRAPE_TIMEOUT_S = 10.0
 MIN_INTERVAL_S = 1.0  # the kernel thread takes a snapshot this often at most, however many scrape
 POOL_FIELDS = ("used", "free", "shared", "cached", "swapped")
+USER_FIELDS = (("prompt_tokens", "Prompt tokens given"), ("generated_tokens", "Tokens generated"),
+               ("step_seconds", "Device seconds of token steps"), ("task_seconds", "Device seconds of task units"),
+               ("processes", "Processes started"))  # the order of llmosd/usage_db.py's FIELDS
 
 
 class StatsCollector(Collector):
@@ -43,10 +46,31 @@ def families(s: Stats) -> list[Metric]:
     queue = GaugeMetricFamily("llmos_queue_depth", "Runnable processes holding no KV pages: not yet admitted, "
                                                    "or swapped out", value=s.queue_depth)
     uptime = GaugeMetricFamily("llmos_uptime_seconds", "Seconds since llmosd started", value=s.uptime_s)
+    steps = CounterMetricFamily("llmos_step_seconds", "Device seconds of token steps since llmosd started",
+                                value=s.step_seconds)
+    units = CounterMetricFamily("llmos_task_seconds", "Device seconds of task units (training, evaluation) "
+                                                      "since llmosd started", value=s.task_seconds)
     procs = GaugeMetricFamily("llmos_processes", "Processes in the table, by state", labels=["state"])
     for state, n in s.procs.items():
         procs.add_metric([state], n)
-    return [tokens, rate, queue, uptime, procs, *_pool_families(s), *_device_families(s)]
+    return [tokens, rate, queue, uptime, steps, units, procs, *_pool_families(s), *_device_families(s)]
+
+
+class UserCollector(Collector):
+    """Per-user usage counters since llmosd started (only with --metrics-per-user: a user label
+    is a privacy and a cardinality decision). `source`: user -> sums of USER_FIELDS."""
+
+    def __init__(self, source: Callable[[], dict[str, tuple]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        totals = self.source()
+        for i, (name, what) in enumerate(USER_FIELDS):
+            family = CounterMetricFamily(f"llmos_user_{name}", f"{what} since llmosd started, by user",
+                                         labels=["user"])
+            for user, sums in sorted(totals.items()):
+                family.add_metric([user], sums[i])
+            yield family
 
 
 def _pool_families(s: Stats) -> list[Metric]:
@@ -81,12 +105,15 @@ def _device_families(s: Stats) -> list[Metric]:
 class MetricsExporter:
     """One daemon's metrics registry, its own HTTP port, and the page the gateway serves."""
 
-    def __init__(self, kt: KernelThread, meter: TokenMeter, min_interval_s: float = MIN_INTERVAL_S) -> None:
+    def __init__(self, kt: KernelThread, meter: TokenMeter, min_interval_s: float = MIN_INTERVAL_S,
+                 per_user: Callable[[], dict[str, tuple]] | None = None) -> None:
         self.kt = kt
         self.meter = meter
         self.min_interval_s = min_interval_s
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatsCollector(self.snapshot))
+        if per_user is not None:
+            self.registry.register(UserCollector(per_user))
         self._server = None
         self._lock = threading.Lock()
         self._last: tuple[float, Stats] | None = None

@@ -8,6 +8,7 @@
     llmos eval MODEL DATA --metric ppl|bleu|rouge [--json]
     llmos train MODEL DATA [--steps N] [--lr X] [--rank R] [--batch B] [--priority P] [--resume]
     llmos translate MODEL TEXT --to fr [--from en]
+    llmos usage [--user U] [--model M] [--since 24h] [--by hour|day|model|user] [--json]
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from llmos.shell import evaluate, train, translate, users
+from llmos.shell import evaluate, train, translate, usage, users
 from llmos.syscalls.sdk import DaemonNotRunning, SyscallError
 
 
@@ -107,6 +108,10 @@ def build_parser() -> Parser:
     p.add_argument("--dtype", default=None)
     p.add_argument("--quantize", default=None, metavar="MODE",
                    help="none, int8 or int4: a quantized copy, served as MODEL:MODE")
+    p.add_argument("--prune", type=float, default=0.0, metavar="FRACTION",
+                   help="remove this fraction of every MLP's channels (0..0.9), served as MODEL-prunedFRACTION")
+    p.add_argument("--prune-heads", type=float, default=0.0, metavar="FRACTION",
+                   help="remove this fraction of the attention heads too")
     p = sub.add_parser("unload", help="unload a model")
     p.add_argument("name")
     p = sub.add_parser("dmesg", help="the kernel log")
@@ -115,6 +120,7 @@ def build_parser() -> Parser:
     p = sub.add_parser("shutdown", help="stop the daemon")
     p.add_argument("--grace", type=float, default=None)
     users.add_parsers(sub, Parser)
+    usage.add_parsers(sub, Parser)
     evaluate.add_parsers(sub, Parser)
     train.add_parsers(sub, Parser)
     translate.add_parsers(sub, Parser)

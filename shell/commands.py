@@ -11,7 +11,7 @@ from typing import TextIO
 
 from rich.console import Console
 
-from llmos.shell import evaluate, render, top, train, translate, users
+from llmos.shell import evaluate, render, top, train, translate, usage, users
 from llmos.syscalls.sdk import SyscallError
 from llmos.syscalls.sdk import Client
 
@@ -234,12 +234,15 @@ def models(sh: Shell, a: argparse.Namespace) -> int:
 
 
 def load(sh: Shell, a: argparse.Namespace) -> int:
-    m = sh.c.load(a.model, name=a.name or "", dtype=a.dtype or "", quantize=a.quantize or "")
+    m = sh.c.load(a.model, name=a.name or "", dtype=a.dtype or "", quantize=a.quantize or "", prune=a.prune,
+                  prune_heads=a.prune_heads)
     if m.base:
         sh.out.write(f"loaded {m.name} (LoRA rank {m.lora_rank} over {m.base}, {m.num_parameters / 1e6:.2f}M "
                      f"parameters; its processes share {m.base}'s {m.kv_pages} KV pages and batches)\n")
         return 0
     quality = f", perplexity {m.ppl_ratio:.3f}x unquantized" if m.ppl_ratio else ""
+    if m.pruned or m.pruned_heads:
+        quality = f", {render.pruned(m)}: perplexity {m.prune_ppl_ratio:.3f}x unpruned" + quality
     sh.out.write(f"loaded {m.name} ({m.architecture}, {m.num_parameters / 1e6:.1f}M parameters, "
                  f"{render.size(m.weight_bytes)} of {m.quantize if m.quantize != 'none' else m.dtype} weights"
                  f"{quality}, {m.kv_pages} KV pages)\n")
@@ -271,4 +274,5 @@ COMMANDS: dict[str, Callable[[Shell, argparse.Namespace], int]] = {
     **evaluate.COMMANDS,
     **train.COMMANDS,
     **translate.COMMANDS,
+    **usage.COMMANDS,
 }

@@ -84,6 +84,8 @@ def models_table(resp: pb.ModelsResponse) -> Table | Group:
     loaded = {m.name for m in resp.loaded}
     for m in resp.loaded:
         weights = m.dtype if m.quantize in ("", "none") else m.quantize
+        if m.pruned or m.pruned_heads:
+            weights = f"{weights}, {pruned(m)}"
         if m.base:  # a LoRA model: its own parameters are the adapter's; it runs in its base's pool
             weights = f"LoRA r{m.lora_rank} over {m.base}"
         t.add_row(m.name, m.architecture, f"{m.num_parameters / 1e6:.1f}M", weights, size(m.weight_bytes),
@@ -93,6 +95,12 @@ def models_table(resp: pb.ModelsResponse) -> Table | Group:
             t.add_row(Text(name, style="dim"), Text("(in the store, not loaded)", style="dim"), *[""] * 7)
     kernels = [Text(f"kernels of {m.name}: {m.kernels}", style="dim") for m in resp.loaded if m.kernels]
     return Group(t, *kernels) if kernels else t  # which GEMM kernels serve each, as measured here
+
+
+def pruned(m: pb.ModelInfo) -> str:
+    """What pruning at load removed, e.g. "pruned 0.25" or "pruned 0.25, heads 0.33"."""
+    return "pruned " + ", ".join(p for p in (f"{m.pruned:g}" if m.pruned else "",
+                                             f"heads {m.pruned_heads:g}" if m.pruned_heads else "") if p)
 
 
 def dmesg_text(lines: Sequence[pb.LogLine]) -> Text:

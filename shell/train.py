@@ -2,6 +2,7 @@
 
     llmos train MODEL DATA [--steps N] [--lr X] [--rank R] [--batch B] [--priority P]
                            [--checkpoint-every K] [--name NAME] [--resume] [--detach]
+                           [--distill TEACHER [--temperature T] [--alpha A]] [--full]
 """
 from __future__ import annotations
 
@@ -28,6 +29,13 @@ def add_parsers(sub: argparse._SubParsersAction, parser_class: type) -> None:
     p.add_argument("--priority", "--nice", type=int, default=0, help="nice, -20 (most often) .. 19")
     p.add_argument("--name", default="", help="the adapter model's name (MODEL+DATASTEM)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--distill", default="", metavar="TEACHER",
+                   help="learn this loaded model's next-token distributions (same tokenizer)")
+    p.add_argument("--temperature", type=float, default=0.0, help="distillation's softmax temperature (2)")
+    p.add_argument("--alpha", type=float, default=0.0,
+                   help="distillation: the weight of the data's cross-entropy, 0..1 (0: the KL alone)")
+    p.add_argument("--full", action="store_true",
+                   help="train every weight (admins, small models), not a LoRA adapter")
     p.add_argument("--detach", "-d", action="store_true", help="print the pid and return")
 
 
@@ -38,7 +46,8 @@ def train(sh: "Shell", a: argparse.Namespace) -> int:
     path, server_path = ("", a.data) if a.daemon_path else (a.data, "")
     pid, name = sh.c.train(a.model, path, server_path=server_path, steps=a.steps, lr=a.lr, rank=a.rank,
                            batch=a.batch, micro_batch=a.micro_batch, checkpoint_every=a.checkpoint_every,
-                           resume=a.resume, name=a.name, priority=a.priority)
+                           resume=a.resume, name=a.name, priority=a.priority, distill=a.distill,
+                           temperature=a.temperature, alpha=a.alpha, full=a.full)
     sh.say(f"pid {pid}: training {name}")
     if a.detach:
         sh.out.write(f"{pid}\n")

@@ -37,17 +37,18 @@ class Reference:
 def make_kernel(tokenizer):
     """A kernel serving a fresh tiny model, with its transformers reference."""
     from llmos.drivers.cpu import CPUDriver
-    from llmos.kernel import Kernel, KernelConfig, SchedConfig
+    from llmos.kernel import Kernel, KernelConfig, SchedConfig, SpecConfig
 
     def make(family="llama", pages=64, page_size=4, budget=64, swap=None, preempt="swap", policy="fcfs",
-             dtype=torch.float32, quantize=None, **over):
+             dtype=torch.float32, quantize=None, speculate: "SpecConfig | None" = None, **over):
         model = tiny_model(family, dtype=dtype, **over)
         if quantize:  # the reference is then transformers' generate() on the same quantized model
             from llmos.drivers.quant import quantize_model
             quantize_model(model, quantize, calibration=list(range(3, 200)))
         ref = Reference(model)
         cfg = KernelConfig(page_size=page_size, kv_pages=pages, swap_pages=swap,
-                           sched=SchedConfig(policy=policy, token_budget=budget, preempt=preempt))
+                           sched=SchedConfig(policy=policy, token_budget=budget, preempt=preempt,
+                                             speculate=speculate or SpecConfig()))
         k = Kernel(CPUDriver(), cfg)
         k.adopt_model("tiny", model, tokenizer)
         return k, ref

@@ -37,7 +37,8 @@ DATA = "\n".join(json.dumps({"messages": [{"role": "user", "content": q}, {"role
 # Names that must never become a path, a dot file, another's model or a base model.
 BAD_NAMES = ["..", "../x", "../../etc", "/tmp/x", "a/b", "x\x00y", "x" * 200, "\u0455mollm2", ".hidden", "-rf",
              " ", "tiny\u2215llama", MODEL, "bob-secret", "checkpoints/../.."]
-SKIP = {"journal.db", "journal.db-wal", "journal.db-shm", "llmosd.log", "llmosd.sock"}
+SKIP = {"journal.db", "journal.db-wal", "journal.db-shm", "usage.db", "usage.db-wal", "usage.db-shm",
+        "llmosd.log", "llmosd.sock"}
 
 
 def free_port() -> int:
@@ -47,7 +48,7 @@ def free_port() -> int:
 
 
 def fingerprint(root: Path) -> dict[str, tuple]:
-    """Every entry under root (less the journal, the log and the sockets): kind, mode and content."""
+    """Every entry under root (less the journal, the usage records, the log and the sockets): kind, mode and content."""
     out = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))

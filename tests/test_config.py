@@ -58,3 +58,18 @@ def test_clients_find_the_daemon_like_the_daemon(tmp_path, monkeypatch):
     assert resolve_target() == f"unix:{tmp_path / 'other.sock'}"
     assert resolve_target("127.0.0.1:7070") == "127.0.0.1:7070"
     assert resolve_target(Path("/x/y.sock")) == "unix:/x/y.sock"
+
+
+def test_kv_memory_is_auto_unless_given_and_swap_is_bounded_unless_given(tmp_path):
+    env = {"HOME": str(tmp_path)}
+    cfg = config.load([], env=env)
+    assert (cfg.kv_memory, cfg.swap_memory, cfg.swap_pages) == (None, None, None)  # sized by the device
+    assert config.load(["--kv-memory", "auto"], env=env).kv_memory is None
+    cfg = config.load(["--kv-memory", "2GiB", "--swap-memory", "512MiB", "--swap-pages", "0"], env=env)
+    assert (cfg.kv_memory, cfg.swap_memory, cfg.swap_pages) == (2 << 30, 512 << 20, 0)
+    assert config.load([], env={**env, "LLMOS_SWAP_MEMORY": "0"}).swap_memory == 0
+    for argv, needle in ((["--swap-memory", "-1"], "--swap-memory: not a size"),
+                         (["--swap-pages", "-3"], "--swap-pages: must be 0"),
+                         (["--kv-memory", "0"], "--kv-memory: must be positive")):
+        with pytest.raises(config.ConfigError, match=needle):
+            config.load(argv, env=env)

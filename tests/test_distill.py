@@ -174,3 +174,55 @@ def test_term_during_distillation_checkpoints_and_resume_goes_on(setup, full):
     k.run_until_idle()
     assert r.state == State.EXITED, r.stdout
     assert r.task.losses == pytest.approx(straight.task.losses, rel=1e-5)
+
+
+def test_train_distill_through_the_daemon_the_sdk_and_the_shell(llmosd, tiny_model_dir, tokenizer, tmp_path):
+    """A pruned copy loaded with --prune learns from the served model through the Train syscall
+    (a LoRA adapter, then all weights from the shell), and bad teachers and settings come back
+    as INVALID_ARGUMENT with the kernel's message."""
+    import subprocess
+    import sys
+
+    from llmos.syscalls.sdk import SyscallError
+
+    def shell(*args):
+        return subprocess.run([sys.executable, "-m", "llmos.shell.cli", *args], env=llmosd.env,
+                              capture_output=True, text=True, timeout=180)
+
+    data = tmp_path / "random.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t}) for t in random_lines(tokenizer, 1, 32)))
+    stranger = tmp_path / "stranger"
+    other = copy.deepcopy(tokenizer)
+    other.add_tokens(["<|extra|>"])
+    tiny_model("llama", seed=3).save_pretrained(stranger)
+    other.save_pretrained(stranger)
+    with llmosd.client(timeout=180) as c:
+        pruned = c.load(str(tiny_model_dir), prune=0.5)
+        student = pruned.name
+        assert student == "tiny-llama-pruned0.5"
+        c.load(str(stranger))
+        pid, name = c.train(student, data, distill="tiny-llama", steps=4, batch=2, micro_batch=2, rank=4, lr=1e-2)
+        res = c.wait(pid, reap=True)
+        assert res.state == "exited" and f"registered model {name}" in res.reason, res.output
+        assert f"distilling {name} from tiny-llama (T=2, alpha=0): LoRA rank 4 of {student}" in res.output
+        adapter = {m.name: m for m in c.models().loaded}[name]
+        assert adapter.base == student and adapter.lora_rank == 4
+        assert c.wait(c.spawn(name, tokens=[5, 6, 7], max_tokens=3, ignore_eos=True), reap=True).usage.generated_tokens == 3
+        for kw, msg in [({"distill": student}, f"model {student!r} cannot distill from itself"),
+                        ({"distill": "stranger"}, f"teacher 'stranger' and student {student!r} do not share a tokenizer"),
+                        ({"distill": "tiny-llama", "temperature": -1.0}, "temperature must be in (0, 100], got -1"),
+                        ({"distill": "tiny-llama", "alpha": float("nan")}, "must be in [0, 1], got nan")]:
+            with pytest.raises(SyscallError) as e:
+                c.train(student, data, steps=2, **kw)
+            assert e.value.code == "invalid_argument" and msg in e.value.message, e.value.message
+        r = shell("train", student, str(data), "--distill", "tiny-llama", "--temperature", "1.5", "--alpha", "0.25",
+                  "--full", "--steps", "2", "--batch", "2", "--name", "kd-full")
+        assert r.returncode == 0, r.stderr
+        assert "distilling kd-full from tiny-llama (T=1.5, alpha=0.25): all weights of " + student in r.stdout
+        full = {m.name: m for m in c.models().loaded}["kd-full"]
+        assert not full.base and full.num_parameters == pruned.num_parameters  # a model of its own, as small
+        bad = shell("train", student, str(data), "--distill", "tiny-llama", "--alpha", "2")
+        assert bad.returncode != 0 and "alpha (the weight of the data's cross-entropy) must be in [0, 1], got 2" \
+            in bad.stderr and "Traceback" not in bad.stderr
+        for n in (name, "kd-full", student, "stranger"):
+            c.unload(n)

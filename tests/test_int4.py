@@ -6,7 +6,6 @@ The tiny models of tests/tiny.py already fit the kernel (every in_features a mul
 every out_features of 16); the refusal tests build ones that do not."""
 import copy
 import importlib.util
-import random
 import re
 from pathlib import Path
 
@@ -17,45 +16,12 @@ from torch import nn
 from llmos.drivers import int4
 from llmos.drivers.int4 import GROUP, Int4Group, dequantize_groups, kernel_weight, quantize_groups
 from llmos.drivers.quant import Int8Group, QuantizeError, model_bytes, quantize_model
-from llmos.kernel import InvalidArgument, ROOT, SpawnSpec, StopRules
+from llmos.kernel import InvalidArgument, ROOT
 
 from tiny import tiny_model
 
 
-def prompts(n, seed=0, lo=1, hi=40):
-    rng = random.Random(seed)
-    return [[rng.randrange(3, 380) for _ in range(rng.randrange(lo, hi))] for _ in range(n)]
-
-
-def spawn_all(k, batch, n):
-    return [k.spawn(ROOT, SpawnSpec("tiny", tokens=t, stop=StopRules(max_tokens=n, ignore_eos=True))) for t in batch]
-
-
-@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
-def test_int4_batches_with_chunked_prefill_forks_and_prefix_hits(make_kernel, family):
-    k, ref = make_kernel(family, page_size=4, budget=16, quantize="int4")
-    system = list(range(100, 124))
-    batch = [system + t for t in prompts(4, seed=7, lo=1, hi=10)] + prompts(3, seed=8)
-    procs = spawn_all(k, batch, 10)
-    for _ in range(4):
-        k.step()
-    forks = [(k.fork(ROOT, p.pid, max_tokens=6), list(p.tokens)) for p in procs[:2] if not p.state.done]
-    k.run_until_idle()
-    for t, p in zip(batch, procs):
-        assert p.out_tokens == ref.greedy(t, 10), f"pid {p.pid} ({len(t)} prompt tokens)"
-    for c, toks in forks:
-        assert c.out_tokens == ref.greedy(toks, 6)
-    assert sum(p.usage.cached_tokens for p in procs) > 0
-
-
-def test_int4_preemption_is_exact(make_kernel):
-    k, ref = make_kernel(pages=12, page_size=4, swap=64, preempt="recompute", quantize="int4")
-    batch = prompts(5, seed=3, lo=8, hi=20)
-    procs = spawn_all(k, batch, 14)
-    k.run_until_idle()
-    assert sum(p.usage.preemptions for p in procs) > 0
-    for t, p in zip(batch, procs):
-        assert p.out_tokens == ref.greedy(t, 14)
+# Exactness through the kernel (batches, forks, prefix hits, preemption): tests/test_quant.py.
 
 
 def test_a_row_never_depends_on_its_batch():

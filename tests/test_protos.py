@@ -22,5 +22,5 @@ def test_stubs_import_under_the_llmos_namespace():
     assert {m.name for m in service.methods} == {
         "Spawn", "Read", "Write", "Wait", "Kill", "Renice", "Fork", "Pipe", "Ps", "Stat", "MemInfo", "Devices", "Models",
         "LoadModel", "UnloadModel", "Dmesg", "Shutdown", "Whoami", "CreateToken", "ListTokens", "RevokeToken",
-        "Stats", "Eval", "Train"}
+        "Stats", "Usage", "Eval", "Train"}
     assert hasattr(syscalls_pb2_grpc, "SyscallsStub")

@@ -196,3 +196,63 @@ def test_unsupported_models_are_refused_by_name():
         prune_model(tiny_model("llama"), 0.25, [])
     with pytest.raises(PruneError, match="unknown head unit 'kv'"):
         prune_model(tiny_model("llama"), 0.25, CALIB, heads=0.5, head_unit="kv")
+
+
+def test_load_prune_through_the_daemon_and_the_shell(llmosd, tiny_model_dir, tokenizer, tmp_path):
+    """`llmos load --prune`: the registry shows the smaller model, its greedy tokens are
+    transformers' generate() on the same pruned weights, int8 goes on top, and bad fractions
+    and architectures come back as INVALID_ARGUMENT naming the limit."""
+    import json
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    from conftest import Reference
+    from llmos.syscalls.sdk import SyscallError
+
+    def shell(*args):
+        return subprocess.run([sys.executable, "-m", "llmos.shell.cli", *args], env=llmosd.env,
+                              capture_output=True, text=True, timeout=120)
+
+    r = shell("load", str(tiny_model_dir), "--prune", "0.25", "--prune-heads", "0.5")
+    assert r.returncode == 0, r.stderr
+    name = "tiny-llama-pruned0.25-heads0.5"
+    assert r.stdout.startswith(f"loaded {name}") and "pruned 0.25, heads 0.5: perplexity" in r.stdout, r.stdout
+    models = {m["name"]: m for m in json.loads(shell("models", "--json").stdout)["loaded"]}
+    pruned, full = models[name], models["tiny-llama"]
+    assert pruned["pruned"] == 0.25 and pruned["pruned_heads"] == 0.5 and pruned["prune_ppl_ratio"] > 0
+    assert "pruned 0.25, heads 0.5" in shell("models").stdout
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prune_loaded(model, tokenizer, 0.25, 0.5)  # what the load does, in-process
+    assert int(pruned["num_parameters"]) == sum(p.numel() for p in model.parameters()) < int(full["num_parameters"])
+    assert int(pruned["weight_bytes"]) < int(full["weight_bytes"])
+    ref = Reference(model)
+    with llmosd.client() as c:
+        for prompt in ([5, 6, 7, 8, 9], list(range(20, 45))):
+            pid = c.spawn(name, tokens=prompt, max_tokens=10, ignore_eos=True, logprobs=True)
+            assert [lp.token for lp in c.wait(pid, reap=True).logprobs] == ref.greedy(prompt, 10)
+        q = c.load(str(tiny_model_dir), quantize="int8", prune=0.25)
+        assert (q.name, q.quantize, q.pruned) == ("tiny-llama-pruned0.25:int8", "int8", 0.25)
+        assert q.ppl_ratio > 0 and q.num_parameters < int(full["num_parameters"])
+        pid = c.spawn("tiny-llama-pruned0.25", tokens=[5, 6, 7], quantize="int8", max_tokens=4, ignore_eos=True)
+        assert c.wait(pid, reap=True).proc.usage.generated_tokens == 4
+        for kw, msg in [({"prune": 0.95}, "prune (the fraction of MLP channels to remove) must be in [0, 0.9], got 0.95"),
+                        ({"prune_heads": -0.1}, "prune_heads (the fraction of attention heads to remove) must be in "
+                         "[0, 0.9], got -0.1"),
+                        ({"prune": float("nan")}, "must be in [0, 0.9], got nan")]:
+            with pytest.raises(SyscallError) as e:
+                c.load(str(tiny_model_dir), **kw)
+            assert e.value.code == "invalid_argument" and msg in e.value.message, e.value.message
+        gpt2 = tmp_path / "tiny-gpt2"
+        GPT2LMHeadModel(GPT2Config(vocab_size=384, n_embd=32, n_layer=1, n_head=2, n_positions=64)).save_pretrained(gpt2)
+        tokenizer.save_pretrained(gpt2)
+        with pytest.raises(SyscallError) as e:
+            c.load(str(gpt2), prune=0.25)
+        assert e.value.code == "invalid_argument" and "cannot prune a gpt2 model: pruning supports the llama" \
+            in e.value.message, e.value.message
+        assert "tiny-gpt2-pruned0.25" not in {m.name for m in c.models().loaded}
+        for n in (name, "tiny-llama-pruned0.25:int8"):
+            c.unload(n)
+    bad = shell("load", str(tiny_model_dir), "--prune", "1")
+    assert bad.returncode != 0 and "must be in [0, 0.9], got 1" in bad.stderr and "Traceback" not in bad.stderr

@@ -22,9 +22,11 @@ def spawn_all(k, batch, n):
     return [k.spawn(ROOT, SpawnSpec("tiny", tokens=t, stop=StopRules(max_tokens=n, ignore_eos=True))) for t in batch]
 
 
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
-def test_int8_batches_with_chunked_prefill_forks_and_prefix_hits(make_kernel, family):
-    k, ref = make_kernel(family, page_size=4, budget=16, quantize="int8")
+def test_quantized_batches_with_chunked_prefill_forks_and_prefix_hits(make_kernel, family, quantize):
+    """Exact against generate() on the same quantized weights (int4: drivers/int4.py)."""
+    k, ref = make_kernel(family, page_size=4, budget=16, quantize=quantize)
     system = list(range(100, 124))
     batch = [system + t for t in prompts(4, seed=7, lo=1, hi=10)] + prompts(3, seed=8)
     procs = spawn_all(k, batch, 10)
@@ -39,9 +41,9 @@ def test_int8_batches_with_chunked_prefill_forks_and_prefix_hits(make_kernel, fa
     assert sum(p.usage.cached_tokens for p in procs) > 0
 
 
-@pytest.mark.parametrize("mode", ["swap", "recompute"])
-def test_int8_preemption_is_exact(make_kernel, mode):
-    k, ref = make_kernel(pages=12, page_size=4, swap=64, preempt=mode, quantize="int8")
+@pytest.mark.parametrize("quantize,mode", [("int8", "swap"), ("int8", "recompute"), ("int4", "recompute")])
+def test_quantized_preemption_is_exact(make_kernel, quantize, mode):
+    k, ref = make_kernel(pages=12, page_size=4, swap=64, preempt=mode, quantize=quantize)
     batch = prompts(5, seed=3, lo=8, hi=20)
     procs = spawn_all(k, batch, 14)
     k.run_until_idle()

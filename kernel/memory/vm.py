@@ -144,6 +144,20 @@ class MemoryManager:
         self.tokens[pid] = max(self.tokens.get(pid, 0), num_tokens)
         return True
 
+    def truncate(self, pid: int, num_tokens: int) -> None:
+        """Forget pid's KV past its first num_tokens (rejected speculative tokens): pages only
+        they used go back to the pool. Full pages are hashed by publish alone, from the tokens
+        the process kept, so no rejected content ever reaches the prefix cache."""
+        table = self.tables.get(pid)
+        if table is None or num_tokens >= self.tokens.get(pid, 0):
+            return
+        keep = -(-num_tokens // self.page_size)
+        assert keep >= len(self._hashes.get(pid, ())), "a published page cannot be rolled back"
+        for page in table[keep:]:
+            self.pool.decref(page)
+        del table[keep:]
+        self.tokens[pid] = num_tokens
+
     def publish(self, pid: int, tokens: Sequence[int], num_computed: int) -> None:
         """Offer pid's newly completed full pages to the prefix cache."""
         hashes = self._hashes.setdefault(pid, [])

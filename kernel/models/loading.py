@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmos.drivers import driver
-from llmos.drivers.driver import PPL_TOLERANCE, QUANT_MODES, ModelInfo
-from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError, NotFound, Unavailable
+from llmos.drivers.driver import PPL_TOLERANCE, QUANT_MODES, KVMemoryError, ModelInfo
+from llmos.drivers.prune import MAX_FRACTION
+from llmos.kernel.errors import (FailedPrecondition, InvalidArgument, KernelError, NotFound, ResourceExhausted,
+                                 Unavailable)
 from llmos.kernel.memory import MemoryManager
 from llmos.kernel.models import adapters
+from llmos.kernel.models.pool_size import pool_size
 from llmos.kernel.models.store import ModelNotFound, ModelUnavailable
 from llmos.kernel.sched import Scheduler
 from llmos.kernel.text import TextCodec
@@ -44,6 +47,7 @@ class LoadedModel:
     base: str = ""    # a LoRA model: the model whose KV pool and batches its processes share
     kv_salt: int = 0  # a LoRA model: its processes' prefix-cache namespace (their KV differs)
     owner: str = ""   # who may see and remove it ("": an admin's, served to everyone)
+    pool_source: str = ""  # what sized its KV pool (kernel/models/pool_size.py)
 
     @property
     def pool(self) -> str:
@@ -71,16 +75,27 @@ class Prepared:
     owner: str = ""
 
 
-def default_name(ref: str, quantize: str = "none") -> str:
+def default_name(ref: str, quantize: str = "none", prune: float = 0.0, prune_heads: float = 0.0) -> str:
     """A model's name when none is given: a path's last component, a hub id's name (after the
-    org/), else the reference itself; a quantized copy is a separate model named with its mode,
-    e.g. `smollm2-135m:int8`."""
+    org/), else the reference itself; a pruned copy is a model of its own named with its
+    fractions (`smollm2-135m-pruned0.25`, `-pruned0.25-heads0.33`), and a quantized copy is
+    named with its mode after that, e.g. `smollm2-135m:int8`, `smollm2-135m-pruned0.25:int8`."""
     path = Path(ref).expanduser()
     if ref.startswith((".", "/", "~")) or path.exists():
         ref = path.stem if path.suffix == ".gguf" else path.name
     elif ref.count("/") == 1:
         ref = ref.partition("/")[2]
+    if prune or prune_heads:
+        ref += "-pruned" + (f"{prune:g}" if prune else "") + (f"-heads{prune_heads:g}" if prune_heads else "")
     return variant_name(ref, quantize)
+
+
+def check_prune(prune: float, prune_heads: float) -> None:
+    """InvalidArgument naming the limit for a pruning fraction out of range (drivers/prune.py)."""
+    for what, v in (("prune", prune), ("prune_heads", prune_heads)):
+        if not 0.0 <= v <= MAX_FRACTION:  # NaN fails too
+            raise InvalidArgument(f"{what} (the fraction of {'MLP channels' if what == 'prune' else 'attention heads'}"
+                                  f" to remove) must be in [0, {MAX_FRACTION}], got {v:g}", what)
 
 
 def check_quantize(mode: str) -> str:
@@ -92,22 +107,25 @@ def check_quantize(mode: str) -> str:
 
 # --- the kernel's model operations -------------------------------------------------------------------
 def prepare_model(k: "Kernel", ref: str, name: str | None = None, dtype: str = "float32",
-                  quantize: str | None = None) -> "Prepared | LoadedModel":
+                  quantize: str | None = None, prune: float = 0.0, prune_heads: float = 0.0) -> "Prepared | LoadedModel":
     """The slow half of a load, callable from any thread. Returns the loaded model itself
     when the name is already serving."""
     if k.store is None:
         raise FailedPrecondition("this kernel has no model store to load from")
+    check_prune(prune, prune_heads)
     try:
         stored = k.store.adapter(ref)
         if stored is not None:  # a LoRA model, served over its base
+            if prune or prune_heads:
+                raise InvalidArgument(f"{ref!r} is a LoRA model: prune its base model instead", "prune")
             name = check_name("model name", name or default_name(ref))
             return adapters.prepare(k, stored, name, dtype, quantize)
         quantize = check_quantize(k.config.quantize if quantize is None else quantize)
-        name = name or default_name(ref, quantize)
+        name = name or default_name(ref, quantize, prune, prune_heads)
         check_name("model name", name)
         if name in k.models:
             return k.models[name]
-        return prepare(k, ref, name, dtype, quantize)
+        return prepare(k, ref, name, dtype, quantize, prune, prune_heads)
     except KernelError:
         raise
     except BadName as e:
@@ -150,8 +168,9 @@ def not_loaded(k: "Kernel", name: str, sees=lambda owner: True) -> NotFound:
 
 
 # --- the halves of a load ----------------------------------------------------------------------------
-def prepare(k: "Kernel", ref: str, name: str, dtype: str, quantize: str = "none") -> Prepared:
-    """Resolve, convert if needed, and load weights."""
+def prepare(k: "Kernel", ref: str, name: str, dtype: str, quantize: str = "none", prune: float = 0.0,
+            prune_heads: float = 0.0) -> Prepared:
+    """Resolve, convert if needed, load weights, and prune them if asked."""
     from transformers import AutoTokenizer, GenerationConfig
 
     try:
@@ -162,8 +181,9 @@ def prepare(k: "Kernel", ref: str, name: str, dtype: str, quantize: str = "none"
         raise Unavailable(str(e)) from None
     t0 = time.monotonic()
     try:
-        info = k.driver.load(name, str(path), dtype, quantize, cache_dir=str(k.store.cache_of(path)))
-    except ValueError as e:  # an unsupported dtype, or layers that cannot be quantized
+        info = k.driver.load(name, str(path), dtype, quantize, cache_dir=str(k.store.cache_of(path)),
+                             prune=prune, prune_heads=prune_heads)
+    except ValueError as e:  # an unsupported dtype or architecture, or layers that cannot be quantized or pruned
         raise InvalidArgument(f"cannot load {ref}: {e}") from None
     tok = AutoTokenizer.from_pretrained(str(path))
     try:
@@ -179,7 +199,11 @@ def install(k: "Kernel", prep: Prepared) -> LoadedModel:
     info = prep.info
     mode = "" if info.quantize == "none" else f", {info.quantize} weights"
     k.log(f"loaded model {prep.name} from {prep.source} in {prep.seconds:.1f}s "
-          f"({info.num_parameters / 1e6:.1f}M parameters{mode}, {m.memory.pool.num_pages} KV pages)")
+          f"({info.num_parameters / 1e6:.1f}M parameters{mode}, {m.memory.pool.num_pages} KV pages sized by "
+          f"{m.pool_source}, {m.memory.swap.num_slots} swap pages)")
+    if info.pruned or info.pruned_heads:
+        k.log(f"{prep.name}: pruned {info.pruned:g} of the MLP channels and {info.pruned_heads:g} of the heads "
+              f"(drivers/prune.py): perplexity {info.prune_ppl_ratio:.3f}x the unpruned model's on the probe text")
     if info.ppl_ratio > PPL_TOLERANCE:
         k.log(f"warning: {prep.name}'s perplexity on the probe text is {info.ppl_ratio:.3f}x the unquantized "
               f"model's, above the {PPL_TOLERANCE:.2f}x tolerance: expect worse output", "warning")
@@ -201,9 +225,16 @@ def _install(k: "Kernel", name: str, info: ModelInfo, tok, eos, source: str) -> 
     eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
     dtype_bytes = {"float32": 4, "float64": 8}.get(info.dtype, 2)
     page_bytes = info.kv_bytes_per_page(cfg.page_size, dtype_bytes)
-    pages = cfg.kv_pages or max(1, cfg.kv_memory // page_bytes)
-    swap = cfg.swap_pages if cfg.swap_pages is not None else pages
-    kv_bytes = k.driver.alloc_kv(name, pages, cfg.page_size, swap)
-    memory = MemoryManager(pages, cfg.page_size, swap, salt=zlib.crc32(name.encode()))
+    try:  # the weights are on the device now: a pool that cannot be had must not leave them there
+        size = pool_size(page_bytes, k.driver.kv_budget(), cfg.kv_pages, cfg.kv_memory, cfg.swap_pages,
+                         cfg.swap_memory)
+        kv_bytes = k.driver.alloc_kv(name, size.pages, cfg.page_size, size.swap_pages)
+    except BaseException as e:
+        k.driver.unload(name)
+        if isinstance(e, KVMemoryError):
+            raise ResourceExhausted(f"cannot serve model {name!r}: {e}; its weights are unloaded") from None
+        raise
+    memory = MemoryManager(size.pages, cfg.page_size, size.swap_pages, salt=zlib.crc32(name.encode()))
     return LoadedModel(name=name, info=info, codec=TextCodec(tok, eos_ids, info.vocab_size), memory=memory,
-                       scheduler=Scheduler(cfg.sched, memory), source=source, kv_bytes=kv_bytes)
+                       scheduler=Scheduler(cfg.sched, memory, info.max_context), source=source, kv_bytes=kv_bytes,
+                       pool_source=size.source)

@@ -21,6 +21,7 @@ ADMIN_ONLY = {
     "shutdown": "shut the daemon down",
     "tokens": "manage tokens",
     "metrics": "read the metrics over HTTP",
+    "usage": "read usage records over HTTP",
     "paths": "have llmosd read files from its own disk",
 }
 
@@ -66,6 +67,15 @@ class Cred:
     def sees_model(self, owner: str) -> bool:
         """Whether a model owned by `owner` ("": an admin's, for everyone) exists for this caller."""
         return self.admin or not owner or owner == self.user
+
+    def usage_user(self, requested: str = "") -> str:
+        """Whose usage records this caller reads: a user only their own (whoever they name), an
+        admin anyone's ("" = everyone's)."""
+        if self.admin:
+            return requested
+        if requested and requested != self.user:
+            raise PermissionDenied(f"user {self.user} may not read the usage of {requested}; only an admin may")
+        return self.user
 
     def check_owns(self, what: str, owner: str) -> None:
         """PermissionDenied unless this caller may change or remove what `owner` holds."""

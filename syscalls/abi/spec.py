@@ -108,6 +108,7 @@ class SpawnSpec:
     interactive: bool = False
     grammar: "GrammarSpec | None" = None  # what each turn's output must follow (syscalls/abi/grammar.py)
     tools: list[dict] | None = None       # OpenAI-shaped function tools the messages offer (syscalls/abi/tools.py)
+    speculate: bool = True                # False: never verify proposals for it, even where llmosd speculates
 
     def check(self) -> None:
         """Refuse what no model could run; SpecError names the field."""

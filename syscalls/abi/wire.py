@@ -83,7 +83,7 @@ def spawn_request(spec: SpawnSpec) -> pb.SpawnRequest:
         ignore_eos=spec.stop.ignore_eos, priority=spec.priority,
         limits=pb.Limits(max_pages=spec.limits.max_pages, max_wall_s=spec.limits.max_wall_s),
         interactive=spec.interactive, owner=spec.owner,
-        grammar=grammar_msg(spec.grammar) if spec.grammar is not None else None)
+        grammar=grammar_msg(spec.grammar) if spec.grammar is not None else None, no_speculate=not spec.speculate)
 
 
 def spawn_spec(req: pb.SpawnRequest) -> SpawnSpec:
@@ -101,4 +101,4 @@ def spawn_spec(req: pb.SpawnRequest) -> SpawnSpec:
         limits=Limits(max_pages=lim.max_pages if lim.HasField("max_pages") else None,
                       max_wall_s=lim.max_wall_s if lim.HasField("max_wall_s") else None),
         priority=req.priority, owner=req.owner, interactive=req.interactive,
-        grammar=grammar(req.grammar) if req.HasField("grammar") else None)
+        grammar=grammar(req.grammar) if req.HasField("grammar") else None, speculate=not req.no_speculate)

@@ -1,6 +1,6 @@
 """The OpenAI-compatible HTTP gateway: POST /v1/chat/completions, POST /v1/completions,
-GET /v1/models, GET /health and, given a metrics hook, GET /metrics; served by aiohttp on
-llmosd's event loop, beside the gRPC syscalls.
+GET /v1/models, GET /health and, given their hooks, GET /metrics and GET /v1/usage (both for
+admin tokens only); served by aiohttp on llmosd's event loop, beside the gRPC syscalls.
 
 Every request is a real llmos process (n choices: a process and n-1 forks of it, one kernel
 operation), made through the same KernelThread as the gRPC syscalls and streamed from the
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import ssl
 import inspect
 import json
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from llmos.kernel import grammar
+from llmos.kernel import accounting, grammar
 from llmos.kernel.errors import NotFound
 from llmos.kernel.kernel import Kernel
 from llmos.kernel.mirror import ProcMirror
@@ -41,23 +42,28 @@ Authenticate = Callable[[Mapping[str, str]], Cred | None | Awaitable[Cred | None
 # The /metrics page: (body, content type).
 Metrics = Callable[[], tuple[bytes, str] | Awaitable[tuple[bytes, str]]]
 _END = object()
+USAGE_OPTIONS = ("user", "model", "since", "by")  # GET /v1/usage, in accounting.report's order
 
 
 class HttpGateway:
     """The OpenAI-compatible API of one llmosd, on the event loop of its gRPC server."""
 
     def __init__(self, kthread: KernelThread, mirror: ProcMirror, authenticate: Authenticate,
-                 metrics: Metrics | None = None, max_body: int = 16 << 20) -> None:
+                 metrics: Metrics | None = None, max_body: int = 16 << 20,
+                 usage: "accounting.UsageStore | None" = None) -> None:
         self.kt = kthread
         self.mirror = mirror
         self.authenticate = authenticate
         self.metrics = metrics
+        self.usage = usage
         self.app = web.Application(middlewares=[_errors], client_max_size=max_body)
         self.app.add_routes([web.post("/v1/chat/completions", self.chat), web.post("/v1/completions", self.text),
                              web.get("/v1/models", self.models), web.get("/v1/models/{model:.+}", self.model),
                              web.get("/health", self.health)])
         if metrics is not None:
             self.app.add_routes([web.get("/metrics", self.serve_metrics)])
+        if usage is not None:
+            self.app.add_routes([web.get("/v1/usage", self.serve_usage)])
         self._runner: web.AppRunner | None = None
         self._releases: set[asyncio.Task] = set()
 
@@ -108,6 +114,18 @@ class HttpGateway:
         out = self.metrics()
         body, content_type = await out if inspect.isawaitable(out) else out
         return web.Response(body=body, headers={"Content-Type": content_type})
+
+    async def serve_usage(self, request: web.Request) -> web.Response:
+        """The usage records (the Usage syscall's), for admin tokens only; query options user,
+        model, since and by, as `llmos usage` takes them."""
+        cred = await self._user(request)
+        cred.check("usage")
+        q = request.query
+        extra = sorted(set(q) - set(USAGE_OPTIONS))
+        if extra:
+            raise oai.bad(extra[0], f"unknown query option {extra[0][:64]!r}; options are {', '.join(USAGE_OPTIONS)}")
+        rows = await accounting.report(self.kt, self.usage, cred, *(q.get(o, "") for o in USAGE_OPTIONS))
+        return web.json_response({"object": "list", "data": [dataclasses.asdict(r) for r in rows]})
 
     # --- completions -----------------------------------------------------------------------------
     async def _complete(self, request: web.Request, kind: str) -> web.StreamResponse:

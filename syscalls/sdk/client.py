@@ -96,12 +96,22 @@ class Calls:
         """Daemon-wide figures: tokens generated and their rate, queue depth, processes by state, pages, devices."""
         return self._call("Stats", pb.StatsRequest(), lambda r: r)
 
+    def usage(self, user: str = "", model: str = "", since: str = "", by: str = "hour") -> list[pb.UsageRow]:
+        """Usage records: tokens, device seconds and processes, by hour, day, model or user; your
+        own (an admin: everyone's, or `user`'s). `since`: an ISO date/time or a time ago (24h, 7d)."""
+        req = pb.UsageRequest(user=user, model=model, since=since, by=by)
+        return self._call("Usage", req, lambda r: list(r.rows))
+
     def models(self) -> pb.ModelsResponse:
         return self._call("Models", pb.ModelsRequest(), lambda r: r)
 
-    def load(self, model: str, name: str = "", dtype: str = "", quantize: str = "") -> pb.ModelInfo:
-        """Load a model; quantize="int8" loads a quantized copy, served as MODEL:int8."""
-        req = pb.LoadModelRequest(model=model, name=name, dtype=dtype, quantize=quantize)
+    def load(self, model: str, name: str = "", dtype: str = "", quantize: str = "", prune: float = 0.0,
+             prune_heads: float = 0.0) -> pb.ModelInfo:
+        """Load a model; quantize="int8" loads a quantized copy, served as MODEL:int8; prune=0.25
+        removes a quarter of every MLP's channels first (prune_heads= of the attention heads),
+        served as MODEL-pruned0.25 unless `name` is given."""
+        req = pb.LoadModelRequest(model=model, name=name, dtype=dtype, quantize=quantize, prune=prune,
+                                  prune_heads=prune_heads)
         return self._call("LoadModel", req, lambda r: r.model)
 
     def unload(self, name: str) -> None:
@@ -139,7 +149,8 @@ class Calls:
     def train(self, model: str, path: str | os.PathLike = "", **kw: Any) -> tuple[int, str]:
         """Start a LoRA fine-tune on the dataset at `path` (sent to the daemon; keyword arguments
         as TrainRequest's fields); its pid and the name its adapter will be served as.
-        wait(pid).results holds the final loss."""
+        distill="TEACHER" (with temperature=, alpha=) learns a loaded teacher's next-token
+        distributions; full=True trains every weight. wait(pid).results holds the final loss."""
         return self._call("Train", rq.train_requests(model, path, **kw), lambda r: (r.pid, r.name))
 
     # --- conveniences ----------------------------------------------------------------------

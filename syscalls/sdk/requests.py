@@ -112,10 +112,11 @@ def spawn_spec(model: str, prompt: str | None = None, messages: Sequence[dict] |
                owner: str = "", quantize: str = "", logprobs: bool = False, top_logprobs: int = 0,
                grammar: GrammarSpec | None = None, json_schema: dict | None = None, regex: str | None = None,
                choices: Sequence[str] | None = None, tools: list[dict] | None = None,
-               tool_choice: str | dict = "auto") -> SpawnSpec:
+               tool_choice: str | dict = "auto", speculate: bool = True) -> SpawnSpec:
     """The SpawnSpec that Client.spawn's keyword arguments describe. At most one of grammar,
     json_schema, regex or choices constrains the output; tools are offered to the model (and,
-    unless tool_choice is "none", its calls are valid by construction)."""
+    unless tool_choice is "none", its calls are valid by construction). speculate=False opts
+    the process out of speculative decoding (it changes no output, only how it is computed)."""
     given = [g for g in (grammar, json_schema, regex, choices) if g is not None]
     if len(given) > 1:
         raise SyscallError("invalid_argument", "give at most one of grammar, json_schema, regex or choices")
@@ -138,7 +139,7 @@ def spawn_spec(model: str, prompt: str | None = None, messages: Sequence[dict] |
         stop=StopRules(max_tokens=StopRules().max_tokens if max_tokens is None else max_tokens, stop=list(stop),
                        ignore_eos=ignore_eos),
         limits=Limits(max_pages=max_pages, max_wall_s=max_wall_s), priority=priority, owner=owner,
-        interactive=interactive, grammar=grammar, tools=list(tools) if tools else None)
+        interactive=interactive, grammar=grammar, tools=list(tools) if tools else None, speculate=speculate)
 
 
 def fork_request(pid: int, text: str | None = None, max_tokens: int | None = None, temperature: float | None = None,

@@ -12,6 +12,7 @@ from llmos.syscalls.v1 import syscalls_pb2 as pb
 
 if TYPE_CHECKING:
     from llmos.drivers.driver import DeviceInfo
+    from llmos.kernel.accounting import UsageRow
     from llmos.kernel.memory import MemInfo
     from llmos.kernel.models.loading import LoadedModel
     from llmos.kernel.proc import Process
@@ -52,14 +53,22 @@ def model_info(m: "LoadedModel", live_procs: int, source: str) -> pb.ModelInfo:
                         num_parameters=i.num_parameters, weight_bytes=i.weight_bytes, kv_bytes=m.kv_bytes,
                         kv_pages=m.memory.pool.num_pages, live_procs=live_procs, loaded_at=m.loaded_at,
                         quantize=i.quantize, ppl_ratio=i.ppl_ratio, base=i.base, lora_rank=i.lora_rank,
-                        ppl_tolerance=PPL_TOLERANCE, kernels=i.kernels)
+                        ppl_tolerance=PPL_TOLERANCE, kernels=i.kernels, pruned=i.pruned,
+                        pruned_heads=i.pruned_heads, prune_ppl_ratio=i.prune_ppl_ratio)
 
 
 def stats(s: "Stats") -> pb.StatsResponse:
     return pb.StatsResponse(generated_tokens=s.generated_tokens, tokens_per_s=s.tokens_per_s,
                             rate_window_s=s.rate_window_s, queue_depth=s.queue_depth, procs=s.procs,
                             pools=[pool_info(p.model, p.mem, p.kv_bytes) for p in s.pools],
-                            devices=[device(d) for d in s.devices], uptime_s=s.uptime_s)
+                            devices=[device(d) for d in s.devices], uptime_s=s.uptime_s,
+                            step_seconds=s.step_seconds, task_seconds=s.task_seconds)
+
+
+def usage_row(r: "UsageRow") -> pb.UsageRow:
+    return pb.UsageRow(user=r.user, model=r.model, period_start=r.period_start, prompt_tokens=r.prompt_tokens,
+                       generated_tokens=r.generated_tokens, step_seconds=r.step_seconds,
+                       task_seconds=r.task_seconds, processes=r.processes)
 
 
 def quota(q: UserLimits) -> pb.Quota:

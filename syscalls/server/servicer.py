@@ -18,7 +18,7 @@ from typing import TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from llmos.kernel import grammar
+from llmos.kernel import accounting, grammar
 from llmos.kernel import stats as kstats
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError, ResourceExhausted
 from llmos.kernel.mirror import ProcMirror
@@ -81,10 +81,12 @@ async def off_thread(fn: Callable[[], T]) -> T:
 class SyscallServer(pb_grpc.SyscallsServicer):
     """The syscall table, served over gRPC."""
 
-    def __init__(self, kthread: KernelThread, mirror: ProcMirror, meter: TokenMeter | None = None) -> None:
+    def __init__(self, kthread: KernelThread, mirror: ProcMirror, meter: TokenMeter | None = None,
+                 usage: "accounting.UsageStore | None" = None) -> None:
         self.kt = kthread
         self.mirror = mirror
         self.meter = meter  # for the Stats syscall
+        self.usage = usage  # for the Usage syscall: llmosd's usage store
 
     # --- processes -----------------------------------------------------------------------------
     @syscall
@@ -194,7 +196,7 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         # Converting and reading weights takes seconds and needs no process state: do it off the
         # kernel thread so the kernel keeps stepping; only the install runs on the kernel thread.
         prep = await off_thread(lambda: kernel.prepare_model(c, req.model, req.name or None, req.dtype or "float32",
-                                                             req.quantize or None))
+                                                             req.quantize or None, req.prune, req.prune_heads))
         return await self.kt.run(lambda k: pb.LoadModelResponse(model=convert.model_info(
             m := k.install_model(prep), k.live(m.name), m.source)))
 
@@ -223,6 +225,14 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         if meter is None:
             raise FailedPrecondition("this daemon keeps no token meter, so it has no stats")
         return convert.stats(await self.kt.run(lambda k: kstats.take(k, meter)))
+
+    @syscall
+    async def Usage(self, req: pb.UsageRequest, context) -> pb.UsageResponse:
+        c = cred()
+        if self.usage is None:
+            raise FailedPrecondition("this daemon keeps no usage records")
+        rows = await accounting.report(self.kt, self.usage, c, req.user, req.model, req.since, req.by)
+        return pb.UsageResponse(rows=[convert.usage_row(r) for r in rows])
 
     # --- users and tokens ----------------------------------------------------------------------
     @syscall
@@ -292,7 +302,8 @@ class SyscallServer(pb_grpc.SyscallsServicer):
         spec = train.TrainSpec(name, steps=req.steps or d.steps, lr=req.lr or d.lr, rank=req.rank or d.rank,
                                batch=req.batch or d.batch, micro_batch=req.micro_batch or d.micro_batch,
                                checkpoint_every=req.checkpoint_every or d.checkpoint_every, name=req.name,
-                               max_len=req.max_len or d.max_len)
+                               max_len=req.max_len or d.max_len, distill=req.distill,
+                               temperature=req.temperature or d.temperature, alpha=req.alpha, full=req.full)
         p = await self.kt.run(lambda k: train.start(k, c, req.model, spec, data, resume=req.resume,
                                                     priority=req.priority, owner=req.owner, steps=req.steps))
         return pb.TrainResponse(pid=p.pid, name=p.task.name)

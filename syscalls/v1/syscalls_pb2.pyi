@@ -168,7 +168,7 @@ class Grammar(_message.Message):
     def __init__(self, kind: _Optional[str] = ..., source: _Optional[str] = ..., choices: _Optional[_Iterable[str]] = ..., flexible_whitespace: _Optional[bool] = ...) -> None: ...
 
 class SpawnRequest(_message.Message):
-    __slots__ = ("model", "prompt", "messages", "tokens", "sampling", "max_tokens", "stop", "ignore_eos", "priority", "limits", "interactive", "owner", "quantize", "grammar", "tools")
+    __slots__ = ("model", "prompt", "messages", "tokens", "sampling", "max_tokens", "stop", "ignore_eos", "priority", "limits", "interactive", "owner", "quantize", "grammar", "tools", "no_speculate")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +184,7 @@ class SpawnRequest(_message.Message):
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
     GRAMMAR_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
+    NO_SPECULATE_FIELD_NUMBER: _ClassVar[int]
     model: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
@@ -199,7 +200,8 @@ class SpawnRequest(_message.Message):
     quantize: str
     grammar: Grammar
     tools: _containers.RepeatedCompositeFieldContainer[Tool]
-    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., priority: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., interactive: _Optional[bool] = ..., owner: _Optional[str] = ..., quantize: _Optional[str] = ..., grammar: _Optional[_Union[Grammar, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ...) -> None: ...
+    no_speculate: bool
+    def __init__(self, model: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., ignore_eos: _Optional[bool] = ..., priority: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., interactive: _Optional[bool] = ..., owner: _Optional[str] = ..., quantize: _Optional[str] = ..., grammar: _Optional[_Union[Grammar, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[Tool, _Mapping]]] = ..., no_speculate: _Optional[bool] = ...) -> None: ...
 
 class SpawnResponse(_message.Message):
     __slots__ = ("pid",)
@@ -437,7 +439,7 @@ class DevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio", "base", "lora_rank", "ppl_tolerance", "kernels")
+    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio", "base", "lora_rank", "ppl_tolerance", "kernels", "pruned", "pruned_heads", "prune_ppl_ratio")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -457,6 +459,9 @@ class ModelInfo(_message.Message):
     LORA_RANK_FIELD_NUMBER: _ClassVar[int]
     PPL_TOLERANCE_FIELD_NUMBER: _ClassVar[int]
     KERNELS_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_FIELD_NUMBER: _ClassVar[int]
+    PRUNED_HEADS_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_PPL_RATIO_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     source: str
@@ -476,7 +481,10 @@ class ModelInfo(_message.Message):
     lora_rank: int
     ppl_tolerance: float
     kernels: str
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ..., base: _Optional[str] = ..., lora_rank: _Optional[int] = ..., ppl_tolerance: _Optional[float] = ..., kernels: _Optional[str] = ...) -> None: ...
+    pruned: float
+    pruned_heads: float
+    prune_ppl_ratio: float
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ..., base: _Optional[str] = ..., lora_rank: _Optional[int] = ..., ppl_tolerance: _Optional[float] = ..., kernels: _Optional[str] = ..., pruned: _Optional[float] = ..., pruned_heads: _Optional[float] = ..., prune_ppl_ratio: _Optional[float] = ...) -> None: ...
 
 class ModelsRequest(_message.Message):
     __slots__ = ()
@@ -491,16 +499,20 @@ class ModelsResponse(_message.Message):
     def __init__(self, loaded: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., stored: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("model", "name", "dtype", "quantize")
+    __slots__ = ("model", "name", "dtype", "quantize", "prune", "prune_heads")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_HEADS_FIELD_NUMBER: _ClassVar[int]
     model: str
     name: str
     dtype: str
     quantize: str
-    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[str] = ..., quantize: _Optional[str] = ...) -> None: ...
+    prune: float
+    prune_heads: float
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[str] = ..., quantize: _Optional[str] = ..., prune: _Optional[float] = ..., prune_heads: _Optional[float] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("model",)
@@ -645,7 +657,7 @@ class StatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("generated_tokens", "tokens_per_s", "rate_window_s", "queue_depth", "procs", "pools", "devices", "uptime_s")
+    __slots__ = ("generated_tokens", "tokens_per_s", "rate_window_s", "queue_depth", "procs", "pools", "devices", "uptime_s", "step_seconds", "task_seconds")
     class ProcsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -661,6 +673,8 @@ class StatsResponse(_message.Message):
     POOLS_FIELD_NUMBER: _ClassVar[int]
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    STEP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TASK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     generated_tokens: int
     tokens_per_s: float
     rate_window_s: float
@@ -669,7 +683,47 @@ class StatsResponse(_message.Message):
     pools: _containers.RepeatedCompositeFieldContainer[PoolInfo]
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     uptime_s: float
-    def __init__(self, generated_tokens: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., rate_window_s: _Optional[float] = ..., queue_depth: _Optional[int] = ..., procs: _Optional[_Mapping[str, int]] = ..., pools: _Optional[_Iterable[_Union[PoolInfo, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    step_seconds: float
+    task_seconds: float
+    def __init__(self, generated_tokens: _Optional[int] = ..., tokens_per_s: _Optional[float] = ..., rate_window_s: _Optional[float] = ..., queue_depth: _Optional[int] = ..., procs: _Optional[_Mapping[str, int]] = ..., pools: _Optional[_Iterable[_Union[PoolInfo, _Mapping]]] = ..., devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ..., uptime_s: _Optional[float] = ..., step_seconds: _Optional[float] = ..., task_seconds: _Optional[float] = ...) -> None: ...
+
+class UsageRequest(_message.Message):
+    __slots__ = ("user", "model", "since", "by")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    model: str
+    since: str
+    by: str
+    def __init__(self, user: _Optional[str] = ..., model: _Optional[str] = ..., since: _Optional[str] = ..., by: _Optional[str] = ...) -> None: ...
+
+class UsageRow(_message.Message):
+    __slots__ = ("user", "model", "period_start", "prompt_tokens", "generated_tokens", "step_seconds", "task_seconds", "processes")
+    USER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PERIOD_START_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    STEP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TASK_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    user: str
+    model: str
+    period_start: float
+    prompt_tokens: int
+    generated_tokens: int
+    step_seconds: float
+    task_seconds: float
+    processes: int
+    def __init__(self, user: _Optional[str] = ..., model: _Optional[str] = ..., period_start: _Optional[float] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., step_seconds: _Optional[float] = ..., task_seconds: _Optional[float] = ..., processes: _Optional[int] = ...) -> None: ...
+
+class UsageResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ...) -> None: ...
 
 class EvalRequest(_message.Message):
     __slots__ = ("model", "path", "metric", "max_tokens", "window", "priority", "owner", "quantize", "data", "data_name")
@@ -702,7 +756,7 @@ class EvalResponse(_message.Message):
     def __init__(self, pid: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("model", "path", "steps", "lr", "rank", "batch", "checkpoint_every", "resume", "name", "priority", "owner", "micro_batch", "max_len", "data", "data_name")
+    __slots__ = ("model", "path", "steps", "lr", "rank", "batch", "checkpoint_every", "resume", "name", "priority", "owner", "micro_batch", "max_len", "data", "data_name", "distill", "temperature", "alpha", "full")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -718,6 +772,10 @@ class TrainRequest(_message.Message):
     MAX_LEN_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     DATA_NAME_FIELD_NUMBER: _ClassVar[int]
+    DISTILL_FIELD_NUMBER: _ClassVar[int]
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
     model: str
     path: str
     steps: int
@@ -733,7 +791,11 @@ class TrainRequest(_message.Message):
     max_len: int
     data: bytes
     data_name: str
-    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., steps: _Optional[int] = ..., lr: _Optional[float] = ..., rank: _Optional[int] = ..., batch: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., resume: _Optional[bool] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., micro_batch: _Optional[int] = ..., max_len: _Optional[int] = ..., data: _Optional[bytes] = ..., data_name: _Optional[str] = ...) -> None: ...
+    distill: str
+    temperature: float
+    alpha: float
+    full: bool
+    def __init__(self, model: _Optional[str] = ..., path: _Optional[str] = ..., steps: _Optional[int] = ..., lr: _Optional[float] = ..., rank: _Optional[int] = ..., batch: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., resume: _Optional[bool] = ..., name: _Optional[str] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., micro_batch: _Optional[int] = ..., max_len: _Optional[int] = ..., data: _Optional[bytes] = ..., data_name: _Optional[str] = ..., distill: _Optional[str] = ..., temperature: _Optional[float] = ..., alpha: _Optional[float] = ..., full: _Optional[bool] = ...) -> None: ...
 
 class TrainResponse(_message.Message):
     __slots__ = ("pid", "name")

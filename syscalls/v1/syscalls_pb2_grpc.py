@@ -144,6 +144,11 @@ class SyscallsStub:
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.StatsRequest.SerializeToString,
                 response_deserializer=llmos_dot_v1_dot_syscalls__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Usage = channel.unary_unary(
+                '/llmos.v1.Syscalls/Usage',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.UsageRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.UsageResponse.FromString,
+                _registered_method=True)
         self.Eval = channel.stream_unary(
                 '/llmos.v1.Syscalls/Eval',
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.EvalRequest.SerializeToString,
@@ -313,6 +318,15 @@ class SyscallsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Usage(self, request, context):
+        """Usage accounting, kept across restarts: prompt and generated tokens, device seconds of token
+        steps and of task units, and processes started, per user, model and hour, added up by hour,
+        day, model or user. A user reads only their own usage; an admin anyone's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Eval(self, request_iterator, context):
         """Start an evaluation process: the perplexity of a model on a text, or the BLEU or ROUGE of
         its greedy outputs against a JSONL file's references. Wait returns the metrics. The data
@@ -445,6 +459,11 @@ def add_SyscallsServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=llmos_dot_v1_dot_syscalls__pb2.StatsRequest.FromString,
                     response_serializer=llmos_dot_v1_dot_syscalls__pb2.StatsResponse.SerializeToString,
+            ),
+            'Usage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Usage,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.UsageRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.UsageResponse.SerializeToString,
             ),
             'Eval': grpc.stream_unary_rpc_method_handler(
                     servicer.Eval,
@@ -1051,6 +1070,33 @@ class Syscalls:
             '/llmos.v1.Syscalls/Stats',
             llmos_dot_v1_dot_syscalls__pb2.StatsRequest.SerializeToString,
             llmos_dot_v1_dot_syscalls__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Usage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/Usage',
+            llmos_dot_v1_dot_syscalls__pb2.UsageRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.UsageResponse.FromString,
             options,
             channel_credentials,
             insecure,
