@@ -12,6 +12,7 @@ from typing import TextIO
 from rich.console import Console
 
 from llmos.shell import evaluate, render, top, train, translate, usage, users
+from llmos.shell.interrupt import interruptible
 from llmos.syscalls.sdk import SyscallError
 from llmos.syscalls.sdk import Client
 
@@ -43,7 +44,7 @@ class Shell:
         try:
             if held is not None:
                 held.release()
-            for ch in self.c.read(pid, offset, until):
+            for ch in interruptible(self.c.read(pid, offset, until)):
                 if ch.text:
                     self.out.write(ch.text)
                     self.out.flush()

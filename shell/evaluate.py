@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 
 from rich.table import Table
 
+from llmos.shell.interrupt import interruptible
+
 if TYPE_CHECKING:
     from llmos.shell.commands import Shell
 
@@ -46,7 +48,7 @@ def evaluate(sh: "Shell", a: argparse.Namespace) -> int:
     pid = sh.c.eval(a.model, path, a.metric, server_path=server_path, max_tokens=a.max_tokens, window=a.window,
                     priority=a.nice, quantize=a.quantize)
     try:
-        for ch in sh.c.read(pid):  # progress lines, on stderr: stdout is for the results
+        for ch in interruptible(sh.c.read(pid)):  # progress lines, on stderr: stdout is for the results
             sh.err.write(ch.text)
             sh.err.flush()
         r = sh.c.wait(pid)
