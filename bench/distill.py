@@ -36,7 +36,7 @@ from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.common import MODEL, QUESTIONS, chat, default_store  # noqa: E402
+from bench.common import MODEL, QUESTIONS, chat, default_store, drive  # noqa: E402
 
 TEXT = Path(__file__).resolve().parent / "data" / "quality.txt"
 TEACHER, STUDENT = "teacher", "student"
@@ -74,12 +74,7 @@ def teacher_data(k, samples: int, new_tokens: int, seed: int, tick) -> tuple[byt
     procs = [k.spawn(ROOT, SpawnSpec(TEACHER, messages=chat(QUESTIONS[i % len(QUESTIONS)]),
                                      sampling=SamplingParams(temperature=0.8, top_p=0.95, seed=seed + i),
                                      stop=StopRules(max_tokens=new_tokens))) for i in range(samples)]
-    done = 0
-    while k.has_work():
-        k.step()
-        now = sum(p.usage.generated_tokens for p in procs)
-        tick(now - done)
-        done = now
+    drive(k, procs, tick)
     tok = k.models[TEACHER].codec.tokenizer
     lines, tokens = [], 0
     for p in procs:
