@@ -7,7 +7,7 @@ everything else: attention, norms, activations, sampling, Python and kernel book
 "else" is the bare step time less the GEMMs' (the profiler inflates small ops, not GEMMs), and
 the issue's target is else <= 25% of a step.
 
-    python bench/step_profile.py                          # fp32 and int8, at 1 and 16 processes
+    python bench/step_profile.py                          # fp32, int8 and int4, at 1 and 16 processes
     python bench/step_profile.py --procs 1,4 --modes none --json bench/results/profile.json
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ def run(k, procs: list[int], modes: list[str]) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--procs", default="1,16", help="comma-separated process counts")
-    ap.add_argument("--modes", default="none,int8", help="quantization modes of the model's copies")
+    ap.add_argument("--modes", default="none,int8,int4", help="quantization modes of the model's copies")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--store", type=Path, default=default_store())
     ap.add_argument("--json", type=Path)

@@ -3,9 +3,15 @@
 transformers' generic forward costs a few milliseconds a step on the CPU beyond its tensor
 math: per-layer decorators, keyword plumbing, output recording, mask building, a norm over
 every prompt row although only the sampled rows need logits. At batch 1 that is a third of
-a decode step. This forward calls the same modules and functions in the same order (so
-the arithmetic, and the tokens, are the same) and skips the rest. Models of any other
-shape keep transformers' own forward (drivers/runner.py decides).
+a decode step. This forward computes the same numbers (so the tokens are the same) and
+skips the rest. Models of any other shape keep transformers' own forward (drivers/runner.py
+decides).
+
+With no forward hooks to honour (no LoRA adapter loaded: drivers/lora.py hooks the
+projections), a step goes straight to each fused projection group's product and does the
+small work in fewer ops (drivers/lean_ops.py): one norm op, RoPE over the query and key
+heads at once, SiLU·mul in place. Each of those is checked at load to give the module's
+bits exactly; where one does not, the module itself runs.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import sys
 import torch
 from torch import nn
 
+from llmos.drivers import lean_ops
 from llmos.drivers.attention import PagedBatch, paged_attention
 
 FAMILIES = ("llama", "qwen2", "mistral")
@@ -31,6 +38,7 @@ class LeanDecoder:
         attn = self.layers[0].self_attn
         self.rope = sys.modules[type(attn).__module__].apply_rotary_pos_emb
         self.windows = [_window(layer.self_attn, model.config) for layer in self.layers]
+        self.direct = lean_ops.plan(self.layers, self.rope, self.rotary, self.norm, self.lm_head)
 
     @staticmethod
     def supports(model: nn.Module) -> bool:
@@ -46,8 +54,12 @@ class LeanDecoder:
         return all(_layer_ok(layer) for layer in inner.layers) and \
             hasattr(sys.modules[type(inner.layers[0].self_attn).__module__], "apply_rotary_pos_emb")
 
-    def __call__(self, ids: torch.Tensor, pos: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
-        """ids, pos: [1, T]; keep: rows that need logits → logits [len(keep), vocab]."""
+    def __call__(self, ids: torch.Tensor, pos: torch.Tensor, batch: PagedBatch, keep: torch.Tensor,
+                 hooked: bool = False) -> torch.Tensor:
+        """ids, pos: [1, T]; keep: rows that need logits → logits [len(keep), vocab]. `hooked`:
+        some module has forward hooks (LoRA) that the direct path would skip."""
+        if not hooked:
+            return self._direct(ids, pos, batch, keep)
         h = self.embed(ids)
         cos, sin = self.rotary(h, pos)
         shape = (1, ids.shape[1], -1)
@@ -64,6 +76,29 @@ class LeanDecoder:
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         # The final norm is per row: norming only the kept rows gives the same numbers.
         return self.lm_head(self.norm(h[:, keep]))[0]
+
+    def _direct(self, ids: torch.Tensor, pos: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
+        d = self.direct
+        n = ids.shape[1]
+        h = self.embed(ids)
+        cos, sin = self.rotary(h, pos)
+        turn = d.turn(cos, sin)  # the step's rotation, in the layout lean_ops.rope takes
+        shape = (1, n, -1)
+        for layer, p, window in zip(self.layers, d.layers, self.windows):
+            qkv = p.qkv(p.norm1(h)).view(n, -1, p.head_dim)  # [T, q + k + v heads, D]
+            qk = qkv[:, :p.qk_heads]
+            if turn is not None:
+                qk = lean_ops.rope(qk, turn)
+                q, k = qk[:, :p.q_heads].transpose(0, 1)[None], qk[:, p.q_heads:].transpose(0, 1)[None]
+            else:
+                q = qk[:, :p.q_heads].transpose(0, 1)[None]
+                q, k = self.rope(q, qk[:, p.q_heads:].transpose(0, 1)[None], cos, sin)
+            v = qkv[:, p.qk_heads:].transpose(0, 1)[None]
+            o, _ = paged_attention(layer.self_attn, q, k, v, None, scaling=p.scaling, sliding_window=window,
+                                   llmos_batch=batch)
+            h = h + p.o(o.reshape(shape))
+            h = h + p.down(p.act(p.gate_up(p.norm2(h))))
+        return d.head(d.norm(h[:, keep]))[0]
 
 
 def _layer_ok(layer: nn.Module) -> bool:

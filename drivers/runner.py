@@ -104,8 +104,8 @@ class ModelRunner:
         dev = self.device
         ids_t, pos_t = torch.tensor([ids], device=dev), torch.tensor([pos], device=dev)
         keep_t = torch.tensor(keep, dtype=torch.long, device=dev)
-        if self.lean is not None:
-            return self.lean(ids_t, pos_t, meta, keep_t)
+        if self.lean is not None:  # adapters hook the projections, which the direct path skips
+            return self.lean(ids_t, pos_t, meta, keep_t, hooked=bool(self.lora.adapters))
         return self.model(input_ids=ids_t, position_ids=pos_t, use_cache=False, logits_to_keep=keep_t,
                           llmos_batch=meta).logits[0]
 

@@ -23,8 +23,9 @@ from llmos.kernel import signals, spawn, stdio, step, table, tasks
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmos.kernel.events import Event, Listener, ShutdownRequested
 from llmos.kernel.memory import MemInfo
-from llmos.kernel.models import loading
+from llmos.kernel.models import loading, versions
 from llmos.kernel.models.loading import LoadedModel, Prepared
+from llmos.kernel.models.registry import Version
 from llmos.kernel.models.store import ModelStore
 from llmos.kernel.proc import Process, Signal, State
 from llmos.kernel.sched import SchedConfig
@@ -152,10 +153,10 @@ class Kernel:
     def prepare_model(self, cred: Cred, ref: str, name: str | None = None, dtype: str = "float32",
                       quantize: str | None = None, prune: float = 0.0,
                       prune_heads: float = 0.0) -> "Prepared | LoadedModel":
-        """The slow half of a load (convert, read weights, prune, quantize); callable from any thread."""
-        cred.check("load")
+        """The slow half of a load (convert, read weights, prune, quantize); callable from any
+        thread. Admins load new weights; anyone a preset of weights already loaded."""
         spawn.check_accepting(self)
-        return loading.prepare_model(self, ref, name, dtype, quantize, prune, prune_heads)
+        return loading.prepare_model(self, cred, ref, name, dtype, quantize, prune, prune_heads)
 
     def install_model(self, prep: "Prepared | LoadedModel") -> LoadedModel:
         """The quick half: a KV pool and a scheduler for a prepared model."""
@@ -175,23 +176,42 @@ class Kernel:
 
     def model(self, name: str) -> LoadedModel:
         """A loaded model by name, for the kernel's own use; NotFound names what is loaded."""
-        if name not in self.models:
+        m = self.models.get(name) or self.models.get(name.removesuffix(":latest"))
+        if m is None:
             raise loading.not_loaded(self, name)
-        return self.models[name]
+        return m
 
     def model_for(self, cred: Cred, name: str) -> LoadedModel:
-        """A loaded model the caller may use: another user's LoRA model does not exist for them."""
-        m = self.models.get(name)
+        """A loaded model the caller may use: another user's model does not exist for them."""
+        m = self.models.get(name) or self.models.get(name.removesuffix(":latest"))
         if m is None or not cred.sees_model(m.owner):
             raise loading.not_loaded(self, name, cred.sees_model)
         return m
 
-    def list_models(self, cred: Cred) -> tuple[list[tuple[LoadedModel, int, str]], list[str]]:
+    def list_models(self, cred: Cred) -> tuple[list[tuple[LoadedModel, int, str]], list[versions.Entry]]:
         """What the caller may see: (model, live processes, its source) for each loaded model,
-        and the names in the store. Only admins see where models were loaded from."""
+        and each stored version under each of its names. Only admins see where models were
+        loaded from."""
         loaded = [(m, self.live(n), m.source if cred.admin else "") for n, m in sorted(self.models.items())
                   if cred.sees_model(m.owner)]
-        return loaded, self.store.list(cred.sees_model) if self.store is not None else []
+        return loaded, versions.entries(self, cred)
+
+    def create_model(self, cred: Cred, ref: str, manifest: str) -> versions.Entry:
+        """Build version NAME[:TAG] from a manifest file's text (kernel/models/manifest.py);
+        served at once when it is a preset of a loaded model."""
+        return versions.create(self, cred, ref, manifest)
+
+    def tag_model(self, cred: Cred, src: str, dst: str) -> versions.Entry:
+        """Name a stored version again, sharing its weights."""
+        return versions.tag(self, cred, src, dst)
+
+    def remove_model(self, cred: Cred, ref: str) -> tuple[Version, int, int]:
+        """Remove a tag; its blobs go once nothing refers to them. (version, versions removed, bytes freed)"""
+        return versions.remove(self, cred, ref)
+
+    def show_model(self, cred: Cred, ref: str) -> tuple[versions.Entry, str]:
+        """A stored version and the manifest file that describes it."""
+        return versions.show(self, cred, ref)
 
     def meminfo(self, cred: Cred, model: str) -> MemInfo:
         return self.model_for(cred, model).memory.meminfo()

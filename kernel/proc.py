@@ -66,6 +66,7 @@ class Process:
     created: float = field(default_factory=time.monotonic)
     adapter: str = ""        # the LoRA model its tokens run under ("" = a base model)
     kv_salt: int = 0         # the prefix-cache namespace of its KV (a LoRA model's own)
+    model_digest: str = ""   # the stored version of its model it runs on (the journal keeps it)
     task: "Task | None" = None  # non-token work (kernel/tasks.py): training, evaluation
 
     # --- the kernel thread only: its tokens, state and output

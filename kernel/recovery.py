@@ -11,6 +11,7 @@ time, then sets the state the journal last saw. A live process comes back with n
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from llmos.kernel import grammar, stdio
 from llmos.kernel.events import Event, Input, Output, Reaped, Spawned, StateChanged
+from llmos.kernel.models import versions
 from llmos.kernel.proc import Process, State
 from llmos.syscalls.abi.grammar import GrammarSpec
 from llmos.syscalls.abi.spec import Limits, SamplingParams, SpawnSpec, StopRules
@@ -63,7 +65,8 @@ def spec_of(p: Process, tokens: Iterable[int]) -> dict:
     """Everything needed to rebuild p as it was when made (plain, JSON-ready data)."""
     return {"spec": asdict(p.spec), "tokens": list(tokens), "ppid": p.ppid, "owner": p.owner,
             "priority": p.priority, "preamble": [dict(m) for m in p.preamble], "created_wall": _wall(p.created),
-            "prompt_tokens": p.usage.prompt_tokens, "task": getattr(p.task, "kind", None)}
+            "prompt_tokens": p.usage.prompt_tokens, "task": getattr(p.task, "kind", None),
+            "model_digest": p.model_digest}
 
 
 def status_of(p: Process) -> Status:
@@ -84,7 +87,8 @@ def spawn_spec(d: dict) -> SpawnSpec:
 def process_from(pid: int, d: dict) -> Process:
     """A process built from its journal record, holding only its first tokens."""
     p = Process(pid=pid, spec=spawn_spec(d), owner=d["owner"], ppid=d["ppid"], tokens=list(d["tokens"]),
-                priority=d["priority"], preamble=list(d["preamble"]), created=_mono(d["created_wall"]))
+                priority=d["priority"], preamble=list(d["preamble"]), created=_mono(d["created_wall"]),
+                model_digest=d.get("model_digest", ""))
     p.usage.prompt_tokens = d.get("prompt_tokens", len(p.tokens))
     if not p.tokens:
         p.state, p.reason = State.BLOCKED, "waiting for input"
@@ -151,6 +155,10 @@ def recover(kernel: "Kernel", records: list[Record], next_pid: int = 0) -> list[
 
 def _recover_one(kernel: "Kernel", r: Record) -> str | None:
     p = process_from(r.pid, r.spec)
+    if not State(r.status.state).done and not r.spec.get("task") and p.model_digest:
+        served = versions.restore(kernel, p.model, p.model_digest)  # the weights it ran on, by digest
+        if served and served != p.model:
+            p.spec = dataclasses.replace(p.spec, model=served)
     kernel.restore(p)
     if r.spec.get("task"):  # a task's state lives in its own files (checkpoints), not in tokens
         ended = State(r.status.state)

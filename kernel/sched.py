@@ -2,11 +2,17 @@
 
 There are no prefill and decode phases. A process is owed `len(tokens) - num_computed`
 tokens; a long prompt is simply paid in chunks across steps while others decode beside
-it. When KV pages run out, the lowest-priority, newest process is preempted: its pages go
-to swap (default) or are dropped and recomputed later.
+it. A step where no process decodes has the larger `prefill_budget`, so a prompt alone runs
+through the GEMMs at full width. A prompt's chunk leaves room for the decodes after it, and
+prompts go by aged nice under every policy: a higher-priority arrival gets its prefill into
+the very next step, and the prompts at a higher nice after it give way, down to one token a
+step if the budget has any left; aging lifts a prompt that waits ahead, so none starves.
+When KV pages run out, the lowest-priority, newest process is preempted: its pages go to swap
+(default) or are dropped and recomputed later.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,7 +30,8 @@ class SchedConfig:
     """Scheduler knobs."""
 
     policy: str = "fcfs"
-    token_budget: int = 256  # tokens per step, all processes together
+    token_budget: int = 256  # tokens per step, all processes together, while any of them decodes
+    prefill_budget: int = 2048  # tokens per step when none decodes (a long prompt alone)
     max_seqs: int = 64       # processes per step
     preempt: str = "swap"    # swap | recompute
     aging_s: float = 2.0     # waiting this long is worth one nice level
@@ -36,8 +43,8 @@ class SchedConfig:
             raise ValueError(f"unknown policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
         if self.preempt not in ("swap", "recompute"):
             raise ValueError(f"unknown preemption mode {self.preempt!r}; choose swap or recompute")
-        if self.token_budget < 1 or self.max_seqs < 1:
-            raise ValueError("token_budget and max_seqs must be at least 1")
+        if self.token_budget < 1 or self.max_seqs < 1 or self.prefill_budget < 1:
+            raise ValueError("token_budget, prefill_budget and max_seqs must be at least 1")
 
 
 @dataclass
@@ -76,9 +83,7 @@ class Scheduler:
 
     def order(self, procs: list[Process], now: float) -> list[Process]:
         """Processes best-first under the policy. Aging lifts whoever has waited."""
-        def aged(p: Process) -> float:
-            return p.priority - (now - max(p.last_run, p.created)) / self.config.aging_s
-
+        aged = lambda p: _aged(p, now, self.config.aging_s)  # noqa: E731
         if self.config.policy == "fcfs":
             key = lambda p: (p.created, p.pid)  # noqa: E731
         elif self.config.policy == "priority":
@@ -95,19 +100,27 @@ class Scheduler:
         now = time.monotonic() if now is None else now
         mem, out = self.memory, Schedule()
         ready = self.order([p for p in procs if p.runnable and p.owed > 0], now)
+        level = {p.pid: math.floor(_aged(p, now, self.config.aging_s)) for p in ready}
+        ready = _prompts_by_level(ready, level)
         # Victims under page pressure, worst first: blocked and stopped processes, then the
         # lowest-priority, newest of those that owe nothing this step.
         # A process waiting on a tool's result keeps its pages until its pin runs out (kernel/stdio.py).
         idle = [p for p in procs if not (p.runnable and p.owed > 0) and not p.state.done and p.pid in mem.tables
                 and p.pinned_until <= now]
         idle = sorted(reversed(self.order(idle, now)), key=lambda p: p.runnable)
-        budget, seats = self.config.token_budget, self.config.max_seqs
+        decoding = any(p.owed == 1 for p in ready)
+        budget = self.config.token_budget if decoding else max(self.config.token_budget, self.config.prefill_budget)
+        decodes_after = _decodes_after(ready)
+        best = math.inf  # the lowest nice of a prompt given tokens this step
+        seats = self.config.max_seqs
         admitting = True
         inflight: set[int] = set()  # hashes of prefix pages that processes in this step are filling
         for i, p in enumerate(ready):
             if budget == 0 or seats == 0:
                 break
             cap = budget if allowance is None else min(budget, allowance.get(p.owner, budget))
+            if p.owed > 1:  # a prompt leaves room for the decodes after it, and gives way to a higher priority's
+                cap = min(cap, 1 if p.priority > best else max(1, budget - decodes_after[i]))
             if cap <= 0:
                 continue  # its owner has computed their tokens for this minute
             resident = p.pid in mem.tables
@@ -135,6 +148,8 @@ class Scheduler:
                 admitting = admitting and resident
                 continue
             out.runs.append((p, n))
+            if p.owed > 1:
+                best = min(best, p.priority)
             if allowance is not None and p.owner in allowance:
                 allowance[p.owner] -= n
             if p.owed > 1:  # filling prompt pages that the prefix cache does not hold yet
@@ -230,3 +245,27 @@ class Scheduler:
         if p.state == State.RUNNING:
             p.state = State.READY
         out.preempted.append(p)
+
+
+def _aged(p: Process, now: float, aging_s: float) -> float:
+    """p's nice, lowered by one for every aging_s it has waited since it last ran."""
+    return p.priority - (now - max(p.last_run, p.created)) / aging_s
+
+
+def _prompts_by_level(ready: list[Process], level: dict[int, int]) -> list[Process]:
+    """The policy's order with the prompts (processes owing more than one token) re-sorted by
+    aged nice level among the places prompts hold; decodes keep theirs."""
+    slots = [i for i, p in enumerate(ready) if p.owed > 1]
+    out = list(ready)
+    for i, p in zip(slots, sorted((ready[i] for i in slots), key=lambda p: level[p.pid])):
+        out[i] = p
+    return out
+
+
+def _decodes_after(ready: list[Process]) -> list[int]:
+    """For each process in order, how many of those after it decode (owe one token)."""
+    out, n = [0] * len(ready), 0
+    for i in range(len(ready) - 1, -1, -1):
+        out[i] = n
+        n += ready[i].owed == 1
+    return out

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from llmos.kernel import accounting, grammar, stdio, tasks
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
+from llmos.kernel.models import manifest
 from llmos.kernel.proc import Process, State
 from llmos.syscalls.abi.spec import SamplingParams, SpawnSpec, SpecError, check_nice, check_text
 
@@ -29,6 +30,7 @@ def spawn(k: "Kernel", cred: "Cred", spec: SpawnSpec, ppid: int = 0) -> Process:
     spec = dataclasses.replace(spec, owner=cred.owner_for(spec.owner))
     cred.check_nice(spec.priority)
     m = k.model_for(cred, spec.model)
+    spec = dataclasses.replace(manifest.apply(m.defaults, spec), model=m.name)  # the model's own defaults
     preamble: list[dict] = []
     if spec.messages is not None:
         if spec.interactive and spec.messages[-1]["role"] != "user":
@@ -40,7 +42,7 @@ def spawn(k: "Kernel", cred: "Cred", spec: SpawnSpec, ppid: int = 0) -> Process:
     else:
         ids = list(spec.tokens or [])
     p = Process(pid=0, spec=spec, owner=spec.owner, ppid=ppid, tokens=ids, priority=spec.priority,
-                preamble=preamble, adapter=m.adapter, kv_salt=m.kv_salt)
+                preamble=preamble, adapter=m.adapter, kv_salt=m.kv_salt, model_digest=m.digest)
     check(k, m, p)
     grammar.attach(m, p)
     k.admit(p, State.NEW if p.tokens else State.BLOCKED)
@@ -91,7 +93,7 @@ def fork(k: "Kernel", cred: "Cred", pid: int, text: str | None = None, sampling:
         raise InvalidArgument(str(e), getattr(e, "field", None)) from None
     child = Process(pid=0, spec=spec, owner=parent.owner, ppid=pid, tokens=list(parent.tokens),
                     priority=parent.priority, preamble=list(parent.preamble), adapter=parent.adapter,
-                    kv_salt=parent.kv_salt)
+                    kv_salt=parent.kv_salt, model_digest=parent.model_digest)
     if text and parent.interactive:
         child.tokens += stdio.next_turn(m, child, text)
     elif text:
@@ -112,15 +114,15 @@ def spawn_task(k: "Kernel", cred: "Cred", model: str, task: "tasks.Task", priori
                owner: str = "") -> Process:
     """A process that runs `task` (kernel/tasks.py) on `model` instead of sampling tokens."""
     check_accepting(k)
-    k.model_for(cred, model)
+    m = k.model_for(cred, model)
     try:
         check_nice(priority)
     except SpecError as e:
         raise InvalidArgument(str(e), getattr(e, "field", None)) from None
     cred.check_nice(priority)
     owner = cred.owner_for(owner)
-    p = Process(pid=0, spec=SpawnSpec(model=model, priority=priority, owner=owner), owner=owner, task=task,
-                priority=priority)
+    p = Process(pid=0, spec=SpawnSpec(model=m.name, priority=priority, owner=owner), owner=owner, task=task,
+                priority=priority, model_digest=m.digest)
     if not any(q.task is not None and not q.state.done for q in k.procs.values()):
         # Decode time spent while no task existed is no credit for the first one to come.
         k.device_share = tasks.DeviceShare()

@@ -138,6 +138,7 @@ class Config:
     page_size: int = 16
     policy: str = "fcfs"
     token_budget: int = 256
+    prefill_budget: int = 2048      # tokens per step when no process decodes (a long prompt alone)
     speculate: bool = False         # verify prompt-lookup proposals beside decodes (kernel/speculate.py)
     max_procs: int = 4096
     grace: float = 30.0             # seconds running processes get to finish at shutdown
@@ -194,7 +195,9 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "swap_pages": (_nonneg(int), "host swap per model in pages (overrides --swap-memory)"),
     "page_size": (_positive(int), "tokens per KV page"),
     "policy": (_choice(*POLICIES), "scheduler policy"),
-    "token_budget": (_positive(int), "tokens per step, all processes together"),
+    "token_budget": (_positive(int), "tokens per step, all processes together, while any of them decodes"),
+    "prefill_budget": (_positive(int), "tokens per step when no process decodes: a long prompt alone runs in "
+                                       "chunks this large"),
     "speculate": (_bool, "exact speculative decoding: verify prompt-lookup proposals in the decode step "
                          "(same greedy tokens, same sampled distribution; off by default, see bench/speculate.py)"),
     "max_procs": (_positive(int), "most live processes"),

@@ -64,6 +64,7 @@ class Daemon:
                             swap_memory=cfg.swap_memory, swap_pages=cfg.swap_pages,
                             max_procs=cfg.max_procs, quantize=cfg.quantize, quotas=quotas(cfg, admin_names()),
                             sched=SchedConfig(policy=cfg.policy, token_budget=cfg.token_budget,
+                                              prefill_budget=cfg.prefill_budget,
                                               speculate=SpecConfig(enabled=cfg.speculate)),
                             term_grace_s=cfg.term_grace, max_unit_tokens=cfg.max_unit_tokens,
                             max_unit_s=cfg.max_unit_s, data_dirs=cfg.data_dirs, tool_wait_ttl_s=cfg.tool_wait_ttl)

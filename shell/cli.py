@@ -16,7 +16,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from llmos.shell import evaluate, train, translate, usage, users
+from llmos.shell import evaluate, train, translate, usage, users, versions
 from llmos.syscalls.sdk import DaemonNotRunning, SyscallError
 
 
@@ -124,6 +124,7 @@ def build_parser() -> Parser:
     evaluate.add_parsers(sub, Parser)
     train.add_parsers(sub, Parser)
     translate.add_parsers(sub, Parser)
+    versions.add_parsers(sub, Parser)
     return ap
 
 

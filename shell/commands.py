@@ -11,7 +11,7 @@ from typing import TextIO
 
 from rich.console import Console
 
-from llmos.shell import evaluate, render, top, train, translate, usage, users
+from llmos.shell import evaluate, render, top, train, translate, usage, users, versions
 from llmos.shell.interrupt import interruptible
 from llmos.syscalls.sdk import SyscallError
 from llmos.syscalls.sdk import Client
@@ -276,4 +276,5 @@ COMMANDS: dict[str, Callable[[Shell, argparse.Namespace], int]] = {
     **train.COMMANDS,
     **translate.COMMANDS,
     **usage.COMMANDS,
+    **versions.COMMANDS,
 }

@@ -81,20 +81,22 @@ def models_table(resp: pb.ModelsResponse) -> Table | Group:
     t = Table(box=None, header_style="bold")
     for col in ("NAME", "ARCH", "PARAMS", "WEIGHTS", "SIZE", "CONTEXT", "KV PAGES", "PROCS", "SOURCE"):
         t.add_column(col)
-    loaded = {m.name for m in resp.loaded}
     for m in resp.loaded:
         weights = m.dtype if m.quantize in ("", "none") else m.quantize
         if m.pruned or m.pruned_heads:
             weights = f"{weights}, {pruned(m)}"
         if m.base:  # a LoRA model: its own parameters are the adapter's; it runs in its base's pool
             weights = f"LoRA r{m.lora_rank} over {m.base}"
+        if m.preset_of:  # a second name of a loaded model's weights, with defaults of its own
+            weights = f"preset of {m.preset_of}"
         t.add_row(m.name, m.architecture, f"{m.num_parameters / 1e6:.1f}M", weights, size(m.weight_bytes),
                   str(m.max_context), str(m.kv_pages), str(m.live_procs), m.source)
-    for name in resp.stored:
-        if name not in loaded:
-            t.add_row(Text(name, style="dim"), Text("(in the store, not loaded)", style="dim"), *[""] * 7)
     kernels = [Text(f"kernels of {m.name}: {m.kernels}", style="dim") for m in resp.loaded if m.kernels]
-    return Group(t, *kernels) if kernels else t  # which GEMM kernels serve each, as measured here
+    parts = [t, *kernels]  # which GEMM kernels serve each, as measured here
+    if resp.versions:
+        from llmos.shell.versions import stored_table
+        parts += [Text(""), Text("stored (bold: loaded)", style="bold"), stored_table(list(resp.versions))]
+    return Group(*parts) if len(parts) > 1 else t
 
 
 def pruned(m: pb.ModelInfo) -> str:

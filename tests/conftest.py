@@ -40,7 +40,7 @@ def make_kernel(tokenizer):
     from llmos.kernel import Kernel, KernelConfig, SchedConfig, SpecConfig
 
     def make(family="llama", pages=64, page_size=4, budget=64, swap=None, preempt="swap", policy="fcfs",
-             dtype=torch.float32, quantize=None, speculate: "SpecConfig | None" = None, **over):
+             dtype=torch.float32, quantize=None, speculate: "SpecConfig | None" = None, prefill_budget=None, **over):
         model = tiny_model(family, dtype=dtype, **over)
         if quantize:  # the reference is then transformers' generate() on the same quantized model
             from llmos.drivers.quant import quantize_model
@@ -48,6 +48,7 @@ def make_kernel(tokenizer):
         ref = Reference(model)
         cfg = KernelConfig(page_size=page_size, kv_pages=pages, swap_pages=swap,
                            sched=SchedConfig(policy=policy, token_budget=budget, preempt=preempt,
+                                             prefill_budget=prefill_budget or budget,  # default: every step at `budget`
                                              speculate=speculate or SpecConfig()))
         k = Kernel(CPUDriver(), cfg)
         k.adopt_model("tiny", model, tokenizer)

@@ -166,7 +166,8 @@ def test_train_names_never_become_paths_or_take_anothers_model(target, untouched
 def test_a_symlink_inside_the_store_is_never_followed(target, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
-    link = target.d.state_dir / "models" / "trap"
+    (target.d.state_dir / "models" / "work").mkdir(exist_ok=True)  # where a name's work in progress goes
+    link = target.d.state_dir / "models" / "work" / "trap"
     link.symlink_to(outside)
     try:
         data = tmp_path / "d.jsonl"

@@ -83,9 +83,12 @@ def test_a_lora_student_halves_its_kl_to_the_teacher_on_held_out_text(setup, tok
     before = mean_kl(pristine["student"], pristine["teacher"], held)
     p = train.start(k, ROOT, "student", *spec(path))
     k.run_until_idle()
-    assert p.state == State.EXITED and "registered model student+random; loaded" in p.reason, p.stdout
+    assert p.state == State.EXITED and "registered model student+random (version " in p.reason, p.stdout
+    assert p.reason.endswith("; loaded")
     assert "distilling student+random from teacher (T=2, alpha=0): LoRA rank 8 of student" in p.stdout
-    stored = k.store.path_of("student+random")
+    v = k.store.lookup("student+random")
+    stored = k.store.plan(v).adapter
+    assert v.kind == "distilled" and v.lineage["hyperparameters"]["distill"] == "teacher"
     assert (stored / "adapter_model.safetensors").is_file() and not (stored / "model.safetensors").exists()
     assert k.models["student+random"].base == "student"
     after = mean_kl(PeftModel.from_pretrained(copy.deepcopy(pristine["student"]), str(stored)).eval(),
@@ -104,9 +107,10 @@ def test_a_full_student_trains_every_weight(setup, tokenizer):
     before = mean_kl(pristine["student"], pristine["teacher"], held)
     p = train.start(k, ROOT, "student", *spec(path, full=True, lr=2e-3, name="student-kd"))
     k.run_until_idle()
-    assert p.state == State.EXITED and "registered model student-kd; loaded" in p.reason, p.stdout
+    assert p.state == State.EXITED and "registered model student-kd (version " in p.reason, p.stdout
+    assert p.reason.endswith("; loaded")
     assert "all weights of student" in p.stdout
-    stored = k.store.path_of("student-kd")
+    stored = k.store.plan(k.store.lookup("student-kd")).weights
     assert (stored / "model.safetensors").is_file() and (stored / "tokenizer.json").is_file()
     assert not (stored / "adapter_model.safetensors").exists() and k.store.holds_model("student-kd")
     trained = AutoModelForCausalLM.from_pretrained(stored, dtype=torch.float32).eval()

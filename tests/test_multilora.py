@@ -196,13 +196,13 @@ def test_a_finished_fine_tune_is_served_as_a_lora_model_and_survives_a_restart(m
     t = train.start(k, ROOT, "tiny", train.TrainSpec(data.name, steps=4, lr=2e-2, rank=4, batch=1, checkpoint_every=0),
                     data.read_bytes())
     k.run_until_idle()
-    assert "registered model tiny+mydata; loaded" in t.reason, t.stdout
+    assert "registered model tiny+mydata (version " in t.reason and t.reason.endswith("; loaded"), t.stdout
     m = k.model("tiny+mydata")
     assert m.base == "tiny" and m.memory is k.model("tiny").memory
-    folder = k.store.root / "tiny+mydata"
-    files = {f.name for f in folder.iterdir()}
-    assert {"adapter_config.json", "adapter_model.safetensors", "llmos-adapter.json"} <= files
-    assert not (folder / "config.json").exists() and "tiny+mydata" in k.store.list()
+    v = k.store.lookup("tiny+mydata")
+    folder = k.store.plan(v).adapter  # an in-process base: the version holds only the adapter
+    assert set(v.files) == {f.name for f in folder.iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    assert not (folder / "config.json").exists() and "tiny+mydata" in k.store.list() and v.made_from == "tiny"
     merged = PeftModel.from_pretrained(copy.deepcopy(ref.model), str(folder)).merge_and_unload().eval()
     prompt = list(range(50, 70))
     p = spawn(k, "tiny+mydata", prompt, 10)

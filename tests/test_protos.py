@@ -21,6 +21,6 @@ def test_stubs_import_under_the_llmos_namespace():
     assert service.full_name == "llmos.v1.Syscalls"
     assert {m.name for m in service.methods} == {
         "Spawn", "Read", "Write", "Wait", "Kill", "Renice", "Fork", "Pipe", "Ps", "Stat", "MemInfo", "Devices", "Models",
-        "LoadModel", "UnloadModel", "Dmesg", "Shutdown", "Whoami", "CreateToken", "ListTokens", "RevokeToken",
+        "LoadModel", "UnloadModel", "CreateModel", "ShowModel", "TagModel", "RemoveModel", "Dmesg", "Shutdown", "Whoami", "CreateToken", "ListTokens", "RevokeToken",
         "Stats", "Usage", "Eval", "Train"}
     assert hasattr(syscalls_pb2_grpc, "SyscallsStub")

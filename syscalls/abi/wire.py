@@ -14,9 +14,10 @@ __all__ = ["sampling_msg", "sampling", "logprobs", "grammar_msg", "grammar", "me
            "tool", "spawn_request", "spawn_spec", "variant_name"]
 
 
-def sampling_msg(s: SamplingParams) -> pb.Sampling:
-    return pb.Sampling(temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed, logprobs=s.logprobs,
-                       top_logprobs=s.top_logprobs)
+def sampling_msg(s: SamplingParams, unset: tuple[str, ...] = ()) -> pb.Sampling:
+    """`unset` names settings left to the model's defaults: they are not sent."""
+    given = {k: getattr(s, k) for k in ("temperature", "top_k", "top_p") if k not in unset}
+    return pb.Sampling(**given, seed=s.seed, logprobs=s.logprobs, top_logprobs=s.top_logprobs)
 
 
 def sampling(msg: pb.Sampling) -> SamplingParams:
@@ -24,6 +25,13 @@ def sampling(msg: pb.Sampling) -> SamplingParams:
                           top_p=msg.top_p if msg.HasField("top_p") else 1.0,
                           seed=msg.seed if msg.HasField("seed") else None, logprobs=msg.logprobs,
                           top_logprobs=msg.top_logprobs)
+
+
+def unset(req: pb.SpawnRequest) -> tuple[str, ...]:
+    """The settings a SpawnRequest leaves to its model's defaults."""
+    s = req.sampling
+    return tuple(k for k in ("temperature", "top_k", "top_p") if not s.HasField(k)) + \
+        (() if req.HasField("max_tokens") else ("max_tokens",))
 
 
 def logprobs(msgs) -> list[TokenLogprob]:
@@ -79,7 +87,8 @@ def spawn_request(spec: SpawnSpec) -> pb.SpawnRequest:
     return pb.SpawnRequest(
         model=spec.model, prompt=spec.prompt, tokens=list(spec.tokens or ()),
         messages=[message_msg(m) for m in spec.messages or ()], tools=[tool_msg(t) for t in spec.tools or ()],
-        sampling=sampling_msg(spec.sampling), max_tokens=spec.stop.max_tokens, stop=list(spec.stop.stop),
+        sampling=sampling_msg(spec.sampling, spec.unset),
+        max_tokens=None if "max_tokens" in spec.unset else spec.stop.max_tokens, stop=list(spec.stop.stop),
         ignore_eos=spec.stop.ignore_eos, priority=spec.priority,
         limits=pb.Limits(max_pages=spec.limits.max_pages, max_wall_s=spec.limits.max_wall_s),
         interactive=spec.interactive, owner=spec.owner,
@@ -101,4 +110,5 @@ def spawn_spec(req: pb.SpawnRequest) -> SpawnSpec:
         limits=Limits(max_pages=lim.max_pages if lim.HasField("max_pages") else None,
                       max_wall_s=lim.max_wall_s if lim.HasField("max_wall_s") else None),
         priority=req.priority, owner=req.owner, interactive=req.interactive,
-        grammar=grammar(req.grammar) if req.HasField("grammar") else None, speculate=not req.no_speculate)
+        grammar=grammar(req.grammar) if req.HasField("grammar") else None, speculate=not req.no_speculate,
+        unset=unset(req))

@@ -128,6 +128,8 @@ def parse(kind: str, body: Any, priority_header: str | None = None) -> Request:
         _prompt(body.get("prompt"), spawn)
     _limits(body, spawn)
     spawn.sampling = _sampling(body)
+    spawn.unset = tuple(k for k in ("temperature", "top_p", "max_tokens") if body.get(k) is None
+                        and not (k == "max_tokens" and body.get("max_completion_tokens") is not None))
     spawn.sampling.logprobs, spawn.sampling.top_logprobs = _logprobs(kind, body)
     spawn.priority = _priority(body, priority_header)
     n = _get(body, "n", int, 1)  # its range is the kernel's (spawn_n)

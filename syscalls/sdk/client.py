@@ -117,6 +117,24 @@ class Calls:
     def unload(self, name: str) -> None:
         return self._call("UnloadModel", pb.UnloadModelRequest(name=name), lambda r: None)
 
+    def create(self, name: str, manifest: str) -> pb.CreateModelResponse:
+        """Build model version NAME[:TAG] from a manifest file's TOML text (`from = ...`, defaults,
+        a system prompt, a template, quantize or prune); served at once when it is a preset of
+        a loaded model."""
+        return self._call("CreateModel", pb.CreateModelRequest(name=name, manifest=manifest), lambda r: r)
+
+    def show(self, name: str) -> pb.ShowModelResponse:
+        """A stored version and the manifest file that describes it."""
+        return self._call("ShowModel", pb.ShowModelRequest(name=name), lambda r: r)
+
+    def tag(self, source: str, target: str) -> pb.StoredModel:
+        """Name the version `source` names (NAME[:TAG] or a digest) again as `target`, sharing its weights."""
+        return self._call("TagModel", pb.TagModelRequest(source=source, target=target), lambda r: r.model)
+
+    def remove(self, name: str) -> pb.RemoveModelResponse:
+        """Remove the tag NAME[:TAG]; weights go when nothing refers to them any more."""
+        return self._call("RemoveModel", pb.RemoveModelRequest(name=name), lambda r: r)
+
     def dmesg(self, limit: int = 0, since: float = 0.0) -> list[pb.LogLine]:
         return self._call("Dmesg", pb.DmesgRequest(limit=limit, since=since), lambda r: list(r.lines))
 
@@ -267,11 +285,13 @@ class Model:
         self.client = client
         self.name = name
 
-    def generate(self, prompt: str, max_tokens: int = 256, temperature: float = 0.0, **kw: Any) -> str:
-        """The text the model generates after `prompt`."""
+    def generate(self, prompt: str, max_tokens: int | None = None, temperature: float | None = None,
+                 **kw: Any) -> str:
+        """The text the model generates after `prompt` (unset settings: the model's defaults)."""
         return self.client.generate(self.name, prompt, max_tokens=max_tokens, temperature=temperature, **kw)
 
-    def chat(self, messages: Sequence[dict], max_tokens: int = 256, temperature: float = 0.0, **kw: Any) -> str:
+    def chat(self, messages: Sequence[dict], max_tokens: int | None = None, temperature: float | None = None,
+             **kw: Any) -> str:
         """The model's reply to a chat, given as [{"role": ..., "content": ...}, ...]."""
         return self.client.chat(self.name, messages, max_tokens=max_tokens, temperature=temperature, **kw)
 

@@ -138,6 +138,8 @@ def spawn_spec(model: str, prompt: str | None = None, messages: Sequence[dict] |
         or SamplingParams(),
         stop=StopRules(max_tokens=StopRules().max_tokens if max_tokens is None else max_tokens, stop=list(stop),
                        ignore_eos=ignore_eos),
+        unset=tuple(k for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p),
+                                   ("max_tokens", max_tokens)) if v is None),
         limits=Limits(max_pages=max_pages, max_wall_s=max_wall_s), priority=priority, owner=owner,
         interactive=interactive, grammar=grammar, tools=list(tools) if tools else None, speculate=speculate)
 

@@ -2,6 +2,7 @@
 see; this only moves fields. (Requests become kernel input through llmos.syscalls.abi.wire.)"""
 from __future__ import annotations
 
+import json
 import time
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from llmos.kernel.accounting import UsageRow
     from llmos.kernel.memory import MemInfo
     from llmos.kernel.models.loading import LoadedModel
+    from llmos.kernel.models.versions import Entry
     from llmos.kernel.proc import Process
     from llmos.kernel.stats import Stats
 
@@ -54,7 +56,16 @@ def model_info(m: "LoadedModel", live_procs: int, source: str) -> pb.ModelInfo:
                         kv_pages=m.memory.pool.num_pages, live_procs=live_procs, loaded_at=m.loaded_at,
                         quantize=i.quantize, ppl_ratio=i.ppl_ratio, base=i.base, lora_rank=i.lora_rank,
                         ppl_tolerance=PPL_TOLERANCE, kernels=i.kernels, pruned=i.pruned,
-                        pruned_heads=i.pruned_heads, prune_ppl_ratio=i.prune_ppl_ratio)
+                        pruned_heads=i.pruned_heads, prune_ppl_ratio=i.prune_ppl_ratio, digest=m.digest,
+                        preset_of=m.preset_of)
+
+
+def stored_model(e: "Entry") -> pb.StoredModel:
+    """A stored version under one of its names (kernel/models/versions.py)."""
+    v = e.version
+    return pb.StoredModel(name=e.ref, digest=v.digest, kind=v.kind, size=e.size, created=v.created, owner=e.owner,
+                          made_from=v.made_from, lineage=json.dumps(v.lineage, sort_keys=True), quantize=v.quantize,
+                          prune=v.prune, loaded=e.loaded)
 
 
 def stats(s: "Stats") -> pb.StatsResponse:

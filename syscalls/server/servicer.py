@@ -7,78 +7,26 @@ rule; kernel errors become status codes here. Output streams come from the ProcM
 """
 from __future__ import annotations
 
-import asyncio
-import functools
-import inspect
-import logging
 import time
-from collections.abc import Callable
-from typing import TypeVar
 
-import grpc
-from google.protobuf.message import DecodeError
 
 from llmos.kernel import accounting, grammar
 from llmos.kernel import stats as kstats
-from llmos.kernel.errors import FailedPrecondition, InvalidArgument, KernelError, ResourceExhausted
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from llmos.kernel.mirror import ProcMirror
 from llmos.kernel.stats import TokenMeter
-from llmos.kernel.thread import KernelThread, in_fresh_thread
+from llmos.kernel.thread import KernelThread
 from llmos.kernel.workloads import dataset, evaluate, train
 from llmos.syscalls.abi import wire
 from llmos.syscalls.abi.spec import variant_name
 from llmos.syscalls.server import convert
+from llmos.syscalls.server.calls import off_thread, syscall
 from llmos.syscalls.server.interceptors import caller, cred
+from llmos.syscalls.server.models import ModelSyscalls
 from llmos.syscalls.v1 import syscalls_pb2 as pb
 from llmos.syscalls.v1 import syscalls_pb2_grpc as pb_grpc
 
-T = TypeVar("T")
-log = logging.getLogger("llmos.syscalls")
-
-STATUS = {"invalid_argument": grpc.StatusCode.INVALID_ARGUMENT, "not_found": grpc.StatusCode.NOT_FOUND,
-          "resource_exhausted": grpc.StatusCode.RESOURCE_EXHAUSTED,
-          "failed_precondition": grpc.StatusCode.FAILED_PRECONDITION, "unavailable": grpc.StatusCode.UNAVAILABLE,
-          "permission_denied": grpc.StatusCode.PERMISSION_DENIED, "unauthenticated": grpc.StatusCode.UNAUTHENTICATED}
-
-
-def _status(e: Exception) -> tuple[grpc.StatusCode, str]:
-    if isinstance(e, KernelError):
-        return STATUS.get(e.code, grpc.StatusCode.INTERNAL), str(e)
-    if isinstance(e, DecodeError):  # a later message of a client stream (the interceptor checks the first)
-        return grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {e}"
-    if isinstance(e, ValueError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
-    log.exception("syscall failed")
-    return grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}"
-
-
-def syscall(fn: Callable) -> Callable:
-    """Turn kernel errors raised by a handler (unary or streaming) into gRPC statuses."""
-    if inspect.isasyncgenfunction(fn):
-        @functools.wraps(fn)
-        async def stream(self, request, context):
-            try:
-                async for item in fn(self, request, context):
-                    yield item
-            except Exception as e:  # noqa: BLE001 - every failure becomes a status, never a crash
-                await context.abort(*_status(e))
-        return stream
-
-    @functools.wraps(fn)
-    async def unary(self, request, context):
-        try:
-            return await fn(self, request, context)
-        except Exception as e:  # noqa: BLE001 - every failure becomes a status, never a crash
-            await context.abort(*_status(e))
-    return unary
-
-
-async def off_thread(fn: Callable[[], T]) -> T:
-    """Slow work that needs no process state (reading weights or a dataset), on a thread of its own."""
-    return await asyncio.wrap_future(in_fresh_thread(fn))
-
-
-class SyscallServer(pb_grpc.SyscallsServicer):
+class SyscallServer(ModelSyscalls, pb_grpc.SyscallsServicer):
     """The syscall table, served over gRPC."""
 
     def __init__(self, kthread: KernelThread, mirror: ProcMirror, meter: TokenMeter | None = None,
@@ -179,32 +127,6 @@ class SyscallServer(pb_grpc.SyscallsServicer):
     async def Devices(self, req: pb.DevicesRequest, context) -> pb.DevicesResponse:
         cred()
         return pb.DevicesResponse(devices=[convert.device(await self.kt.run(lambda k: k.driver.describe()))])
-
-    @syscall
-    async def Models(self, req: pb.ModelsRequest, context) -> pb.ModelsResponse:
-        c = cred()
-
-        def models(k) -> pb.ModelsResponse:
-            loaded, stored = k.list_models(c)
-            return pb.ModelsResponse(loaded=[convert.model_info(m, live, source) for m, live, source in loaded],
-                                     stored=stored)
-        return await self.kt.run(models)
-
-    @syscall
-    async def LoadModel(self, req: pb.LoadModelRequest, context) -> pb.LoadModelResponse:
-        c, kernel = cred(), self.kt.kernel
-        # Converting and reading weights takes seconds and needs no process state: do it off the
-        # kernel thread so the kernel keeps stepping; only the install runs on the kernel thread.
-        prep = await off_thread(lambda: kernel.prepare_model(c, req.model, req.name or None, req.dtype or "float32",
-                                                             req.quantize or None, req.prune, req.prune_heads))
-        return await self.kt.run(lambda k: pb.LoadModelResponse(model=convert.model_info(
-            m := k.install_model(prep), k.live(m.name), m.source)))
-
-    @syscall
-    async def UnloadModel(self, req: pb.UnloadModelRequest, context) -> pb.UnloadModelResponse:
-        c = cred()
-        await self.kt.run(lambda k: k.unload_model(c, req.name))
-        return pb.UnloadModelResponse()
 
     @syscall
     async def Dmesg(self, req: pb.DmesgRequest, context) -> pb.DmesgResponse:

@@ -439,7 +439,7 @@ class DevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio", "base", "lora_rank", "ppl_tolerance", "kernels", "pruned", "pruned_heads", "prune_ppl_ratio")
+    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio", "base", "lora_rank", "ppl_tolerance", "kernels", "pruned", "pruned_heads", "prune_ppl_ratio", "digest", "preset_of")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -462,6 +462,8 @@ class ModelInfo(_message.Message):
     PRUNED_FIELD_NUMBER: _ClassVar[int]
     PRUNED_HEADS_FIELD_NUMBER: _ClassVar[int]
     PRUNE_PPL_RATIO_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PRESET_OF_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     source: str
@@ -484,19 +486,109 @@ class ModelInfo(_message.Message):
     pruned: float
     pruned_heads: float
     prune_ppl_ratio: float
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ..., base: _Optional[str] = ..., lora_rank: _Optional[int] = ..., ppl_tolerance: _Optional[float] = ..., kernels: _Optional[str] = ..., pruned: _Optional[float] = ..., pruned_heads: _Optional[float] = ..., prune_ppl_ratio: _Optional[float] = ...) -> None: ...
+    digest: str
+    preset_of: str
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ..., base: _Optional[str] = ..., lora_rank: _Optional[int] = ..., ppl_tolerance: _Optional[float] = ..., kernels: _Optional[str] = ..., pruned: _Optional[float] = ..., pruned_heads: _Optional[float] = ..., prune_ppl_ratio: _Optional[float] = ..., digest: _Optional[str] = ..., preset_of: _Optional[str] = ...) -> None: ...
+
+class StoredModel(_message.Message):
+    __slots__ = ("name", "digest", "kind", "size", "created", "owner", "made_from", "lineage", "quantize", "prune", "loaded")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    MADE_FROM_FIELD_NUMBER: _ClassVar[int]
+    LINEAGE_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZE_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    digest: str
+    kind: str
+    size: int
+    created: float
+    owner: str
+    made_from: str
+    lineage: str
+    quantize: str
+    prune: float
+    loaded: bool
+    def __init__(self, name: _Optional[str] = ..., digest: _Optional[str] = ..., kind: _Optional[str] = ..., size: _Optional[int] = ..., created: _Optional[float] = ..., owner: _Optional[str] = ..., made_from: _Optional[str] = ..., lineage: _Optional[str] = ..., quantize: _Optional[str] = ..., prune: _Optional[float] = ..., loaded: _Optional[bool] = ...) -> None: ...
+
+class CreateModelRequest(_message.Message):
+    __slots__ = ("name", "manifest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    manifest: str
+    def __init__(self, name: _Optional[str] = ..., manifest: _Optional[str] = ...) -> None: ...
+
+class CreateModelResponse(_message.Message):
+    __slots__ = ("model", "loaded")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
+    model: StoredModel
+    loaded: bool
+    def __init__(self, model: _Optional[_Union[StoredModel, _Mapping]] = ..., loaded: _Optional[bool] = ...) -> None: ...
+
+class ShowModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ShowModelResponse(_message.Message):
+    __slots__ = ("model", "manifest")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    model: StoredModel
+    manifest: str
+    def __init__(self, model: _Optional[_Union[StoredModel, _Mapping]] = ..., manifest: _Optional[str] = ...) -> None: ...
+
+class TagModelRequest(_message.Message):
+    __slots__ = ("source", "target")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    target: str
+    def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class TagModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: StoredModel
+    def __init__(self, model: _Optional[_Union[StoredModel, _Mapping]] = ...) -> None: ...
+
+class RemoveModelRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class RemoveModelResponse(_message.Message):
+    __slots__ = ("digest", "versions_removed", "bytes_freed")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    versions_removed: int
+    bytes_freed: int
+    def __init__(self, digest: _Optional[str] = ..., versions_removed: _Optional[int] = ..., bytes_freed: _Optional[int] = ...) -> None: ...
 
 class ModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ModelsResponse(_message.Message):
-    __slots__ = ("loaded", "stored")
+    __slots__ = ("loaded", "stored", "versions")
     LOADED_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
     loaded: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     stored: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, loaded: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., stored: _Optional[_Iterable[str]] = ...) -> None: ...
+    versions: _containers.RepeatedCompositeFieldContainer[StoredModel]
+    def __init__(self, loaded: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., stored: _Optional[_Iterable[str]] = ..., versions: _Optional[_Iterable[_Union[StoredModel, _Mapping]]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
     __slots__ = ("model", "name", "dtype", "quantize", "prune", "prune_heads")

@@ -109,6 +109,26 @@ class SyscallsStub:
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.UnloadModelRequest.SerializeToString,
                 response_deserializer=llmos_dot_v1_dot_syscalls__pb2.UnloadModelResponse.FromString,
                 _registered_method=True)
+        self.CreateModel = channel.unary_unary(
+                '/llmos.v1.Syscalls/CreateModel',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.CreateModelRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.CreateModelResponse.FromString,
+                _registered_method=True)
+        self.ShowModel = channel.unary_unary(
+                '/llmos.v1.Syscalls/ShowModel',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.ShowModelRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.ShowModelResponse.FromString,
+                _registered_method=True)
+        self.TagModel = channel.unary_unary(
+                '/llmos.v1.Syscalls/TagModel',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.TagModelRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.TagModelResponse.FromString,
+                _registered_method=True)
+        self.RemoveModel = channel.unary_unary(
+                '/llmos.v1.Syscalls/RemoveModel',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.RemoveModelRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.RemoveModelResponse.FromString,
+                _registered_method=True)
         self.Dmesg = channel.unary_unary(
                 '/llmos.v1.Syscalls/Dmesg',
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.DmesgRequest.SerializeToString,
@@ -270,6 +290,31 @@ class SyscallsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateModel(self, request, context):
+        """Model versions: build one from a manifest file, print it back, name it again, remove a tag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShowModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TagModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveModel(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Dmesg(self, request, context):
         """The kernel's log ring.
         """
@@ -424,6 +469,26 @@ def add_SyscallsServicer_to_server(servicer, server):
                     servicer.UnloadModel,
                     request_deserializer=llmos_dot_v1_dot_syscalls__pb2.UnloadModelRequest.FromString,
                     response_serializer=llmos_dot_v1_dot_syscalls__pb2.UnloadModelResponse.SerializeToString,
+            ),
+            'CreateModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateModel,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.CreateModelRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.CreateModelResponse.SerializeToString,
+            ),
+            'ShowModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShowModel,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.ShowModelRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.ShowModelResponse.SerializeToString,
+            ),
+            'TagModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.TagModel,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.TagModelRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.TagModelResponse.SerializeToString,
+            ),
+            'RemoveModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveModel,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.RemoveModelRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.RemoveModelResponse.SerializeToString,
             ),
             'Dmesg': grpc.unary_unary_rpc_method_handler(
                     servicer.Dmesg,
@@ -881,6 +946,114 @@ class Syscalls:
             '/llmos.v1.Syscalls/UnloadModel',
             llmos_dot_v1_dot_syscalls__pb2.UnloadModelRequest.SerializeToString,
             llmos_dot_v1_dot_syscalls__pb2.UnloadModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/CreateModel',
+            llmos_dot_v1_dot_syscalls__pb2.CreateModelRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.CreateModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShowModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/ShowModel',
+            llmos_dot_v1_dot_syscalls__pb2.ShowModelRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.ShowModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TagModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/TagModel',
+            llmos_dot_v1_dot_syscalls__pb2.TagModelRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.TagModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/RemoveModel',
+            llmos_dot_v1_dot_syscalls__pb2.RemoveModelRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.RemoveModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
