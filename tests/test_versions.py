@@ -283,3 +283,18 @@ def test_users_never_see_paths_on_the_daemons_disk(kernel, dirs):
     assert mine and mine[0].version.lineage["source"] != where and where not in k.show_model(ALICE, "tiny-llama")[1]
     assert next(e for e in k.list_models(ROOT)[1] if e.ref == "tiny-llama").version.lineage["source"] == where
     assert where in k.show_model(ROOT, "tiny-llama")[1]
+
+
+def test_a_source_that_fails_to_load_leaves_no_tag(kernel, dirs, tmp_path):
+    import shutil
+
+    bad = tmp_path / "broken"
+    shutil.copytree(dirs["other"], bad)
+    (bad / "model.safetensors").unlink()
+    with pytest.raises(InvalidArgument, match="no .safetensors weights"):
+        kernel.load_model(ROOT, str(bad))
+    (bad / "config.json").write_text("{not json")
+    shutil.copy(dirs["other"] / "model.safetensors", bad / "model.safetensors")
+    with pytest.raises(InvalidArgument, match="cannot load the model"):
+        kernel.load_model(ROOT, str(bad))
+    assert kernel.store.lookup("broken") is None and "broken" not in kernel.models

@@ -22,6 +22,7 @@ from llmos.kernel.memory import MemoryManager
 from llmos.kernel.models import adapters, versions
 from llmos.kernel.models.manifest import Defaults
 from llmos.kernel.models.pool_size import pool_size
+from llmos.kernel.models.registry import is_digest
 from llmos.kernel.models.store import ModelNotFound, ModelUnavailable
 from llmos.kernel.sched import Scheduler
 from llmos.kernel.text import TextCodec
@@ -128,23 +129,24 @@ def prepare_model(k: "Kernel", cred: "Cred", ref: str, name: str | None = None, 
     if k.store is None:
         raise FailedPrecondition("this kernel has no model store to load from")
     check_prune(prune, prune_heads)
+    serving, tags = name, []  # tags a source gets once it has loaded
     try:
         if name:
-            name = versions.canonical_name(name)
+            name = serving = versions.canonical_name(name)
         stored = k.store.lookup(ref) if ref else None
         if stored is not None and not cred.sees_model(k.store.owner_of(ref) or ""):
             stored = None  # another user's name does not exist for this caller
+        made = versions.canonical_name(ref) if stored is not None and not is_digest(ref) else ref
         if stored is None:
             cred.check("load")  # a source on the daemon's disk or the hub
             folder = k.store.adapter(ref)
             if folder is not None:  # a LoRA adapter folder of an older llmos, served over its base
                 if prune or prune_heads:
                     raise InvalidArgument(f"{ref!r} is a LoRA model: prune its base model instead", "prune")
-                return adapters.prepare(k, folder, check_name("model name", name or default_name(ref)), dtype,
+                return adapters.prepare(k, cred, folder, check_name("model name", name or default_name(ref)), dtype,
                                         quantize)
-            base_name = default_name(ref)
-            early = name or default_name(ref, check_quantize(k.config.quantize if quantize is None else quantize),
-                                         prune, prune_heads)
+            quantize = k.config.quantize if quantize is None else quantize
+            early = name or default_name(ref, check_quantize(quantize), prune, prune_heads)
             if early in k.models:
                 return k.models[early]
             try:
@@ -153,20 +155,25 @@ def prepare_model(k: "Kernel", cred: "Cred", ref: str, name: str | None = None, 
                 raise NotFound(str(e)) from None
             except ModelUnavailable as e:
                 raise Unavailable(str(e)) from None
-            k.store.registry.tag(base_name, stored)
-            ref, quantize = base_name, (k.config.quantize if quantize is None else quantize)
-        v, made = versions.derive(k, cred, stored, versions.canonical_name(ref), check_quantize(quantize or "none"),
-                                  prune, prune_heads)
+            made = default_name(ref)
+            tags.append((made, stored))
+        v, made = versions.derive(k, cred, stored, made, check_quantize(quantize or "none"), prune, prune_heads,
+                                  tag=not tags)
+        serving = name or made
+        tags += [(made, v)] if tags and made != tags[0][0] else []
+        prep = versions.prepare_version(k, cred, v, serving, dtype)
         if name and name != made and cred.admin and name not in k.models:
-            versions.tag(k, cred, v.digest, name)  # --name names the stored version too
-        return versions.prepare_version(k, cred, v, name or made, dtype)
+            tags.append((name, v))  # --name names the stored version too
+        for ref_, version in tags:
+            k.store.registry.tag(ref_, version)
+        return prep
     except KernelError:
         raise
     except BadName as e:
         raise InvalidArgument(f"{e}; name the model with --name", "name") from None
     except Exception as e:  # noqa: BLE001 - unreadable: a corrupt config, weights or tokenizer, a bad path
-        if name and name not in k.models:
-            k.driver.unload(name)  # the weights it read before failing
+        if serving and serving not in k.models:
+            k.driver.unload(serving)  # the weights it read before failing
         raise InvalidArgument(f"cannot load the model {ref[:200]!r}: {type(e).__name__}: "
                               f"{' '.join(str(e).split())[:500]}") from None
 

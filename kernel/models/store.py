@@ -261,7 +261,7 @@ class ModelStore:
 
     def _base(self, folder: Path, lineage: dict, move: bool) -> Version:
         if not any(f.suffix == ".safetensors" for f in folder.iterdir()):
-            raise ModelNotFound(f"{folder}: no .safetensors weights (llmos never unpickles .bin files)")
+            raise ValueError(f"{folder}: no .safetensors weights (llmos never unpickles .bin files)")
         return self.registry.put("base", self.registry.ingest(folder, move=move), lineage=lineage)
 
     def _builtin(self, name: str, b: Builtin, log: Callable[[str], None]) -> Version:
