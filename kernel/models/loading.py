@@ -129,6 +129,12 @@ def prepare_model(k: "Kernel", cred: "Cred", ref: str, name: str | None = None, 
     if k.store is None:
         raise FailedPrecondition("this kernel has no model store to load from")
     check_prune(prune, prune_heads)
+    with k.store.registry.importing():  # nothing it writes is collected before its tag
+        return _prepare(k, cred, ref, name, dtype, quantize, prune, prune_heads)
+
+
+def _prepare(k: "Kernel", cred: "Cred", ref: str, name: str | None, dtype: str, quantize: str | None, prune: float,
+             prune_heads: float) -> "Prepared | LoadedModel":
     serving, tags = name, []  # tags a source gets once it has loaded
     try:
         if name:

@@ -17,6 +17,7 @@ it (`collect`).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -106,6 +108,7 @@ class Registry:
             if (root / sub).is_symlink():
                 raise ValueError(f"the model store holds a symbolic link at {sub}; llmos never follows links there")
         self._lock = threading.RLock()  # loads prepare off the kernel thread
+        self._imports: list[float] = []  # when each import still in flight began (collect spares its files)
 
     # --- blobs ------------------------------------------------------------------------------------
     def blob(self, digest: str) -> Path:
@@ -126,7 +129,9 @@ class Registry:
             digest = "sha256:" + _sha256(f)
             dest = self.blob(digest)
             with self._lock:
-                if not dest.exists():
+                if dest.exists():
+                    os.utime(dest)  # in use again: newer than any import in flight began
+                else:
                     tmp = dest.with_name(dest.name + f".{os.getpid()}.partial")
                     if move:
                         f.replace(tmp)
@@ -268,10 +273,25 @@ class Registry:
         return out
 
     # --- collection -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def importing(self) -> Iterator[None]:
+        """An import, from its first blob to its tag: `collect` leaves what it writes alone."""
+        began = time.time()
+        with self._lock:
+            self._imports.append(began)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._imports.remove(began)
+
     def collect(self, keep: set[str]) -> tuple[int, int]:
         """Remove manifests no tag reaches (nor `keep`, the digests loaded models run),
-        then blobs and snapshots no manifest left needs; (versions removed, bytes freed)."""
+        then blobs and snapshots no manifest left needs; (versions removed, bytes freed).
+        Files written since an import still in flight began are spared."""
         with self._lock:
+            cutoff = min(self._imports, default=float("inf")) - 1.0
+            young = lambda f: f.stat().st_mtime >= cutoff  # noqa: E731
             live: set[str] = set()
             for d in {v.digest for _, _, v in self.tags()} | set(keep):
                 v = self.get(d)
@@ -280,18 +300,18 @@ class Registry:
                     v = self.get(v.parent)
             removed = 0
             for f in (self.root / "manifests").glob("*.json"):
-                if f"sha256:{f.stem}" not in live:
+                if f"sha256:{f.stem}" not in live and not young(f):
                     f.unlink(missing_ok=True)
                     removed += 1
             needed = {d for x in live if (v := self.get(x)) is not None for d in v.files.values()}
             freed = 0
             for f in (self.root / "blobs").iterdir():
-                if f.name.startswith("sha256-") and f"sha256:{f.name[7:]}" not in needed:
+                if f.name.startswith("sha256-") and f"sha256:{f.name[7:]}" not in needed and not young(f):
                     freed += f.stat().st_size
                     f.unlink(missing_ok=True)
             snaps = {self.snapshot_key(v.files) for x in live if (v := self.get(x)) is not None}
             for s in (self.root / "snapshots").iterdir():
-                if s.name not in snaps and not s.is_symlink():
+                if s.name not in snaps and not s.is_symlink() and not young(s):
                     shutil.rmtree(s, ignore_errors=True)
         return removed, freed
 
