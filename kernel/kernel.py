@@ -175,15 +175,16 @@ class Kernel:
         loading.unload_model(self, name)
 
     def model(self, name: str) -> LoadedModel:
-        """A loaded model by name, for the kernel's own use; NotFound names what is loaded."""
-        m = self.models.get(name) or self.models.get(name.removesuffix(":latest"))
+        """A loaded model by name (`NAME:latest` is `NAME`), for the kernel's own use; NotFound
+        names what is loaded."""
+        m = self.models.get(name.removesuffix(":latest"))
         if m is None:
             raise loading.not_loaded(self, name)
         return m
 
     def model_for(self, cred: Cred, name: str) -> LoadedModel:
         """A loaded model the caller may use: another user's model does not exist for them."""
-        m = self.models.get(name) or self.models.get(name.removesuffix(":latest"))
+        m = self.models.get(name.removesuffix(":latest"))
         if m is None or not cred.sees_model(m.owner):
             raise loading.not_loaded(self, name, cred.sees_model)
         return m

@@ -150,6 +150,12 @@ def test_a_tag_in_use_cannot_change(kernel):
     ("ok", 'from = "tiny-llama"\nprune = 2.0', InvalidArgument, "prune .* must be in"),
     ("ok", 'from = "tiny-llama"\n[grammar]\nregex = "a"\nchoices = ["b"]', InvalidArgument, "exactly one of"),
     ("ok", "from = ", InvalidArgument, "not valid TOML"),
+    ("ok", 'from = "tiny-llama"\nsystem = "' + "x" * (300 << 10) + '"', InvalidArgument,
+     "over the limit of 262144"),
+    ("ok", 'from = "tiny-llama"\ntemplate = "' + "x" * (70 << 10) + '"', InvalidArgument,
+     "template is 71680 characters, over the limit of 65536"),
+    ("ok", 'from = "tiny-llama"\nstop = ["' + '", "'.join("s" * 20) + '"]', InvalidArgument, "at most 16"),
+    ("ok", 'from = "tiny-llama"\n[parameters]\ntop_k = -1', InvalidArgument, "top_k must be 0"),
 ])
 def test_bad_manifests_are_refused_with_the_reason(kernel, ref, text, error, match):
     with pytest.raises(error, match=match):

@@ -22,7 +22,7 @@ from llmos.kernel.memory import MemoryManager
 from llmos.kernel.models import adapters, versions
 from llmos.kernel.models.manifest import Defaults
 from llmos.kernel.models.pool_size import pool_size
-from llmos.kernel.models.registry import is_digest
+from llmos.kernel.models.registry import is_digest, pruned_name
 from llmos.kernel.models.store import ModelNotFound, ModelUnavailable
 from llmos.kernel.sched import Scheduler
 from llmos.kernel.text import TextCodec
@@ -99,7 +99,7 @@ def default_name(ref: str, quantize: str = "none", prune: float = 0.0, prune_hea
     elif ref.count("/") == 1:
         ref = ref.partition("/")[2]
     if prune or prune_heads:
-        ref += "-pruned" + (f"{prune:g}" if prune else "") + (f"-heads{prune_heads:g}" if prune_heads else "")
+        ref = pruned_name(ref, prune, prune_heads)
     return variant_name(ref, quantize)
 
 

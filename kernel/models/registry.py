@@ -62,6 +62,12 @@ def canonical(ref: str) -> str:
     return name if tag == LATEST else f"{name}:{tag}"
 
 
+def pruned_name(ref: str, prune: float, heads: float) -> str:
+    """The name a pruned copy of `ref` goes by: `NAME-pruned0.25[-heads0.33][:TAG]`."""
+    name, sep, tag = ref.partition(":")
+    return name + "-pruned" + (f"{prune:g}" if prune else "") + (f"-heads{heads:g}" if heads else "") + sep + tag
+
+
 def is_digest(ref: str) -> bool:
     return isinstance(ref, str) and DIGEST.fullmatch(ref) is not None
 

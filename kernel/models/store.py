@@ -228,7 +228,7 @@ class ModelStore:
 
     def list(self, sees: Callable[[str], bool] = lambda owner: True) -> list[str]:
         """The stored names (NAME[:TAG]) whose owner `sees` accepts."""
-        return [ref for ref, _, _, _ in self.versions(sees)]
+        return [ref for ref, owner, _ in self.registry.tags() if sees(owner)]
 
     def adapter(self, ref: str) -> StoredAdapter | None:
         """The LoRA adapter folder `ref` names (peft's files and llmos-adapter.json), else None."""

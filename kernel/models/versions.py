@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmos.kernel.models import adapters, loading, manifest
-from llmos.kernel.models.registry import BadRef, Version, canonical, is_digest
+from llmos.kernel.models.registry import BadRef, Version, canonical, is_digest, pruned_name
 from llmos.kernel.models.store import ModelNotFound, ModelUnavailable, StoredAdapter
 from llmos.kernel.text import TextCodec
 from llmos.kernel.users.cred import ROOT
+from llmos.syscalls.abi.spec import variant_name
 
 HIDDEN = "(a source on the daemon's disk)"
 
@@ -78,7 +79,7 @@ def visible(k: "Kernel", cred: "Cred", ref: str) -> Version:
         canonical_name(ref)  # InvalidArgument naming the rule
     v = k.store.lookup(ref)
     if v is None or (not is_digest(ref) and not cred.sees_model(k.store.owner_of(ref) or "")):
-        known = ", ".join(r for r, _, _, _ in k.store.versions(cred.sees_model)) or "none"
+        known = ", ".join(k.store.list(cred.sees_model)) or "none"
         raise NotFound(f"no model {ref[:160]!r} in the store (stored: {known})")
     return v
 
@@ -99,9 +100,7 @@ def derive(k: "Kernel", cred: "Cred", v: Version, ref: str, quantize: str, prune
             raise InvalidArgument(f"{ref!r} is pruned already: prune its unpruned version")
         cred.check("load")
         v = reg.put("pruned", parent=v, made_from=made, prune=prune, prune_heads=heads)
-        name, _, t = made.partition(":")
-        made = name + "-pruned" + (f"{prune:g}" if prune else "") + (f"-heads{heads:g}" if heads else "") + \
-            (f":{t}" if t else "")
+        made = pruned_name(made, prune, heads)
         if tag:
             reg.tag(made, v)
     if quantize != "none":
@@ -109,8 +108,7 @@ def derive(k: "Kernel", cred: "Cred", v: Version, ref: str, quantize: str, prune
             raise InvalidArgument(f"{ref!r} has quantized weights already: quantize its unquantized version")
         cred.check("load")
         v = reg.put("quantized", parent=v, made_from=made, quantize=quantize)
-        name, _, t = made.partition(":")
-        made = f"{name}:{t}-{quantize}" if t else f"{name}:{quantize}"
+        made = variant_name(made, quantize)
         if tag:
             reg.tag(made, v)
     return v, made
@@ -225,9 +223,7 @@ def remove(k: "Kernel", cred: "Cred", ref: str) -> tuple[Version, int, int]:
     name = canonical_name(ref)
     v = visible(k, cred, name)
     cred.check_owns(f"model {name!r}", k.store.owner_of(name) or "")
-    _check_idle(k, name)
-    if name in k.models:
-        loading.unload_model(k, name)
+    _release(k, name)
     k.store.registry.untag(name)
     removed, freed = k.store.registry.collect({m.digest for m in k.models.values() if m.digest})
     k.log(f"{cred.user} removed {name} (version {v.short}); {removed} version(s) and {freed} bytes freed")
@@ -272,21 +268,19 @@ def _check_name_free(k: "Kernel", cred: "Cred", name: str) -> None:
     held = k.store.owner_of(name)
     if held is not None:
         cred.check_owns(f"the name {name.partition(':')[0]!r}", held)
-    _check_idle(k, name)
-    m = k.models.get(name)
-    if m is not None and not m.preset_of:
-        over = sorted(n for n, x in k.models.items() if x.base == name or x.preset_of == name)
-        if over:
-            raise FailedPrecondition(f"model {name!r} serves {', '.join(over)}; unload those first")
-    if m is not None:
-        loading.unload_model(k, name)  # idle: the tag's next load serves the new version
+    _release(k, name)
 
 
-def _check_idle(k: "Kernel", name: str) -> None:
+def _release(k: "Kernel", name: str) -> None:
+    """Before a tag changes or goes: refused while live processes run on it; unloaded if it
+    is loaded and idle (unload_model refuses while LoRA models or presets run over it), so
+    the tag's next load serves what it names then."""
     live = k.live(name)
     if live:
         raise FailedPrecondition(f"model {name!r} is in use by {live} live process(es); the tag can change "
                                  "once they end")
+    if name in k.models:
+        loading.unload_model(k, name)
 
 
 def _check_adapter_base(k: "Kernel", plan) -> None:

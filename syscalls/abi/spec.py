@@ -172,5 +172,9 @@ def check_messages(messages: list[dict]) -> list[dict]:
 
 
 def variant_name(model: str, quantize: str = "") -> str:
-    """The name under which `model` quantized with `quantize` is served, e.g. `smollm2-135m:int8`."""
-    return model if quantize in ("", "none") else f"{model}:{quantize}"
+    """The name under which `model` quantized with `quantize` is served: `smollm2-135m:int8`,
+    or for a tagged version `NAME:TAG-int8` (a tag holds no ':')."""
+    if quantize in ("", "none"):
+        return model
+    name, _, tag = model.partition(":")
+    return f"{name}:{tag}-{quantize}" if tag else f"{name}:{quantize}"
