@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from llmos.drivers.driver import Driver
 from llmos.kernel import accounting, grammar
 from llmos.kernel import pipe as pipes
-from llmos.kernel import signals, spawn, stdio, step, table, tasks
+from llmos.kernel import devices, signals, spawn, stdio, step, table, tasks
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmos.kernel.events import Event, Listener, ShutdownRequested
 from llmos.kernel.memory import MemInfo
@@ -55,6 +55,7 @@ class KernelConfig:
     max_unit_s: float = 30.0       # a task whose unit takes longer is ended: the decode streams wait for it
     data_dirs: tuple[str, ...] = ()  # where an admin may have llmosd read data files (none by default)
     tool_wait_ttl_s: float = 60.0  # a process blocked on a tool's result keeps its pages this long
+    placement: str = "cost"        # how spawns choose among devices: cost (kernel/placement.py) or round-robin
 
 
 class Kernel:
@@ -68,6 +69,9 @@ class Kernel:
         self.store = store      # the model store (kernel/models/store.py)
         self.tokens = tokens    # the bearer tokens (kernel/users/tokens.py), if this kernel has users over TCP
         self.listeners: list[Listener] = []  # called on the kernel thread with each batch of events
+        self.devices: list[devices.Device] = []  # other devices' kernels running processes of this table
+        own = str(getattr(driver, "device", "cpu"))
+        self.device_name = own if ":" in own else f"{own}:0"  # this kernel's own device: cpu:0, cuda:1
         # --- the kernel thread only
         self.procs: dict[int, Process] = {}
         self.models: dict[str, LoadedModel] = {}
@@ -78,6 +82,9 @@ class Kernel:
         self.device_time = accounting.DeviceTime()  # device seconds since boot (kernel/accounting.py)
         self.accepting = True   # False once shutdown has begun: no new processes
         self.steps = 0
+        self.drained: frozenset[str] = frozenset()  # devices placement passes over (kernel/devices.py)
+        self.placed_prefixes: dict[str, dict[int, None]] = {}  # device -> prefix hashes placed there lately
+        self.placed_count = 0
         self.exited: collections.deque[int] = collections.deque()  # finished pids, oldest first (table.py)
         self.next_pid = 1
         self._next_pipe = 1
@@ -173,6 +180,7 @@ class Kernel:
             cred.check("unload")
         cred.check_owns(f"model {name!r}", m.owner)
         loading.unload_model(self, name)
+        devices.unload(self, m.name)
 
     def model(self, name: str) -> LoadedModel:
         """A loaded model by name (`NAME:latest` is `NAME`), for the kernel's own use; NotFound
@@ -214,8 +222,44 @@ class Kernel:
         """A stored version and the manifest file that describes it."""
         return versions.show(self, cred, ref)
 
+    # --- devices (kernel/devices.py) ----------------------------------------------------------------
+    def replica_targets(self, cred: Cred, replicas: int = 0, names: Sequence[str] = ()) -> list[devices.Device]:
+        """The other devices a load with `replicas` copies (or on the named devices) adds copies on;
+        copies beyond this kernel's own device are an admin's to load."""
+        out = devices.targets(self, replicas, names)
+        if out:
+            cred.check("load")
+        return out
+
+    def add_replicas(self, loaded: list[tuple[devices.Device, str, devices.Replica]]) -> None:
+        """Serve the copies devices.load_replicas loaded: placement may now choose them."""
+        devices.add_replicas(self, loaded)
+
+    def migrate(self, cred: Cred, pid: int, to: str) -> tuple[Process, str]:
+        """Move a live process to another device at this step boundary (its owner or an admin);
+        (the process, the device it left)."""
+        p = self.lookup(cred, pid)
+        return p, devices.migrate(self, p, to)
+
+    def drain(self, cred: Cred, device: str, undo: bool = False) -> list[tuple[int, str]]:
+        """Move every process off a device and place nothing new there (undo: place there again)."""
+        cred.check("drain")
+        return devices.drain(self, device, undo)
+
+    def where(self, name: str) -> list[str]:
+        """The devices holding a copy of a loaded model, this kernel's own first."""
+        return devices.where(self, name) if self.devices else [self.device_name]
+
     def meminfo(self, cred: Cred, model: str) -> MemInfo:
         return self.model_for(cred, model).memory.meminfo()
+
+    def memory_map(self, cred: Cred, model: str = "") -> list[tuple[str, str, MemInfo]]:
+        """(model, device, pool) of every KV pool the caller may see, this kernel's and the other
+        devices'; or of one model (a LoRA model's is its base's)."""
+        if model:
+            m = self.model_for(cred, model)
+            return [(model, self.device_name, m.memory.meminfo()), *devices.pools(self, m.name)[1:]]
+        return [(n, d, mem) for n, d, mem in devices.pools(self) if cred.sees_model(self.models[n].owner)]
 
     # --- the system ------------------------------------------------------------------------------
     def log(self, msg: str, level: str = "info") -> None:
@@ -277,6 +321,7 @@ class Kernel:
         now = time.monotonic()
         total = 0
         with self.batch():
+            devices.poll(self)
             step.enforce_time_limits(self, now)
             grammar.poll(self)
             for m in self.pools():
@@ -297,8 +342,10 @@ class Kernel:
 
     def has_work(self) -> bool:
         now = time.monotonic()  # work held back by its owner's tokens-per-minute quota waits
-        return any((p.runnable and p.task is not None) or
-                   (p.runnable and p.owed > 0 and not self.quota.throttled(p.owner, now)) for p in self.procs.values())
+        return devices.has_news(self) or any(
+            (p.runnable and p.task is not None) or
+            (p.runnable and p.owed > 0 and not p.device and not self.quota.throttled(p.owner, now))
+            for p in self.procs.values())
 
     def pools(self) -> list[LoadedModel]:
         """The models that own a KV pool (LoRA models run in their base's)."""
@@ -307,7 +354,7 @@ class Kernel:
     def pool_procs(self, m: LoadedModel) -> list[Process]:
         """The live token processes scheduled in m's pool: its own and its LoRA models'."""
         return [p for p in self.procs.values() if not p.state.done and p.task is None and p.grammar_job is None
-                and self.models[p.model].pool == m.name]
+                and not p.device and self.models[p.model].pool == m.name]
 
     # --- for the kernel's own files: the process table and the events --------------------------------
     def admit(self, p: Process, state: State = State.NEW) -> Process:

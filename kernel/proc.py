@@ -90,6 +90,9 @@ class Process:
     detached: bool = False   # reaped as soon as it ends (nobody will wait for it)
     results: dict[str, float] = field(default_factory=dict)  # a task's structured results (eval metrics)
     lookup: Lookup = field(default_factory=Lookup)  # its proposer for speculative decoding (kernel/speculate.py)
+    device: str = ""         # the device kernel running it (kernel/devices.py); "" = this kernel's own
+    chunks: list[list] = field(default_factory=list)  # [generated, count] runs of its tokens, in order
+    moves: int = 0           # migrations so far: news from a device it has left is stale
 
     # --- the kernel thread only: counters and times
     usage: Usage = field(default_factory=Usage)
@@ -125,6 +128,13 @@ class Process:
     @property
     def runnable(self) -> bool:
         return self.state in (State.NEW, State.READY, State.RUNNING)
+
+    def took(self, generated: bool, n: int) -> None:
+        """n tokens were appended: generated, or input (what a migration replays, in order)."""
+        if self.chunks and self.chunks[-1][0] == generated:
+            self.chunks[-1][1] += n
+        elif n:
+            self.chunks.append([generated, n])
 
     def exit(self, state: State, reason: str) -> None:
         self.state, self.reason = state, reason

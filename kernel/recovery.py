@@ -89,6 +89,7 @@ def process_from(pid: int, d: dict) -> Process:
     p = Process(pid=pid, spec=spawn_spec(d), owner=d["owner"], ppid=d["ppid"], tokens=list(d["tokens"]),
                 priority=d["priority"], preamble=list(d["preamble"]), created=_mono(d["created_wall"]),
                 model_digest=d.get("model_digest", ""))
+    p.took(False, len(p.tokens))
     p.usage.prompt_tokens = d.get("prompt_tokens", len(p.tokens))
     if not p.tokens:
         p.state, p.reason = State.BLOCKED, "waiting for input"
@@ -143,7 +144,7 @@ def recover(kernel: "Kernel", records: list[Record], next_pid: int = 0) -> list[
     done.sort(key=lambda r: (r.status.finished_wall or 0.0, r.pid))
     for r in done + sorted((r for r in records if not State(r.status.state).done), key=lambda r: r.pid):
         try:
-            problem = _recover_one(kernel, r)
+            problem = rebuild(kernel, r)
         except Exception as e:  # noqa: BLE001 - one bad record must not keep the daemon down
             kernel.procs.pop(r.pid, None)
             problem = f"pid {r.pid} cannot be restored ({type(e).__name__}: {e}); dropped it"
@@ -153,7 +154,8 @@ def recover(kernel: "Kernel", records: list[Record], next_pid: int = 0) -> list[
     return problems
 
 
-def _recover_one(kernel: "Kernel", r: Record) -> str | None:
+def rebuild(kernel: "Kernel", r: Record) -> str | None:
+    """Put one journaled process back under its pid and replay its tokens; the problem, if any."""
     p = process_from(r.pid, r.spec)
     if not State(r.status.state).done and not r.spec.get("task") and p.model_digest:
         served = versions.restore(kernel, p.model, p.model_digest)  # the weights it ran on, by digest
@@ -168,6 +170,7 @@ def _recover_one(kernel: "Kernel", r: Record) -> str | None:
     if p.model not in kernel.models:
         for generated, tokens in r.chunks:
             p.tokens += tokens
+            p.took(generated, len(tokens))
             p.out_tokens += tokens if generated else []
         p.usage.generated_tokens = len(p.out_tokens)
         ended = State(r.status.state)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from llmos.kernel import tasks
+from llmos.kernel import devices, tasks
 from llmos.kernel.errors import InvalidArgument
 from llmos.kernel.events import StateChanged
 from llmos.kernel.proc import Process, Signal, State
@@ -37,6 +37,8 @@ def deliver(k: "Kernel", p: Process, sig: Signal) -> None:
     """What a signal does to a process the caller may signal."""
     if p.state.done:
         return
+    if p.device:
+        devices.forward(k, p, "signal", sig.value)
     if sig == Signal.KILL:
         return k.exit(p, State.KILLED, "signal KILL")
     if sig == Signal.TERM:
@@ -82,5 +84,7 @@ def renice(k: "Kernel", cred: "Cred", pid: int, nice: int) -> Process:
     except SpecError as e:
         raise InvalidArgument(str(e), getattr(e, "field", None)) from None
     p.priority = cred.check_nice(nice, floor=p.spec.priority)
+    if p.device:
+        devices.forward(k, p, "renice", p.priority)
     k.emit(StateChanged(pid))
     return p

@@ -6,7 +6,7 @@ import dataclasses
 import time
 from typing import TYPE_CHECKING
 
-from llmos.kernel import accounting, grammar, stdio, tasks
+from llmos.kernel import accounting, devices, grammar, stdio, tasks
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable
 from llmos.kernel.models import manifest
 from llmos.kernel.proc import Process, State
@@ -43,10 +43,15 @@ def spawn(k: "Kernel", cred: "Cred", spec: SpawnSpec, ppid: int = 0) -> Process:
         ids = list(spec.tokens or [])
     p = Process(pid=0, spec=spec, owner=spec.owner, ppid=ppid, tokens=ids, priority=spec.priority,
                 preamble=preamble, adapter=m.adapter, kv_salt=m.kv_salt, model_digest=m.digest)
+    p.took(False, len(ids))
     check(k, m, p)
-    grammar.attach(m, p)
+    there = devices.place(k, m, p)
+    if there is None:
+        grammar.attach(m, p)
     k.admit(p, State.NEW if p.tokens else State.BLOCKED)
     accounting.started(k, p, len(p.tokens))
+    if there is not None:
+        devices.start(k, there, p)
     return p
 
 
@@ -93,11 +98,12 @@ def fork(k: "Kernel", cred: "Cred", pid: int, text: str | None = None, sampling:
         raise InvalidArgument(str(e), getattr(e, "field", None)) from None
     child = Process(pid=0, spec=spec, owner=parent.owner, ppid=pid, tokens=list(parent.tokens),
                     priority=parent.priority, preamble=list(parent.preamble), adapter=parent.adapter,
-                    kv_salt=parent.kv_salt, model_digest=parent.model_digest)
-    if text and parent.interactive:
-        child.tokens += stdio.next_turn(m, child, text)
-    elif text:
-        child.tokens += m.codec.encode_more(text)
+                    kv_salt=parent.kv_salt, model_digest=parent.model_digest, device=parent.device,
+                    chunks=[list(c) for c in parent.chunks])
+    if text:
+        more = stdio.next_turn(m, child, text) if parent.interactive else m.codec.encode_more(text)
+        child.tokens += more
+        child.took(False, len(more))
     check(k, m, child)
     grammar.fork(parent, child)
     k.admit(child, State.NEW if child.tokens else State.BLOCKED)
@@ -106,6 +112,8 @@ def fork(k: "Kernel", cred: "Cred", pid: int, text: str | None = None, sampling:
         m.memory.fork(parent.pid, child.pid)
         child.num_computed = parent.num_computed
         child.usage.cached_tokens = child.num_computed
+    elif child.device:  # it stays on its parent's device, where their pages are shared
+        devices.forward(k, parent, "fork", child.pid, text, dataclasses.asdict(spec.sampling), spec.stop.max_tokens)
     k.log(f"pid {pid} forked pid {child.pid}")
     return child
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from llmos.drivers.driver import DeviceInfo
+from llmos.kernel import devices
 from llmos.kernel.events import Event, Output
 from llmos.kernel.memory import MemInfo
 from llmos.kernel.proc import State
@@ -30,6 +31,7 @@ class PoolStats:
     model: str
     mem: MemInfo
     kv_bytes: int
+    device: str = ""  # where the pool is (llmosd --device with several)
 
 
 @dataclass(frozen=True)
@@ -100,9 +102,9 @@ def queue_depth(k: "Kernel") -> int:
 def take(k: "Kernel", meter: TokenMeter) -> Stats:
     """The figures now. Call it on the kernel thread."""
     counts = collections.Counter(p.state.value for p in k.procs.values())
-    pools = [PoolStats(m.name, m.memory.meminfo(), m.kv_bytes) for m in sorted(k.pools(), key=lambda m: m.name)]
+    pools = [PoolStats(name, mem, devices.kv_bytes(k, name, mem), device) for name, device, mem in devices.pools(k)]
     now = meter.clock()
     return Stats(generated_tokens=meter.total, tokens_per_s=meter.rate(now), rate_window_s=meter.window_s,
                  queue_depth=queue_depth(k), procs={s.value: counts.get(s.value, 0) for s in State},
-                 pools=pools, devices=[k.driver.describe()], uptime_s=now - meter.started,
+                 pools=pools, devices=devices.describe(k), uptime_s=now - meter.started,
                  step_seconds=k.device_time.step_seconds, task_seconds=k.device_time.task_seconds)

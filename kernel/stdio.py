@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from llmos.kernel import accounting, grammar
+from llmos.kernel import accounting, devices, grammar
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from llmos.kernel.events import Input, Output, StateChanged
 from llmos.kernel.proc import Process, State
@@ -71,6 +71,7 @@ def feed(k: "Kernel", p: Process, new: list[int]) -> None:
     if not p.tokens:
         p.usage.prompt_tokens = len(new)
     p.tokens += new
+    p.took(False, len(new))
     p.turn_tokens = 0
     p.turn_text_start = len(p.stdout)
     p.state = State.READY
@@ -78,6 +79,8 @@ def feed(k: "Kernel", p: Process, new: list[int]) -> None:
     grammar.new_turn(p)
     k.emit(Input(p.pid, tuple(new)))
     k.emit(StateChanged(p.pid))
+    if p.device:
+        devices.forward(k, p, "feed", list(new))
 
 
 # --- stdout -----------------------------------------------------------------------------------------
@@ -86,6 +89,7 @@ def emit(k: "Kernel", m: "LoadedModel", p: Process, token: int,
     """Append a sampled token: output text, stop rules, end of turn (and its log-probability,
     where the process asked for them)."""
     p.tokens.append(token)
+    p.took(True, 1)
     p.out_tokens.append(token)
     p.turn_tokens += 1
     p.usage.generated_tokens += 1

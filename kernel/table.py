@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from llmos.kernel import devices
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, Overloaded
 from llmos.kernel.events import Reaped, Spawned, StateChanged
 from llmos.kernel.proc import Process, State
@@ -42,6 +43,8 @@ def exit(k: "Kernel", p: Process, state: State, reason: str) -> None:  # noqa: A
     m = k.models.get(p.model)
     if m is not None:
         m.memory.free(p.pid)
+    if p.device:
+        devices.forward(k, p, "kill", reason)
     p.usage.pages_held = 0
     p.detok = None
     k.log(f"pid {p.pid} {state.value}: {reason}")

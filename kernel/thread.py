@@ -77,6 +77,11 @@ class KernelThread:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
 
+    def wake(self) -> None:
+        """Something outside the kernel has news for it (a device's kernel): step soon. Any thread."""
+        with self._cond:
+            self._cond.notify()
+
     @property
     def alive(self) -> bool:
         return self._thread.is_alive()
@@ -115,7 +120,7 @@ class KernelThread:
             k.log(f"step failed: {type(e).__name__}: {e}; killing the processes that were running", "error")
             with k.batch():
                 for p in list(k.procs.values()):
-                    if p.runnable and p.owed > 0:
+                    if p.runnable and p.owed > 0 and not p.device:
                         k.exit(p, State.KILLED, f"step failed: {type(e).__name__}: {e}")
 
     def _needs_tick(self) -> bool:

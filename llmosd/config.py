@@ -77,8 +77,8 @@ def _choice(*options: str) -> Callable[[Any], str]:
 
 
 def _device(v: Any) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", str(v)):
-        raise ValueError(f"{v!r} is not a device: use auto, cpu or cuda:N")
+    from llmos.worker import plan
+    plan(str(v), gpus=0)  # the form only; whether the devices exist is the boot's to find
     return str(v)
 
 
@@ -161,6 +161,7 @@ class Config:
     max_unit_s: float = 30.0        # a task whose unit takes longer is ended
     data_dirs: tuple[str, ...] = () # where an admin may have llmosd read data files
     tool_wait_ttl: float = 60.0     # seconds a process waiting on a tool's result keeps its KV pages
+    placement: str = "cost"         # how spawns choose among several devices: cost or round-robin
 
     @property
     def socket_path(self) -> Path:
@@ -183,7 +184,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
                                 "cardinality decision; off by default)"),
     "store": (_path, "model store directory (default <state-dir>/models)"),
     "model": (str, f"model loaded at start (default {DEFAULT_MODEL}; 'none' for none)"),
-    "device": (_device, "auto, cpu or cuda:N"),
+    "device": (_device, "auto, cpu or cuda:N; several: cpu:0,cpu:1 (CPU devices that split the cores), "
+                        "cuda:0,cuda:1, or all"),
     "threads": (_positive(int), "CPU threads for the driver"),
     "dtype": (_choice("float32", "bfloat16", "float16"), "weights dtype"),
     "quantize": (_choice(*QUANT_MODES), "quantize weights (the boot model's and default loads'): none, int8 or int4"),
@@ -222,6 +224,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_unit_tokens": (_positive(int), "most tokens one unit of task work (a micro-batch, a window) may compute "
                                         "(2048)"),
     "max_unit_s": (_positive(float), "a task whose unit of work takes longer than this many seconds is ended (30)"),
+    "placement": (_choice("cost", "round-robin"), "how a spawn chooses among several devices: cost (prefix-cache "
+                                                  "overlap, decode load, free pages; the default) or round-robin"),
     "tool_wait_ttl": (_nonneg_float, "seconds an interactive process waiting on a tool's result keeps its KV "
                                      "pages before they may be swapped (60)"),
     "data_dirs": (_dirs, "directories (joined by ':') an admin may have llmosd read data files from "

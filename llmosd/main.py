@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -45,9 +46,11 @@ class Daemon:
         """Open the device, make the kernel, load the default model."""
         import sqlite3
 
+        from llmos import worker
         from llmos.drivers import open_driver
         from llmos.journal_db import JournalCorrupt, attach as attach_journal
         from llmos.kernel import ROOT, Kernel, KernelConfig, KernelError, SchedConfig, SpecConfig
+        from llmos.kernel.users.quota import Quotas
         from llmos.kernel.models import ModelStore
         from llmos.listeners import admin_names, quotas
         from llmos.usage_db import UsageCorrupt, attach as attach_usage
@@ -57,8 +60,12 @@ class Daemon:
         hf_logging.disable_progress_bar()  # progress bars are not log lines
         cfg = self.cfg
         try:
-            driver = open_driver(cfg.device, cfg.threads)
-        except (ValueError, RuntimeError) as e:
+            plan = worker.plan(cfg.device, cfg.threads)
+            own = plan[0]
+            if own.cores:
+                os.sched_setaffinity(0, own.cores)
+            driver = open_driver(own.base, own.threads)
+        except (ValueError, RuntimeError, OSError) as e:
             raise BootError(f"device {cfg.device}: {e}") from None
         kcfg = KernelConfig(page_size=cfg.page_size, kv_memory=cfg.kv_memory, kv_pages=cfg.kv_pages,
                             swap_memory=cfg.swap_memory, swap_pages=cfg.swap_pages,
@@ -67,10 +74,14 @@ class Daemon:
                                               prefill_budget=cfg.prefill_budget,
                                               speculate=SpecConfig(enabled=cfg.speculate)),
                             term_grace_s=cfg.term_grace, max_unit_tokens=cfg.max_unit_tokens,
-                            max_unit_s=cfg.max_unit_s, data_dirs=cfg.data_dirs, tool_wait_ttl_s=cfg.tool_wait_ttl)
+                            max_unit_s=cfg.max_unit_s, data_dirs=cfg.data_dirs, tool_wait_ttl_s=cfg.tool_wait_ttl,
+                            placement=cfg.placement)
         kernel = Kernel(driver, kcfg, ModelStore(cfg.store_path), tokens=self.tokens)
         d = driver.describe()
         self.log.info("device opened", extra={"fields": {"device": d.name, "kind": d.kind, "threads": d.threads}})
+        if len(plan) > 1:
+            kernel.device_name = own.label
+            self._start_workers(kernel, plan[1:], dataclasses.replace(kcfg, quotas=Quotas()))
         if cfg.model:
             t0 = time.monotonic()
             try:
@@ -80,6 +91,13 @@ class Daemon:
             self.model_name = m.name
             self.log.info("model loaded", extra={"fields": {"model": m.name, "s": round(time.monotonic() - t0, 1),
                                                              "kv_pages": m.memory.pool.num_pages}})
+            if kernel.devices:  # several devices: the model they were named for runs on each
+                from llmos.kernel import devices
+                try:
+                    kernel.add_replicas(devices.load_replicas(ROOT, kernel.devices, {
+                        "ref": cfg.model, "name": m.name, "dtype": cfg.dtype}))
+                except KernelError as e:
+                    raise BootError(f"cannot load the model {cfg.model!r} on every device: {e}") from None
         try:  # after the default model: the processes it serves resume
             self.journal = attach_journal(kernel, cfg.state_dir / "journal.db")
         except (OSError, sqlite3.Error, JournalCorrupt) as e:
@@ -89,6 +107,36 @@ class Daemon:
         except (OSError, sqlite3.Error, UsageCorrupt) as e:
             raise BootError(f"cannot open the usage records {cfg.state_dir / 'usage.db'}: {e}") from None
         return kernel
+
+    def _start_workers(self, kernel, specs, kcfg) -> None:
+        """A worker process per device beyond the daemon's own (llmosd/worker.py); the daemon's
+        kernel holds the table they serve. Quotas are enforced here, so theirs are unlimited."""
+        from llmos import worker
+        from llmos.kernel.devices import Device
+
+        links = []
+        try:
+            for spec in specs:
+                links.append(worker.WorkerLink(spec, kcfg, str(self.cfg.store_path)))
+            for link in links:
+                d = link.wait_ready()
+                dev = Device(link.spec.label, link, info=d)
+                link.on_news = lambda msg, dev=dev: self._news(dev, msg)
+                kernel.devices.append(dev)
+                self.log.info("device opened", extra={"fields": {"device": d.name, "kind": d.kind,
+                                                                 "threads": d.threads, "cores": list(link.spec.cores)}})
+        except Exception as e:  # noqa: BLE001 - a device that cannot start stops the boot
+            for link in links:
+                link.close(2)
+            raise BootError(f"device {links[-1].spec.label if links else specs[0].label}: {e}") from None
+        self.links = links
+
+    def _news(self, dev, msg) -> None:
+        """A device's kernel sent news (on its link's reader thread): into its inbox, and wake the kernel."""
+        dev.inbox.append(msg)
+        kt = getattr(self, "kt", None)
+        if kt is not None:
+            kt.wake()
 
     async def serve(self) -> int:
         import grpc
@@ -118,7 +166,7 @@ class Daemon:
         self.tokens = listeners.tokens
         self.model_name = ""
         kernel = await asyncio.wrap_future(in_fresh_thread(self.boot))
-        kt = KernelThread(kernel, on_log=_kernel_log)
+        kt = self.kt = KernelThread(kernel, on_log=_kernel_log)
         mirror = ProcMirror(kt, loop)
         meter = TokenMeter()
 
@@ -166,6 +214,8 @@ class Daemon:
         await server.stop(grace=2.0)
         await listeners.close()
         kt.stop()
+        for link in getattr(self, "links", ()):
+            link.close()
         self.journal.close()
         self.usage.close()
         kernel.driver.release()
@@ -199,13 +249,13 @@ class Daemon:
     async def _drain(self, kt) -> None:
         """Let running processes finish within the grace period, then end the rest. Task
         processes get TERM at once, so a fine-tune checkpoints and an eval reports."""
-        from llmos.kernel import ROOT, Signal
+        from llmos.kernel import ROOT, Signal, devices
 
         await kt.run(lambda k: [k.signal(ROOT, p.pid, Signal.TERM) for p in list(k.procs.values())
                                 if p.task is not None and not p.state.done])
         deadline = time.monotonic() + self.grace
         while time.monotonic() < deadline and not self.hurry.is_set():
-            if not await asyncio.wrap_future(kt.submit(lambda k: k.has_work())):
+            if not await asyncio.wrap_future(kt.submit(lambda k: k.has_work() or devices.busy(k))):
                 break
             try:
                 await asyncio.wait_for(self.hurry.wait(), 0.1)

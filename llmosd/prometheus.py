@@ -74,13 +74,14 @@ class UserCollector(Collector):
 
 
 def _pool_families(s: Stats) -> list[Metric]:
-    capacity = GaugeMetricFamily("llmos_kv_pages_capacity", "KV pages in the model's pool", labels=["model"])
-    by_field = {f: GaugeMetricFamily(f"llmos_kv_pages_{f}", f"KV pages {f}, by model", labels=["model"])
-                for f in POOL_FIELDS}
+    capacity = GaugeMetricFamily("llmos_kv_pages_capacity", "KV pages in the model's pool",
+                                 labels=["model", "device"])
+    by_field = {f: GaugeMetricFamily(f"llmos_kv_pages_{f}", f"KV pages {f}, by model and device",
+                                     labels=["model", "device"]) for f in POOL_FIELDS}
     for p in s.pools:
-        capacity.add_metric([p.model], p.mem.total)
+        capacity.add_metric([p.model, p.device], p.mem.total)
         for f, family in by_field.items():
-            family.add_metric([p.model], getattr(p.mem, f))
+            family.add_metric([p.model, p.device], getattr(p.mem, f))
     return [capacity, *by_field.values()]
 
 

@@ -86,6 +86,12 @@ def build_parser() -> Parser:
     p = sub.add_parser("kill", help="send a signal (default TERM: end cleanly)")
     p.add_argument("pid", type=int)
     p.add_argument("-s", "--signal", default="TERM", help="TERM, KILL, STOP or CONT")
+    p = sub.add_parser("migrate", help="move a live process to another device (llmosd --device cpu:0,cpu:1)")
+    p.add_argument("pid", type=int)
+    p.add_argument("--to", required=True, metavar="DEVICE", help="e.g. cpu:1 or cuda:0")
+    p = sub.add_parser("drain", help="move every process off a device and place nothing new there")
+    p.add_argument("device")
+    p.add_argument("--undo", action="store_true", help="place new processes there again")
     p = sub.add_parser("renice", help="set a process's nice value (only an admin may go below 0)")
     p.add_argument("priority", type=int, help="-20 (first) .. 19")
     p.add_argument("pid", type=int)
@@ -112,6 +118,9 @@ def build_parser() -> Parser:
                    help="remove this fraction of every MLP's channels (0..0.9), served as MODEL-prunedFRACTION")
     p.add_argument("--prune-heads", type=float, default=0.0, metavar="FRACTION",
                    help="remove this fraction of the attention heads too")
+    p.add_argument("--replicas", type=int, default=0, metavar="N",
+                   help="copies on N devices (llmosd --device cpu:0,cpu:1): spawns go to the cheapest")
+    p.add_argument("--devices", default="", metavar="LIST", help="copies on these devices, e.g. cpu:0,cpu:1")
     p = sub.add_parser("unload", help="unload a model")
     p.add_argument("name")
     p = sub.add_parser("dmesg", help="the kernel log")

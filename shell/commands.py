@@ -190,6 +190,22 @@ def signal(sig: str | None) -> Callable[[Shell, argparse.Namespace], int]:
     return send
 
 
+def migrate(sh: Shell, a: argparse.Namespace) -> int:
+    r = sh.c.migrate(a.pid, a.to)
+    sh.out.write(f"pid {r.proc.pid}: {r.source} -> {r.proc.device} ({r.proc.num_tokens} tokens to recompute there)\n")
+    return 0
+
+
+def drain(sh: Shell, a: argparse.Namespace) -> int:
+    moved = sh.c.drain(a.device, a.undo)
+    if a.undo:
+        sh.out.write(f"{a.device}: open to new processes again\n")
+    else:
+        sh.out.write(f"{a.device}: drained, {len(moved)} process(es) moved\n"
+                     + "".join(f"  pid {m.pid} -> {m.device}\n" for m in moved))
+    return 0
+
+
 def renice(sh: Shell, a: argparse.Namespace) -> int:
     p = sh.c.renice(a.pid, a.priority)
     if sh.tty:
@@ -236,7 +252,8 @@ def models(sh: Shell, a: argparse.Namespace) -> int:
 
 def load(sh: Shell, a: argparse.Namespace) -> int:
     m = sh.c.load(a.model, name=a.name or "", dtype=a.dtype or "", quantize=a.quantize or "", prune=a.prune,
-                  prune_heads=a.prune_heads)
+                  prune_heads=a.prune_heads, replicas=a.replicas,
+                  devices=[d for d in a.devices.split(",") if d.strip()])
     if m.base:
         sh.out.write(f"loaded {m.name} (LoRA rank {m.lora_rank} over {m.base}, {m.num_parameters / 1e6:.2f}M "
                      f"parameters; its processes share {m.base}'s {m.kv_pages} KV pages and batches)\n")
@@ -246,7 +263,7 @@ def load(sh: Shell, a: argparse.Namespace) -> int:
         quality = f", {render.pruned(m)}: perplexity {m.prune_ppl_ratio:.3f}x unpruned" + quality
     sh.out.write(f"loaded {m.name} ({m.architecture}, {m.num_parameters / 1e6:.1f}M parameters, "
                  f"{render.size(m.weight_bytes)} of {m.quantize if m.quantize != 'none' else m.dtype} weights"
-                 f"{quality}, {m.kv_pages} KV pages)\n")
+                 f"{quality}, {m.kv_pages} KV pages{', on ' + ', '.join(m.devices) if len(m.devices) > 1 else ''})\n")
     if m.ppl_tolerance and m.ppl_ratio > m.ppl_tolerance:
         sh.say(f"warning: {m.name} is outside the {m.ppl_tolerance:.2f}x perplexity tolerance: expect worse output")
     return 0
@@ -269,7 +286,7 @@ def shutdown(sh: Shell, a: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[Shell, argparse.Namespace], int]] = {
-    "run": run, "chat": chat, "ps": ps, "top": top.run, "kill": signal(None), "stop": signal("STOP"),
+    "run": run, "chat": chat, "ps": ps, "top": top.run, "migrate": migrate, "drain": drain, "kill": signal(None), "stop": signal("STOP"),
     "cont": signal("CONT"), "renice": renice, "fork": fork, "wait": wait, "attach": attach, "free": free, "lsdev": lsdev,
     "models": models, "load": load, "unload": unload, "dmesg": dmesg, "shutdown": shutdown, **users.COMMANDS,
     **evaluate.COMMANDS,

@@ -40,27 +40,33 @@ def size(n: float) -> str:
 
 
 def ps_table(procs: Sequence[pb.ProcInfo]) -> Table:
+    """The process table; a DEVICE column when the processes run on more than one device."""
     t = Table(title=None, box=None, header_style="bold")
-    for col in ("PID", "PPID", "MODEL", "STATE", "NI", "PROMPT", "GEN", "CACHED", "PAGES", "TIME", "REASON"):
+    several = len({p.device for p in procs}) > 1
+    for col in ("PID", "PPID", "MODEL", *(("DEVICE",) if several else ()), "STATE", "NI", "PROMPT", "GEN", "CACHED",
+                "PAGES", "TIME", "REASON"):
         t.add_column(col, justify="right" if col in ("PID", "PPID", "NI", "PROMPT", "GEN", "CACHED", "PAGES")
                      else "left")
     for p in procs:
         u = p.usage
         secs = p.run_s if p.HasField("run_s") else p.age_s
-        t.add_row(str(p.pid), str(p.ppid), p.model, Text(p.state + ("*" if p.interactive else ""),
-                                                        style=STATE_STYLE.get(p.state, "")),
+        t.add_row(str(p.pid), str(p.ppid), p.model, *((p.device,) if several else ()),
+                  Text(p.state + ("*" if p.interactive else ""), style=STATE_STYLE.get(p.state, "")),
                   str(p.priority), str(u.prompt_tokens), str(u.generated_tokens), str(u.cached_tokens),
                   str(u.pages_held), f"{secs:.1f}s", p.reason)
     return t
 
 
 def free_table(pools: Sequence[pb.PoolInfo]) -> Table:
+    """Each KV pool; a DEVICE column when the pools are on more than one device."""
     t = Table(box=None, header_style="bold")
-    for col in ("MODEL", "PAGE", "TOTAL", "USED", "FREE", "SHARED", "CACHED", "SWAPPED", "SWAP", "KV BYTES"):
-        t.add_column(col, justify="left" if col == "MODEL" else "right")
+    several = len({p.device for p in pools}) > 1
+    for col in ("MODEL", *(("DEVICE",) if several else ()), "PAGE", "TOTAL", "USED", "FREE", "SHARED", "CACHED",
+                "SWAPPED", "SWAP", "KV BYTES"):
+        t.add_column(col, justify="left" if col in ("MODEL", "DEVICE") else "right")
     for p in pools:
-        t.add_row(p.model, str(p.page_size), str(p.total), str(p.used), str(p.free), str(p.shared), str(p.cached),
-                  str(p.swapped), str(p.swap_total), size(p.kv_bytes))
+        t.add_row(p.model, *((p.device,) if several else ()), str(p.page_size), str(p.total), str(p.used),
+                  str(p.free), str(p.shared), str(p.cached), str(p.swapped), str(p.swap_total), size(p.kv_bytes))
     return t
 
 
@@ -92,7 +98,9 @@ def models_table(resp: pb.ModelsResponse) -> Table | Group:
         t.add_row(m.name, m.architecture, f"{m.num_parameters / 1e6:.1f}M", weights, size(m.weight_bytes),
                   str(m.max_context), str(m.kv_pages), str(m.live_procs), m.source)
     kernels = [Text(f"kernels of {m.name}: {m.kernels}", style="dim") for m in resp.loaded if m.kernels]
-    parts = [t, *kernels]  # which GEMM kernels serve each, as measured here
+    copies = [Text(f"copies of {m.name}: {', '.join(m.devices)}", style="dim") for m in resp.loaded
+              if len(m.devices) > 1]
+    parts = [t, *kernels, *copies]  # which GEMM kernels serve each, as measured here; where its replicas are
     if resp.versions:
         from llmos.shell.versions import stored_table
         parts += [Text(""), Text("stored (bold: loaded)", style="bold"), stored_table(list(resp.versions))]

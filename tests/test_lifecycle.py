@@ -55,7 +55,7 @@ def test_boot_errors_are_one_line(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "llmos.main", "--state-dir", str(tmp_path), *a],  # noqa: E731
                                     capture_output=True, text=True, timeout=120)
     r = run("--device", "tpu")
-    assert r.returncode == 2 and r.stderr.strip() == "llmosd: error: --device: 'tpu' is not a device: use auto, cpu or cuda:N"
+    assert r.returncode == 2 and r.stderr.strip() == "llmosd: error: --device: 'tpu' is not a device: use auto, cpu, cpu:N, cuda:N or all"
     r = run("--device", "cpu", "--model", "no-such-model")
     assert r.returncode == 1 and "llmosd: error: cannot load the model 'no-such-model'" in r.stderr
     assert "Traceback" not in r.stderr

@@ -124,9 +124,10 @@ def test_metrics_match_the_syscalls(md, settled):
         assert m["llmos_processes", (("state", state),)] == by_state[state] == stats.procs[state], state
     assert m["llmos_queue_depth", ()] == 0 == stats.queue_depth
     (pool,) = pools
-    assert m["llmos_kv_pages_capacity", (("model", MODEL),)] == pool.total == 256
+    labels = (("device", "cpu:0"), ("model", MODEL))
+    assert m["llmos_kv_pages_capacity", labels] == pool.total == 256 and pool.device == "cpu:0"
     for field in POOL_FIELDS:
-        assert m[f"llmos_kv_pages_{field}", (("model", MODEL),)] == getattr(pool, field), field
+        assert m[f"llmos_kv_pages_{field}", labels] == getattr(pool, field), field
     assert pool.used > 0  # the blocked processes hold their conversations
     (dev,) = stats.devices
     assert m["llmos_device_memory_bytes", (("device", "cpu:0"),)] == dev.total_memory > 0

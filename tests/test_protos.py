@@ -20,7 +20,7 @@ def test_stubs_import_under_the_llmos_namespace():
     service = syscalls_pb2.DESCRIPTOR.services_by_name["Syscalls"]
     assert service.full_name == "llmos.v1.Syscalls"
     assert {m.name for m in service.methods} == {
-        "Spawn", "Read", "Write", "Wait", "Kill", "Renice", "Fork", "Pipe", "Ps", "Stat", "MemInfo", "Devices", "Models",
+        "Spawn", "Read", "Write", "Wait", "Kill", "Renice", "Fork", "Pipe", "Ps", "Stat", "MemInfo", "Devices", "Migrate", "Drain", "Models",
         "LoadModel", "UnloadModel", "CreateModel", "ShowModel", "TagModel", "RemoveModel", "Dmesg", "Shutdown", "Whoami", "CreateToken", "ListTokens", "RevokeToken",
         "Stats", "Usage", "Eval", "Train"}
     assert hasattr(syscalls_pb2_grpc, "SyscallsStub")

@@ -55,6 +55,10 @@ class PagePool:
         if self.ref_count[page] == 0:
             self._free[page] = None
 
+    def cached_hashes(self) -> list[int]:
+        """The prefix hashes of every full page the cache holds, oldest published first."""
+        return list(self._cached)
+
     def holds(self, prefix_hash: int) -> bool:
         return prefix_hash in self._cached
 

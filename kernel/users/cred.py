@@ -23,6 +23,7 @@ ADMIN_ONLY = {
     "metrics": "read the metrics over HTTP",
     "usage": "read usage records over HTTP",
     "paths": "have llmosd read files from its own disk",
+    "drain": "drain a device",
 }
 
 

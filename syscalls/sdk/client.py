@@ -106,13 +106,22 @@ class Calls:
         return self._call("Models", pb.ModelsRequest(), lambda r: r)
 
     def load(self, model: str, name: str = "", dtype: str = "", quantize: str = "", prune: float = 0.0,
-             prune_heads: float = 0.0) -> pb.ModelInfo:
+             prune_heads: float = 0.0, replicas: int = 0, devices: Sequence[str] = ()) -> pb.ModelInfo:
         """Load a model; quantize="int8" loads a quantized copy, served as MODEL:int8; prune=0.25
         removes a quarter of every MLP's channels first (prune_heads= of the attention heads),
-        served as MODEL-pruned0.25 unless `name` is given."""
+        served as MODEL-pruned0.25 unless `name` is given. replicas=N (or devices=[...]) loads
+        copies on several of the daemon's devices; each spawn goes to the cheapest."""
         req = pb.LoadModelRequest(model=model, name=name, dtype=dtype, quantize=quantize, prune=prune,
-                                  prune_heads=prune_heads)
+                                  prune_heads=prune_heads, replicas=replicas, devices=list(devices))
         return self._call("LoadModel", req, lambda r: r.model)
+
+    def migrate(self, pid: int, to: str) -> pb.MigrateResponse:
+        """Move a live process to another device of the daemon (its KV is recomputed there)."""
+        return self._call("Migrate", pb.MigrateRequest(pid=pid, to=to), lambda r: r)
+
+    def drain(self, device: str, undo: bool = False) -> list[pb.Moved]:
+        """Move every process off a device and place nothing new there (an admin's); undo=True reopens it."""
+        return self._call("Drain", pb.DrainRequest(device=device, undo=undo), lambda r: list(r.moved))
 
     def unload(self, name: str) -> None:
         return self._call("UnloadModel", pb.UnloadModelRequest(name=name), lambda r: None)

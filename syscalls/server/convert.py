@@ -21,10 +21,12 @@ if TYPE_CHECKING:
     from llmos.kernel.stats import Stats
 
 
-def proc_info(p: "Process", now: float | None = None) -> pb.ProcInfo:
+def proc_info(p: "Process", now: float | None = None, home: str = "") -> pb.ProcInfo:
+    """`home`: the daemon's own device, where a process with no device of its own runs."""
     now = time.monotonic() if now is None else now
     u = p.usage
     info = pb.ProcInfo(pid=p.pid, ppid=p.ppid, model=p.model, owner=p.owner, state=p.state.value, reason=p.reason,
+                       device=p.device or home,
                        priority=p.priority, interactive=p.interactive, num_tokens=len(p.tokens),
                        output_chars=len(p.stdout), age_s=now - p.created, max_tokens=p.stop.max_tokens,
                        usage=pb.Usage(prompt_tokens=u.prompt_tokens, generated_tokens=u.generated_tokens,
@@ -35,10 +37,10 @@ def proc_info(p: "Process", now: float | None = None) -> pb.ProcInfo:
     return info
 
 
-def pool_info(name: str, mem: "MemInfo", kv_bytes: int) -> pb.PoolInfo:
+def pool_info(name: str, mem: "MemInfo", kv_bytes: int, device: str = "") -> pb.PoolInfo:
     return pb.PoolInfo(model=name, page_size=mem.page_size, total=mem.total, free=mem.free, used=mem.used,
                        shared=mem.shared, cached=mem.cached, swapped=mem.swapped, swap_total=mem.swap_total,
-                       waste_tokens=mem.waste_tokens, kv_bytes=kv_bytes)
+                       waste_tokens=mem.waste_tokens, kv_bytes=kv_bytes, device=device)
 
 
 def device(d: "DeviceInfo") -> pb.Device:
@@ -47,7 +49,7 @@ def device(d: "DeviceInfo") -> pb.Device:
                      threads=d.threads, telemetry_error=d.telemetry_error)
 
 
-def model_info(m: "LoadedModel", live_procs: int, source: str) -> pb.ModelInfo:
+def model_info(m: "LoadedModel", live_procs: int, source: str, devices: list[str] = ()) -> pb.ModelInfo:
     """`source` is what the caller may see of where it came from (the kernel's list_models)."""
     i = m.info
     return pb.ModelInfo(name=m.name, architecture=i.architecture, source=source, num_layers=i.num_layers,
@@ -57,7 +59,7 @@ def model_info(m: "LoadedModel", live_procs: int, source: str) -> pb.ModelInfo:
                         quantize=i.quantize, ppl_ratio=i.ppl_ratio, base=i.base, lora_rank=i.lora_rank,
                         ppl_tolerance=PPL_TOLERANCE, kernels=i.kernels, pruned=i.pruned,
                         pruned_heads=i.pruned_heads, prune_ppl_ratio=i.prune_ppl_ratio, digest=m.digest,
-                        preset_of=m.preset_of)
+                        preset_of=m.preset_of, devices=devices)
 
 
 def stored_model(e: "Entry") -> pb.StoredModel:
@@ -71,7 +73,7 @@ def stored_model(e: "Entry") -> pb.StoredModel:
 def stats(s: "Stats") -> pb.StatsResponse:
     return pb.StatsResponse(generated_tokens=s.generated_tokens, tokens_per_s=s.tokens_per_s,
                             rate_window_s=s.rate_window_s, queue_depth=s.queue_depth, procs=s.procs,
-                            pools=[pool_info(p.model, p.mem, p.kv_bytes) for p in s.pools],
+                            pools=[pool_info(p.model, p.mem, p.kv_bytes, p.device) for p in s.pools],
                             devices=[device(d) for d in s.devices], uptime_s=s.uptime_s,
                             step_seconds=s.step_seconds, task_seconds=s.task_seconds)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 
-from llmos.kernel import accounting, grammar
+from llmos.kernel import accounting, devices, grammar
 from llmos.kernel import stats as kstats
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 from llmos.kernel.mirror import ProcMirror
@@ -105,13 +105,15 @@ class SyscallServer(ModelSyscalls, pb_grpc.SyscallsServicer):
 
         def ps(k) -> list[pb.ProcInfo]:
             now = time.monotonic()
-            return [convert.proc_info(p, now) for p in k.ps(c, req.model, list(req.states), req.owner, req.live_only)]
+            return [convert.proc_info(p, now, k.device_name) for p in k.ps(c, req.model, list(req.states), req.owner,
+                                                                             req.live_only)]
         return pb.PsResponse(procs=await self.kt.run(ps))
 
     @syscall
     async def Stat(self, req: pb.StatRequest, context) -> pb.StatResponse:
         c = cred()
-        return pb.StatResponse(proc=await self.kt.run(lambda k: convert.proc_info(k.lookup(c, req.pid))))
+        return pb.StatResponse(proc=await self.kt.run(lambda k: convert.proc_info(k.lookup(c, req.pid), None,
+                                                                                  k.device_name)))
 
     # --- memory, devices, models, logs -----------------------------------------------------------
     @syscall
@@ -119,14 +121,28 @@ class SyscallServer(ModelSyscalls, pb_grpc.SyscallsServicer):
         c = cred()
 
         def meminfo(k) -> list[pb.PoolInfo]:
-            names = [req.model] if req.model else sorted(m.name for m in k.pools())
-            return [convert.pool_info(n, k.meminfo(c, n), k.model(n).kv_bytes) for n in names]
+            return [convert.pool_info(n, mem, devices.kv_bytes(k, n, mem), d) for n, d, mem in k.memory_map(c, req.model)]
         return pb.MemInfoResponse(pools=await self.kt.run(meminfo))
 
     @syscall
     async def Devices(self, req: pb.DevicesRequest, context) -> pb.DevicesResponse:
         cred()
-        return pb.DevicesResponse(devices=[convert.device(await self.kt.run(lambda k: k.driver.describe()))])
+        return pb.DevicesResponse(devices=[convert.device(d) for d in await self.kt.run(devices.describe)])
+
+    @syscall
+    async def Migrate(self, req: pb.MigrateRequest, context) -> pb.MigrateResponse:
+        c = cred()
+
+        def migrate(k) -> pb.MigrateResponse:
+            p, source = k.migrate(c, req.pid, req.to)
+            return pb.MigrateResponse(proc=convert.proc_info(p, None, k.device_name), source=source)
+        return await self.kt.run(migrate)
+
+    @syscall
+    async def Drain(self, req: pb.DrainRequest, context) -> pb.DrainResponse:
+        c = cred()
+        moved = await self.kt.run(lambda k: k.drain(c, req.device, req.undo))
+        return pb.DrainResponse(moved=[pb.Moved(pid=pid, device=d) for pid, d in moved])
 
     @syscall
     async def Dmesg(self, req: pb.DmesgRequest, context) -> pb.DmesgResponse:

@@ -124,7 +124,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., cached_tokens: _Optional[int] = ..., ttft_s: _Optional[float] = ..., pages_held: _Optional[int] = ..., swaps: _Optional[int] = ..., preemptions: _Optional[int] = ...) -> None: ...
 
 class ProcInfo(_message.Message):
-    __slots__ = ("pid", "ppid", "model", "owner", "state", "reason", "priority", "interactive", "usage", "num_tokens", "output_chars", "age_s", "run_s", "max_tokens")
+    __slots__ = ("pid", "ppid", "model", "owner", "state", "reason", "priority", "interactive", "usage", "num_tokens", "output_chars", "age_s", "run_s", "max_tokens", "device")
     PID_FIELD_NUMBER: _ClassVar[int]
     PPID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class ProcInfo(_message.Message):
     AGE_S_FIELD_NUMBER: _ClassVar[int]
     RUN_S_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     pid: int
     ppid: int
     model: str
@@ -153,7 +154,8 @@ class ProcInfo(_message.Message):
     age_s: float
     run_s: float
     max_tokens: int
-    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., model: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., priority: _Optional[int] = ..., interactive: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., num_tokens: _Optional[int] = ..., output_chars: _Optional[int] = ..., age_s: _Optional[float] = ..., run_s: _Optional[float] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+    device: str
+    def __init__(self, pid: _Optional[int] = ..., ppid: _Optional[int] = ..., model: _Optional[str] = ..., owner: _Optional[str] = ..., state: _Optional[str] = ..., reason: _Optional[str] = ..., priority: _Optional[int] = ..., interactive: _Optional[bool] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., num_tokens: _Optional[int] = ..., output_chars: _Optional[int] = ..., age_s: _Optional[float] = ..., run_s: _Optional[float] = ..., max_tokens: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class Grammar(_message.Message):
     __slots__ = ("kind", "source", "choices", "flexible_whitespace")
@@ -375,7 +377,7 @@ class MemInfoRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ...) -> None: ...
 
 class PoolInfo(_message.Message):
-    __slots__ = ("model", "page_size", "total", "free", "used", "shared", "cached", "swapped", "swap_total", "waste_tokens", "kv_bytes")
+    __slots__ = ("model", "page_size", "total", "free", "used", "shared", "cached", "swapped", "swap_total", "waste_tokens", "kv_bytes", "device")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -387,6 +389,7 @@ class PoolInfo(_message.Message):
     SWAP_TOTAL_FIELD_NUMBER: _ClassVar[int]
     WASTE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     model: str
     page_size: int
     total: int
@@ -398,7 +401,8 @@ class PoolInfo(_message.Message):
     swap_total: int
     waste_tokens: int
     kv_bytes: int
-    def __init__(self, model: _Optional[str] = ..., page_size: _Optional[int] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., used: _Optional[int] = ..., shared: _Optional[int] = ..., cached: _Optional[int] = ..., swapped: _Optional[int] = ..., swap_total: _Optional[int] = ..., waste_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ...) -> None: ...
+    device: str
+    def __init__(self, model: _Optional[str] = ..., page_size: _Optional[int] = ..., total: _Optional[int] = ..., free: _Optional[int] = ..., used: _Optional[int] = ..., shared: _Optional[int] = ..., cached: _Optional[int] = ..., swapped: _Optional[int] = ..., swap_total: _Optional[int] = ..., waste_tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
 
 class MemInfoResponse(_message.Message):
     __slots__ = ("pools",)
@@ -438,8 +442,46 @@ class DevicesResponse(_message.Message):
     devices: _containers.RepeatedCompositeFieldContainer[Device]
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
+class MigrateRequest(_message.Message):
+    __slots__ = ("pid", "to")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    to: str
+    def __init__(self, pid: _Optional[int] = ..., to: _Optional[str] = ...) -> None: ...
+
+class MigrateResponse(_message.Message):
+    __slots__ = ("proc", "source")
+    PROC_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    proc: ProcInfo
+    source: str
+    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("device", "undo")
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    UNDO_FIELD_NUMBER: _ClassVar[int]
+    device: str
+    undo: bool
+    def __init__(self, device: _Optional[str] = ..., undo: _Optional[bool] = ...) -> None: ...
+
+class Moved(_message.Message):
+    __slots__ = ("pid", "device")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    device: str
+    def __init__(self, pid: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+
+class DrainResponse(_message.Message):
+    __slots__ = ("moved",)
+    MOVED_FIELD_NUMBER: _ClassVar[int]
+    moved: _containers.RepeatedCompositeFieldContainer[Moved]
+    def __init__(self, moved: _Optional[_Iterable[_Union[Moved, _Mapping]]] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio", "base", "lora_rank", "ppl_tolerance", "kernels", "pruned", "pruned_heads", "prune_ppl_ratio", "digest", "preset_of")
+    __slots__ = ("name", "architecture", "source", "num_layers", "vocab_size", "max_context", "dtype", "num_parameters", "weight_bytes", "kv_bytes", "kv_pages", "live_procs", "loaded_at", "quantize", "ppl_ratio", "base", "lora_rank", "ppl_tolerance", "kernels", "pruned", "pruned_heads", "prune_ppl_ratio", "digest", "preset_of", "devices")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -464,6 +506,7 @@ class ModelInfo(_message.Message):
     PRUNE_PPL_RATIO_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     PRESET_OF_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     name: str
     architecture: str
     source: str
@@ -488,7 +531,8 @@ class ModelInfo(_message.Message):
     prune_ppl_ratio: float
     digest: str
     preset_of: str
-    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ..., base: _Optional[str] = ..., lora_rank: _Optional[int] = ..., ppl_tolerance: _Optional[float] = ..., kernels: _Optional[str] = ..., pruned: _Optional[float] = ..., pruned_heads: _Optional[float] = ..., prune_ppl_ratio: _Optional[float] = ..., digest: _Optional[str] = ..., preset_of: _Optional[str] = ...) -> None: ...
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., architecture: _Optional[str] = ..., source: _Optional[str] = ..., num_layers: _Optional[int] = ..., vocab_size: _Optional[int] = ..., max_context: _Optional[int] = ..., dtype: _Optional[str] = ..., num_parameters: _Optional[int] = ..., weight_bytes: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., kv_pages: _Optional[int] = ..., live_procs: _Optional[int] = ..., loaded_at: _Optional[float] = ..., quantize: _Optional[str] = ..., ppl_ratio: _Optional[float] = ..., base: _Optional[str] = ..., lora_rank: _Optional[int] = ..., ppl_tolerance: _Optional[float] = ..., kernels: _Optional[str] = ..., pruned: _Optional[float] = ..., pruned_heads: _Optional[float] = ..., prune_ppl_ratio: _Optional[float] = ..., digest: _Optional[str] = ..., preset_of: _Optional[str] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StoredModel(_message.Message):
     __slots__ = ("name", "digest", "kind", "size", "created", "owner", "made_from", "lineage", "quantize", "prune", "loaded")
@@ -591,20 +635,24 @@ class ModelsResponse(_message.Message):
     def __init__(self, loaded: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., stored: _Optional[_Iterable[str]] = ..., versions: _Optional[_Iterable[_Union[StoredModel, _Mapping]]] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("model", "name", "dtype", "quantize", "prune", "prune_heads")
+    __slots__ = ("model", "name", "dtype", "quantize", "prune", "prune_heads", "replicas", "devices")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     QUANTIZE_FIELD_NUMBER: _ClassVar[int]
     PRUNE_FIELD_NUMBER: _ClassVar[int]
     PRUNE_HEADS_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
     model: str
     name: str
     dtype: str
     quantize: str
     prune: float
     prune_heads: float
-    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[str] = ..., quantize: _Optional[str] = ..., prune: _Optional[float] = ..., prune_heads: _Optional[float] = ...) -> None: ...
+    replicas: int
+    devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., name: _Optional[str] = ..., dtype: _Optional[str] = ..., quantize: _Optional[str] = ..., prune: _Optional[float] = ..., prune_heads: _Optional[float] = ..., replicas: _Optional[int] = ..., devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LoadModelResponse(_message.Message):
     __slots__ = ("model",)

@@ -94,6 +94,16 @@ class SyscallsStub:
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.DevicesRequest.SerializeToString,
                 response_deserializer=llmos_dot_v1_dot_syscalls__pb2.DevicesResponse.FromString,
                 _registered_method=True)
+        self.Migrate = channel.unary_unary(
+                '/llmos.v1.Syscalls/Migrate',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.MigrateRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.MigrateResponse.FromString,
+                _registered_method=True)
+        self.Drain = channel.unary_unary(
+                '/llmos.v1.Syscalls/Drain',
+                request_serializer=llmos_dot_v1_dot_syscalls__pb2.DrainRequest.SerializeToString,
+                response_deserializer=llmos_dot_v1_dot_syscalls__pb2.DrainResponse.FromString,
+                _registered_method=True)
         self.Models = channel.unary_unary(
                 '/llmos.v1.Syscalls/Models',
                 request_serializer=llmos_dot_v1_dot_syscalls__pb2.ModelsRequest.SerializeToString,
@@ -267,6 +277,19 @@ class SyscallsServicer:
     def Devices(self, request, context):
         """Device telemetry.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Migrate(self, request, context):
+        """Several devices (llmosd --device cpu:0,cpu:1): move a process, or every process off a device.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Drain(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -454,6 +477,16 @@ def add_SyscallsServicer_to_server(servicer, server):
                     servicer.Devices,
                     request_deserializer=llmos_dot_v1_dot_syscalls__pb2.DevicesRequest.FromString,
                     response_serializer=llmos_dot_v1_dot_syscalls__pb2.DevicesResponse.SerializeToString,
+            ),
+            'Migrate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Migrate,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.MigrateRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.MigrateResponse.SerializeToString,
+            ),
+            'Drain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Drain,
+                    request_deserializer=llmos_dot_v1_dot_syscalls__pb2.DrainRequest.FromString,
+                    response_serializer=llmos_dot_v1_dot_syscalls__pb2.DrainResponse.SerializeToString,
             ),
             'Models': grpc.unary_unary_rpc_method_handler(
                     servicer.Models,
@@ -865,6 +898,60 @@ class Syscalls:
             '/llmos.v1.Syscalls/Devices',
             llmos_dot_v1_dot_syscalls__pb2.DevicesRequest.SerializeToString,
             llmos_dot_v1_dot_syscalls__pb2.DevicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Migrate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/Migrate',
+            llmos_dot_v1_dot_syscalls__pb2.MigrateRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.MigrateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Drain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/llmos.v1.Syscalls/Drain',
+            llmos_dot_v1_dot_syscalls__pb2.DrainRequest.SerializeToString,
+            llmos_dot_v1_dot_syscalls__pb2.DrainResponse.FromString,
             options,
             channel_credentials,
             insecure,

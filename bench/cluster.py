@@ -1,0 +1,181 @@
+"""Many devices: what several devices in one daemon cost and gain (#17).
+
+    python bench/cluster.py                      # the table
+    python bench/cluster.py --json bench/results/cluster.json
+
+Each row runs real llmosd subprocesses on the default model, through the SDK:
+- throughput: aggregate tok/s of N processes on one CPU device with every core, against
+  `--device cpu:0,cpu:1` (two devices that split the cores, a worker process each), in one run;
+- placement: prompt tokens computed (prefill, after the prefix cache) for 4 system prompts of
+  500 tokens x 32 processes over two devices, cost placement against round-robin;
+- migration: from `llmos migrate` of a process holding 1,000 tokens of context to its next
+  token on the other device (by recompute; moving pages is not built);
+- device loss: from killing a device's worker to its process generating again on the other.
+On one machine these figures bound overhead, not scaling: both devices share its memory bandwidth.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import MODEL, QUESTIONS, default_store, long_system_prompt  # noqa: E402
+
+
+class Daemon:
+    """An llmosd subprocess with the given --device and extra flags."""
+
+    def __init__(self, store: Path, device: str, threads: int, *extra: str) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="llmos-cluster-"))
+        self.socket = self.dir / "llmosd.sock"
+        cmd = [sys.executable, "-m", "llmos.main", "--state-dir", str(self.dir), "--socket", str(self.socket),
+               "--store", str(store), "--model", MODEL, "--device", device, "--threads", str(threads), *extra]
+        self.log = open(self.dir / "llmosd.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        for line in self.proc.stdout:
+            if "serving on" in line:
+                return
+        raise RuntimeError(f"llmosd did not start; see {self.dir / 'llmosd.log'}")
+
+    def client(self):
+        from llmos.syscalls.sdk import Client
+        return Client(self.socket, timeout=600)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+    def __enter__(self) -> "Daemon":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def throughput(store: Path, device: str, threads: int, n: int, new_tokens: int) -> dict:
+    say(f"throughput: {n} processes x {new_tokens} tokens on --device {device}")
+    with Daemon(store, device, threads) as d, d.client() as c:
+        c.generate(MODEL, "Warm up", max_tokens=8, ignore_eos=True)
+        t0 = time.perf_counter()
+        pids = [c.spawn(MODEL, messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                        max_tokens=new_tokens, ignore_eos=True) for i in range(n)]
+        placed = sorted(c.stat(pid).device for pid in pids)
+        generated = sum(c.wait(pid).usage.generated_tokens for pid in pids)
+        wall = time.perf_counter() - t0
+    return {"device": device, "procs": n, "generated": generated, "wall_s": round(wall, 3),
+            "tok_s": round(generated / wall, 1), "placed": {x: placed.count(x) for x in set(placed)}}
+
+
+def placement(store: Path, threads: int, policy: str, tokenizer, procs: int = 32, prompts: int = 4) -> dict:
+    say(f"placement: {prompts} system prompts of 500 tokens x {procs} processes, --placement {policy}")
+    systems = [f"Shop {i}.\n" + long_system_prompt(tokenizer, 500) for i in range(prompts)]
+    with Daemon(store, "cpu:0,cpu:1", threads, "--placement", policy) as d, d.client() as c:
+        pids = []
+        for i in range(procs):
+            msgs = [{"role": "system", "content": systems[i % prompts]},
+                    {"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}]
+            pids.append(c.spawn(MODEL, messages=msgs, max_tokens=4, ignore_eos=True))
+        done = [c.wait(pid) for pid in pids]
+    prompt = sum(r.usage.prompt_tokens for r in done)
+    cached = sum(r.usage.cached_tokens for r in done)
+    return {"policy": policy, "procs": procs, "prompt_tokens": prompt, "cached_tokens": cached,
+            "prefill_tokens": prompt - cached}
+
+
+def migration_and_loss(store: Path, threads: int, tokenizer) -> dict:
+    say("migration: a process with 1,000 tokens of context, by recompute; then a device's worker killed")
+    import psutil
+
+    context = long_system_prompt(tokenizer, 1000)
+    with Daemon(store, "cpu:0,cpu:1", threads) as d, d.client() as c:
+        pid = c.spawn(MODEL, context, max_tokens=2000, ignore_eos=True)
+        _wait_tokens(c, pid, 4)
+        n, ctx = c.stat(pid).usage.generated_tokens, c.stat(pid).num_tokens
+        t0 = time.perf_counter()
+        src = c.migrate(pid, "cpu:1").source
+        _wait_tokens(c, pid, n + 1)
+        migrate_s = time.perf_counter() - t0
+        n = c.stat(pid).usage.generated_tokens
+        worker = [p for p in psutil.Process(d.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())][0]
+        t0 = time.perf_counter()
+        worker.kill()
+        _wait_tokens(c, pid, n + 2)  # one more may have been in flight from the dead device
+        loss_s = time.perf_counter() - t0
+        where = c.stat(pid).device
+        c.kill(pid, "KILL")
+    return {"context_tokens": ctx, "from": src, "migrate_recompute_s": round(migrate_s, 3),
+            "migrate_pages_s": None, "device_loss_s": round(loss_s, 3), "continued_on": where}
+
+
+def _wait_tokens(c, pid: int, n: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while c.stat(pid).usage.generated_tokens < n and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", type=Path, default=default_store())
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--procs", type=int, default=16)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.threads < 2:
+        ap.error("two CPU devices need at least two cores")
+    from transformers import AutoTokenizer
+
+    from llmos.kernel.models import ModelStore
+    tokenizer = AutoTokenizer.from_pretrained(str(ModelStore(args.store).resolve(MODEL)))
+    cpu = re.sub(r"\s+", " ", next((ln.split(":", 1)[1] for ln in open("/proc/cpuinfo") if "model name" in ln),
+                                   "?")).strip()
+
+    one = throughput(args.store, "cpu", args.threads, args.procs, args.new_tokens)
+    two = throughput(args.store, "cpu:0,cpu:1", args.threads, args.procs, args.new_tokens)
+    cost = placement(args.store, args.threads, "cost", tokenizer)
+    rr = placement(args.store, args.threads, "round-robin", tokenizer)
+    moves = migration_and_loss(args.store, args.threads, tokenizer)
+    ratio = two["tok_s"] / one["tok_s"]
+    saving = rr["prefill_tokens"] / max(1, cost["prefill_tokens"])
+
+    from rich.console import Console
+    from rich.table import Table
+    con = Console()
+    con.print(f"[bold]{cpu}[/], {args.threads} cores: on one machine these figures bound overhead, not scaling")
+    t = Table(box=None, header_style="bold")
+    for col in ("row", "llmos", "against", "ratio", "target"):
+        t.add_column(col)
+    t.add_row(f"tok/s, {args.procs} processes", f"{two['tok_s']} (cpu:0,cpu:1)", f"{one['tok_s']} (cpu, every core)",
+              f"{ratio:.2f}x", "-")
+    t.add_row("prefill tokens, 4 prompts x 32", f"{cost['prefill_tokens']} (cost)",
+              f"{rr['prefill_tokens']} (round-robin)", f"{saving:.2f}x fewer", ">= 1.5x fewer")
+    t.add_row(f"migrate, {moves['context_tokens']} tokens", f"{moves['migrate_recompute_s'] * 1e3:.0f} ms (recompute)",
+              "pages: not built", "-", "-")
+    t.add_row("device lost -> running again", f"{moves['device_loss_s'] * 1e3:.0f} ms", f"on {moves['continued_on']}",
+              "-", "-")
+    t.add_row("one-node Ray cluster vs plain", "not built", "-", "-", ">= 0.9x")
+    con.print(t)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"cpu": cpu, "threads": args.threads, "throughput": [one, two],
+                                         "ratio_two_devices": round(ratio, 3), "placement": [cost, rr],
+                                         "prefill_saving": round(saving, 3), "migration": moves,
+                                         "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
+        con.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

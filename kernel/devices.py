@@ -1,0 +1,410 @@
+"""Devices with kernels of their own, under this kernel's one process table.
+
+This kernel runs the processes on its own device. Each other device (a CPU device with cores
+of its own, another GPU, later another machine) has a kernel of its own, with its own
+scheduler, KV pool and step loop next to its driver, reached through a Link. Per-step
+tensors never cross a link; what does is control:
+- down: a process to adopt (its spec, and any tokens it has), its fork, a turn on its stdin,
+  a signal, a new nice value, a reap;
+- up: the tokens each process generated, its state, its page counters, the device's charges
+  and a summary of its KV pool (free pages, the hashes of its cached prefix pages).
+
+The process table stays here, so pids, ps, readers, pipes, the journal and quotas work as on
+one device. This kernel replays each generated token through its own stdout code
+(kernel/stdio.py), exactly as journal recovery does, so a process's text, stop strings and
+turn ends come out here as they do there. When a device is lost, its live processes continue
+on this kernel's own device from the tokens held here: same pid, same output offset, their
+KV recomputed.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from llmos.kernel import placement, recovery, stdio
+from llmos.kernel.errors import FailedPrecondition, InvalidArgument, Unavailable
+from llmos.kernel.events import Charged, StateChanged
+from llmos.kernel.memory import MemInfo
+from llmos.kernel.proc import Process, State
+
+if TYPE_CHECKING:
+    from llmos.drivers.driver import DeviceInfo
+    from llmos.kernel.kernel import Kernel
+    from llmos.kernel.models.loading import LoadedModel
+    from llmos.kernel.users.cred import Cred
+
+MAX_REPLICAS = 64
+PLACED_MEMORY = 16384  # prefix page hashes remembered per device from recent placements
+
+
+class Link(Protocol):
+    """How this kernel reaches a device's kernel (llmosd/worker.py: a worker process)."""
+
+    def post(self, op: str, *args: Any) -> None:
+        """Send an operation; it runs there in the order posted. Failures come back as messages."""
+
+    def call(self, op: str, *args: Any, timeout: float | None = None) -> Any:
+        """Send an operation and wait for its result (not on the kernel thread)."""
+
+
+@dataclass
+class Replica:
+    """What a device last said of its copy of one model."""
+
+    mem: MemInfo
+    hashes: frozenset[int] = frozenset()  # chain hashes of the full prefix pages it holds
+
+    @property
+    def free_pages(self) -> int:
+        return self.mem.free
+
+
+@dataclass(eq=False)
+class Device:
+    """A device with a kernel of its own."""
+
+    # --- set at boot, never replaced
+    name: str
+    link: Link
+    # --- its link's reader thread appends; the kernel thread pops
+    inbox: collections.deque = field(default_factory=collections.deque)
+    # --- the kernel thread only
+    models: dict[str, Replica] = field(default_factory=dict)
+    info: "DeviceInfo | None" = None  # its telemetry, as it last sent it
+    alive: bool = True
+    lost_reason: str = ""
+
+
+# --- placement --------------------------------------------------------------------------------------
+def place(k: "Kernel", m: "LoadedModel", p: Process, exclude: str = "") -> Device | None:
+    """The device a new process runs on (None: this kernel's own), by kernel/placement.py's cost;
+    never a drained device (nor `exclude`), and this kernel's own if every other is."""
+    if not k.devices or not movable(m, p):
+        return None
+    off = k.drained | {exclude}
+    here = [d for d in k.devices if d.alive and m.name in d.models and d.name not in off]
+    if not here:
+        return None
+    ps = m.memory.page_size
+    hashes = m.memory.prefix_hashes(p.tokens, p.kv_salt)
+    need = -(-len(p.tokens) // ps)
+    live = collections.Counter(q.device for q in k.procs.values() if not q.state.done and q.model == m.name)
+    if k.config.placement == "round-robin":
+        order = ([None] if k.device_name not in off else []) + here
+        k.placed_count += 1
+        return order[k.placed_count % len(order)]
+    cached = max(m.memory.cached_pages(hashes), _placed(k, "", hashes))
+    own = placement.Candidate("", len(p.tokens), cached * ps, live[""], m.memory.pool.num_free, need)
+    others = []
+    for d in here:
+        cached = max(placement.cached_prefix(hashes, d.models[m.name].hashes), _placed(k, d.name, hashes))
+        others.append(placement.Candidate(d.name, len(p.tokens), cached * ps, live[d.name],
+                                          d.models[m.name].free_pages, need))
+    best = placement.choose([own, *others] if k.device_name not in off else others)
+    chosen = next((d for d in here if d.name == best.device), None)
+    _remember(k, best.device, hashes)
+    return chosen
+
+
+def _placed(k: "Kernel", device: str, hashes: Sequence[int]) -> int:
+    """Pages of this prompt's prefix that processes placed on `device` lately hold or are computing:
+    what its prefix cache will hold before its summary says so."""
+    return placement.cached_prefix(hashes, k.placed_prefixes.get(device, {}))
+
+
+def _remember(k: "Kernel", device: str, hashes: Sequence[int]) -> None:
+    recent = k.placed_prefixes.setdefault(device, {})
+    for h in hashes:
+        recent.pop(h, None)
+        recent[h] = None
+    while len(recent) > PLACED_MEMORY:
+        del recent[next(iter(recent))]
+
+
+def movable(m: "LoadedModel", p: Process) -> bool:
+    """Whether a process can run on another device's kernel: a token process of a base model,
+    with no grammar (compiled here) and no log-probabilities (computed there, not sent up)."""
+    return (p.task is None and not m.base and p.spec.grammar is None and not p.sampling.logprobs
+            and not m.preset_of)
+
+
+def start(k: "Kernel", d: Device, p: Process) -> None:
+    """p, just admitted here, runs on d from now on."""
+    p.device = d.name
+    d.link.post("adopt", record(p))
+
+
+def record(p: Process) -> dict:
+    """What a device's kernel needs to adopt p: a journal record of it, as recovery reads one
+    (its first input, then each run of generated or input tokens), and its epoch."""
+    runs = list(p.chunks)
+    first = runs.pop(0)[1] if runs and not runs[0][0] else 0
+    spec = recovery.spec_of(p, p.tokens[:first])
+    spec["model_digest"] = ""  # there, it runs on the copy loaded under the same name
+    chunks, at = [], first
+    for generated, n in runs:
+        chunks.append((generated, p.tokens[at:at + n]))
+        at += n
+    return {"pid": p.pid, "spec": spec, "chunks": chunks, "status": dataclasses.asdict(recovery.status_of(p)),
+            "epoch": p.moves}
+
+
+def forward(k: "Kernel", p: Process, op: str, *args: Any) -> None:
+    """Pass an operation on p to the device running it."""
+    d = device_of(k, p)
+    if d is not None and d.alive:
+        d.link.post(op, p.pid, *args)
+
+
+def device_of(k: "Kernel", p: Process) -> Device | None:
+    return next((d for d in k.devices if d.name == p.device), None) if p.device else None
+
+
+# --- what devices send up ------------------------------------------------------------------------------
+def busy(k: "Kernel") -> bool:
+    """Whether a process runs on another device now (this kernel's has_work does not count them)."""
+    return any(p.device and p.runnable for p in k.procs.values())
+
+
+def has_news(k: "Kernel") -> bool:
+    return any(d.inbox for d in k.devices)
+
+
+def poll(k: "Kernel") -> None:
+    """Apply what the devices sent since the last poll (on the kernel thread)."""
+    for d in k.devices:
+        while d.inbox:
+            apply(k, d, d.inbox.popleft())
+
+
+def apply(k: "Kernel", d: Device, msg: tuple) -> None:
+    kind = msg[0]
+    if kind == "news":
+        _, deltas, charges, summary = msg
+        now = time.monotonic()
+        for delta in deltas:
+            _update(k, d, now, *delta)
+        for c in charges:
+            k.emit(Charged(**c))
+        if summary is not None:
+            pools, d.info = summary
+            for name, (mem, hashes) in pools.items():
+                if name in d.models:  # not one unloaded since
+                    d.models[name] = Replica(MemInfo(**mem), frozenset(hashes))
+    elif kind == "failed":
+        _, pid, why = msg
+        p = k.procs.get(pid)
+        if p is not None and p.device == d.name and not p.state.done:
+            k.exit(p, State.KILLED, f"device {d.name}: {why}")
+    elif kind == "lost":
+        lost(k, d, msg[1])
+
+
+def _update(k: "Kernel", d: Device, now: float, pid: int, epoch: int, tokens: list[int], state: str, reason: str,
+            stats: tuple[int, int, int, int, int]) -> None:
+    """One process's news: replay its tokens through stdout, then take its counters and state."""
+    p = k.procs.get(pid)
+    there = State(state)
+    if p is None or p.device != d.name or p.moves != epoch:
+        if there.done:
+            d.link.post("reap", pid)
+        return
+    m = k.models.get(p.model)
+    before = p.num_computed
+    p.num_computed, p.usage.pages_held, p.usage.cached_tokens, p.usage.swaps, p.usage.preemptions = stats
+    if p.num_computed > before:
+        k.quota.charge(p.owner, p.num_computed - before, now)
+    for t in tokens:
+        if p.state.done or m is None:
+            break
+        stdio.emit(k, m, p, t)
+    if there.done:
+        d.link.post("reap", pid)
+        if not p.state.done:
+            k.exit(p, there, reason)
+    elif p.runnable and there in (State.READY, State.RUNNING) and p.state != there:
+        p.state = there
+        k.emit(StateChanged(pid))
+
+
+def lost(k: "Kernel", d: Device, why: str) -> None:
+    """d is gone: its live processes continue here, recomputing their KV from their tokens."""
+    if not d.alive:
+        return
+    d.alive, d.lost_reason, d.models = False, why, {}
+    moved = 0
+    for p in k.procs.values():
+        if p.device != d.name or p.state.done:
+            continue
+        p.device, p.num_computed, p.usage.pages_held = "", 0, 0
+        if p.state == State.RUNNING:
+            p.state = State.READY
+        if p.resume_state == State.RUNNING:
+            p.resume_state = State.READY
+        moved += 1
+        k.emit(StateChanged(p.pid))
+    k.log(f"device {d.name} lost ({why}); {moved} process(es) continue on {k.device_name}", "error")
+
+
+# --- migration ----------------------------------------------------------------------------------------
+def migrate(k: "Kernel", p: Process, to: str) -> str:
+    """Move a live process to device `to` at this step boundary; returns where it was. Its KV is
+    recomputed there from its tokens (the target's prefix cache serves what it holds); its pid,
+    output offset and readers go on with no gap and no duplicate, since its output is this kernel's."""
+    here = p.device or k.device_name
+    if p.state.done:
+        raise FailedPrecondition(f"pid {p.pid} has already {p.state.value}; only a live process can move")
+    if to == here:
+        raise FailedPrecondition(f"pid {p.pid} already runs on {to}")
+    target = _device(k, to)
+    m = k.model(p.model)
+    if target is not None:
+        if not movable(m, p):
+            raise FailedPrecondition(f"pid {p.pid} must run on {k.device_name}: a task, a LoRA or preset model, a "
+                                     "grammar or log-probabilities are served by this kernel alone")
+        if m.name not in target.models:
+            raise FailedPrecondition(f"{to} has no copy of {m.name}; load it there (llmos load --devices {to})")
+    source = device_of(k, p)
+    if source is None:
+        m.memory.free(p.pid)
+    elif source.alive:
+        source.link.post("release", p.pid)
+    p.moves += 1
+    p.num_computed, p.usage.pages_held = 0, 0
+    if p.state == State.RUNNING:
+        p.state = State.READY
+    p.device = "" if target is None else target.name
+    if target is not None:
+        target.link.post("adopt", record(p))
+    k.log(f"pid {p.pid} migrated from {here} to {to} ({len(p.tokens)} tokens to recompute)")
+    k.emit(StateChanged(p.pid))
+    return here
+
+
+def drain(k: "Kernel", name: str, undo: bool = False) -> list[tuple[int, str]]:
+    """Move every live process off device `name`, each to the cheapest other device, and place
+    nothing new there until undone; returns (pid, where it went)."""
+    d = _device(k, name)
+    if undo:
+        k.drained = k.drained - {name}
+        return []
+    k.drained = k.drained | {name}
+    moved = []
+    for p in list(k.procs.values()):
+        if p.state.done or (p.device or k.device_name) != name:
+            continue
+        m = k.model(p.model)
+        if d is None and not movable(m, p):
+            continue  # it can only run here; it finishes where it is
+        to = place(k, m, p, exclude=name)
+        to_name = k.device_name if to is None else to.name
+        if to_name == name:
+            continue
+        migrate(k, p, to_name)
+        moved.append((p.pid, to_name))
+    k.log(f"device {name} drained: {len(moved)} process(es) moved")
+    return moved
+
+
+def _device(k: "Kernel", name: str) -> Device | None:
+    """The device named (None: this kernel's own); InvalidArgument naming the devices if none is."""
+    if name == k.device_name:
+        return None
+    for d in k.devices:
+        if d.name == name and d.alive:
+            return d
+    alive = ", ".join([k.device_name, *(d.name for d in k.devices if d.alive)])
+    raise InvalidArgument(f"no device {name[:64]!r}; devices are {alive}", "device")
+
+
+# --- replicas -------------------------------------------------------------------------------------------
+def targets(k: "Kernel", replicas: int, names: Sequence[str]) -> list[Device]:
+    """The devices a load with `replicas` copies (or on the named devices) adds copies on:
+    this kernel's own device always holds the first."""
+    if names:
+        known = {d.name: d for d in k.devices if d.alive}
+        bad = [n for n in names if n not in known and n != k.device_name]
+        if bad:
+            raise InvalidArgument(f"no device {bad[0]!r}; devices are {', '.join([k.device_name, *known])}", "devices")
+        return [known[n] for n in dict.fromkeys(names) if n in known]
+    if not 0 <= replicas <= MAX_REPLICAS:
+        raise InvalidArgument(f"replicas must be in [0, {MAX_REPLICAS}], got {replicas}", "replicas")
+    alive = [d for d in k.devices if d.alive]
+    if replicas > len(alive) + 1:
+        raise InvalidArgument(f"{replicas} replicas asked, but this daemon has {len(alive) + 1} device(s)",
+                              "replicas")
+    return alive[:max(0, replicas - 1)]
+
+
+def load_replicas(cred: "Cred", devices: Sequence[Device], args: dict,
+                  timeout: float = 600.0) -> list[tuple[Device, str, Replica]]:
+    """Load a copy of a model on each device (blocks: call it off the kernel thread). `args` are
+    the load's own (ref, name, dtype, quantize, prune, prune_heads); an admin's act."""
+    cred.check("load")
+    out = []
+    for d in devices:
+        try:
+            name, mem = d.link.call("load", args, timeout=timeout)
+        except Exception as e:  # noqa: BLE001 - the device says why
+            raise Unavailable(f"device {d.name}: cannot load {args.get('ref')!r}: {e}") from None
+        out.append((d, name, Replica(MemInfo(**mem))))
+    return out
+
+
+def add_replicas(k: "Kernel", loaded: list[tuple[Device, str, Replica]]) -> None:
+    for d, name, replica in loaded:
+        d.models[name] = replica
+        k.log(f"model {name}: a replica on {d.name}")
+
+
+def unload(k: "Kernel", name: str) -> None:
+    for d in k.devices:
+        if d.models.pop(name, None) is not None and d.alive:
+            d.link.post("unload", name)
+
+
+def where(k: "Kernel", name: str) -> list[str]:
+    """The devices serving a model, this kernel's own first."""
+    return [k.device_name, *(d.name for d in k.devices if d.alive and name in d.models)]
+
+
+
+def describe(k: "Kernel") -> list["DeviceInfo"]:
+    """Every device's telemetry, this kernel's own first (the others' as they last sent it)."""
+    from llmos.drivers.driver import DeviceInfo
+
+    out = [own(k)]
+    for d in k.devices:
+        kind, _, index = d.name.partition(":")
+        if d.alive and d.info is not None:
+            out.append(d.info)
+        else:
+            out.append(DeviceInfo(name=d.name, kind=kind, index=int(index or 0), total_memory=0, free_memory=0,
+                                  telemetry_error=d.lost_reason or "no telemetry yet"))
+    return out
+
+
+def pools(k: "Kernel", name: str = "") -> list[tuple[str, str, MemInfo]]:
+    """(model, device, its pool) of every KV pool: this kernel's, then the other devices' copies."""
+    out = [(m.name, k.device_name, m.memory.meminfo()) for m in sorted(k.pools(), key=lambda m: m.name)
+           if not name or m.name == name]
+    for d in k.devices:
+        out += [(n, d.name, r.mem) for n, r in sorted(d.models.items()) if d.alive and (not name or n == name)]
+    return out
+
+
+def kv_bytes(k: "Kernel", name: str, mem: MemInfo) -> int:
+    """Bytes of a pool of `name`'s KV pages: a copy elsewhere has pages of the same size as here."""
+    m = k.models.get(name)
+    return 0 if m is None or not m.memory.pool.num_pages else m.kv_bytes * mem.total // m.memory.pool.num_pages
+
+
+def own(k: "Kernel") -> "DeviceInfo":
+    """This kernel's own device's telemetry, its index that of its --device label (cpu:1 is index 1)."""
+    info = k.driver.describe()
+    index = k.device_name.partition(":")[2]
+    return dataclasses.replace(info, index=int(index)) if index.isdigit() else info

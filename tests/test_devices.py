@@ -1,0 +1,271 @@
+"""Several devices in one daemon (#17): `llmosd --device cpu:0,cpu:1` runs a kernel per device
+under one process table. Placement by cost, fork on its parent's device, stdin, signals and
+pipes across devices, the views, and a lost device's processes continuing on the daemon's own,
+each greedy output equal to transformers' generate()."""
+import time
+
+import psutil
+import pytest
+
+from llmos.syscalls.sdk import SyscallError
+
+from daemon import start_daemon
+from llmos.kernel.placement import Candidate, cached_prefix, choose
+from llmos.worker import plan
+
+MODEL = "tiny-llama"
+
+
+# --- placement, as plain data -------------------------------------------------------------------------
+def cand(name, prompt=100, cached=0, live=0, free=1000, need=7):
+    return Candidate(name, prompt, cached, live, free, need)
+
+
+def test_placement_prefers_the_prefix_cache_then_the_idle_device():
+    assert choose([cand("cpu:0", live=1), cand("cpu:1")]).device == "cpu:1"
+    # A cached 96-token prefix outweighs one more process decoding there.
+    assert choose([cand("cpu:0", cached=96, live=1), cand("cpu:1")]).device == "cpu:0"
+    assert choose([cand("cpu:0", cached=96, live=3), cand("cpu:1")]).device == "cpu:1"
+    # A device without the free pages for the prompt loses to one with them.
+    assert choose([cand("cpu:0", cached=96, free=2), cand("cpu:1", live=2)]).device == "cpu:1"
+    assert choose([cand("a"), cand("b")]).device == "a"  # a tie: the first listed
+    with pytest.raises(ValueError):
+        choose([])
+
+
+def test_a_prefix_summary_counts_only_an_unbroken_chain():
+    assert cached_prefix([1, 2, 3, 4], {1, 2, 4}) == 2
+    assert cached_prefix([1, 2], set()) == 0
+
+
+def test_device_lists_split_the_cores():
+    a, b = plan("cpu:0,cpu:1", cpus=[0, 1, 2, 3])
+    assert (a.label, a.base, a.cores, a.threads) == ("cpu:0", "cpu", (0, 1), 2)
+    assert (b.label, b.cores, b.threads) == ("cpu:1", (2, 3), 2)
+    assert [d.label for d in plan("all", gpus=2)] == ["cuda:0", "cuda:1"]
+    assert [d.label for d in plan("all", gpus=0)] == ["cpu"]
+    assert plan("cpu")[0].cores == ()  # one device: no pinning
+    for bad, why in (("cpu:0,cpu:0", "twice"), ("cpu:0,tpu:1", "not a device"), ("auto,cpu:1", "auto names one"),
+                     ("cpu:0,cpu:1,cpu:2", "at least as many cores")):
+        with pytest.raises(ValueError, match=why):
+            plan(bad, cpus=[0, 1])
+
+
+def test_one_device_refuses_what_needs_several(make_kernel):
+    from llmos.kernel import ROOT, InvalidArgument, PermissionDenied, SpawnSpec, StopRules
+    from llmos.kernel.users.cred import Cred
+
+    k, _ = make_kernel()
+    p = k.spawn(Cred("bob"), SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=8)))
+    assert k.device_name == "cpu:0" and k.where("tiny") == ["cpu:0"]
+    with pytest.raises(InvalidArgument, match="no device 'cpu:1'; devices are cpu:0"):
+        k.migrate(Cred("bob"), p.pid, "cpu:1")
+    with pytest.raises(InvalidArgument, match=r"no device 'xxxx.{60}'; devices are cpu:0"):
+        k.migrate(ROOT, p.pid, "x" * 10_000)  # named back bounded
+    with pytest.raises(PermissionDenied, match="only an admin may drain a device"):
+        k.drain(Cred("bob"), "cpu:0")
+    for replicas, names, why in ((2, (), "2 replicas asked, but this daemon has 1 device"),
+                                 (-1, (), r"replicas must be in \[0, 64\]"), (0, ("gpu:3",), "no device 'gpu:3'")):
+        with pytest.raises(InvalidArgument, match=why):
+            k.replica_targets(ROOT, replicas, names)
+    assert k.replica_targets(Cred("bob"), 1) == []  # one copy, here: nothing for an admin to do
+
+
+# --- a daemon with two CPU devices --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def two(tmp_path_factory, tiny_model_dir):
+    d = start_daemon(tmp_path_factory.mktemp("two-devices"), str(tiny_model_dir), "--device", "cpu:0,cpu:1",
+                     "--threads", "2")
+    yield d
+    d.stop_cleanly()
+    assert not [p for p in psutil.process_iter(["cmdline"]) if str(d.state_dir) in " ".join(p.info["cmdline"] or [])]
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_model_dir):
+    from conftest import Reference
+    from transformers import AutoModelForCausalLM
+    return Reference(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+
+
+@pytest.fixture
+def c(two):
+    with two.client(timeout=60) as client:
+        yield client
+
+
+def expected(ref, tokenizer, prompt, n, skip=0):
+    return tokenizer.decode(ref.greedy(tokenizer(prompt)["input_ids"], n)[skip:], skip_special_tokens=True)
+
+
+def wait_tokens(c, pid, n, timeout=60):
+    deadline = time.monotonic() + timeout
+    while c.stat(pid).usage.generated_tokens < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_the_model_and_the_views_cover_both_devices(c):
+    (m,) = [m for m in c.models().loaded if m.name == MODEL]
+    assert list(m.devices) == ["cpu:0", "cpu:1"]
+    devs = c.devices()
+    assert [(d.kind, d.index, d.threads) for d in devs] == [("cpu", 0, 1), ("cpu", 1, 1)]
+
+
+def test_placement_spreads_processes_and_outputs_match_transformers(c, ref, tokenizer):
+    prompts = [f"Process {i} starts here" for i in range(4)]
+    pids = [c.spawn(MODEL, p, max_tokens=20, ignore_eos=True) for p in prompts]
+    placed = [c.stat(pid).device for pid in pids]
+    assert sorted(placed) == ["cpu:0", "cpu:0", "cpu:1", "cpu:1"]
+    remote = pids[placed.index("cpu:1")]
+    streamed = "".join(ch.text for ch in c.read(remote))
+    for pid, prompt in zip(pids, prompts):
+        r = c.wait(pid)
+        assert (r.state, r.reason, r.usage.generated_tokens) == ("exited", "length", 20)
+        assert r.output == expected(ref, tokenizer, prompt, 20)
+    assert streamed == c.wait(remote).output
+    assert c.ps(live_only=True) == []
+
+
+def test_placement_follows_the_prefix_cache(c, ref, tokenizer):
+    system = [" ".join(f"Rule {i}.{j}: answer briefly." for j in range(12)) for i in range(2)]
+
+    def ask(i, q):
+        return [{"role": "system", "content": system[i]}, {"role": "user", "content": q}]
+    a = c.spawn(MODEL, messages=ask(0, "First"), max_tokens=300, ignore_eos=True)
+    b = c.spawn(MODEL, messages=ask(1, "Second"), max_tokens=300, ignore_eos=True)
+    assert (c.stat(a).device, c.stat(b).device) == ("cpu:0", "cpu:1")
+    # Each device is as busy as the other: the one holding a prompt's system prefix gets it.
+    for i, dev in ((1, "cpu:1"), (0, "cpu:0"), (1, "cpu:1")):
+        pid = c.spawn(MODEL, messages=ask(i, "Again"), max_tokens=2, ignore_eos=True)
+        assert c.stat(pid).device == dev
+        r = c.wait(pid)
+        assert r.usage.cached_tokens > 0
+        text = tokenizer.apply_chat_template(ask(i, "Again"), tokenize=False, add_generation_prompt=True)
+        assert r.output == tokenizer.decode(ref.greedy(tokenizer(text, add_special_tokens=False)["input_ids"], 2),
+                                            skip_special_tokens=True)
+    for pid in (a, b):
+        c.kill(pid, "KILL")
+
+
+def test_fork_stays_on_its_parents_device_and_shares_its_pages(c, ref, tokenizer):
+    busy = c.spawn(MODEL, "Keep cpu:0 busy", max_tokens=400, ignore_eos=True)
+    prompt = "An operating system for language models"
+    parent = c.spawn(MODEL, prompt, max_tokens=6, interactive=True, ignore_eos=True)
+    assert (c.stat(busy).device, c.stat(parent).device) == ("cpu:0", "cpu:1")
+    c.wait(parent, until="turn")
+    child = c.fork(parent, max_tokens=6)
+    r = c.wait(child, until="turn")
+    assert c.stat(child).device == "cpu:1" and r.proc.ppid == parent and r.usage.cached_tokens > 0
+    assert r.output == expected(ref, tokenizer, prompt, 12, skip=6)
+    for pid in (busy, parent, child):
+        c.kill(pid, "KILL")
+
+
+def test_stdin_signals_and_pipes_cross_devices(c, ref, tokenizer):
+    busy = [c.spawn(MODEL, f"Keep a device busy {i}", max_tokens=480, ignore_eos=True) for i in range(3)]
+    assert [c.stat(pid).device for pid in busy] == ["cpu:0", "cpu:1", "cpu:0"]
+    b = c.spawn(MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=6, interactive=True,
+                ignore_eos=True)
+    assert c.stat(b).device == "cpu:1"
+    first = c.wait(b, until="turn")
+    assert first.state == "blocked" and first.usage.generated_tokens == 6
+    assert c.write(b, "Tell me more") == len(first.output)
+    second = c.wait(b, until="turn")
+    assert second.output.startswith(first.output) and second.usage.generated_tokens == 12
+
+    c.kill(busy[1], "KILL")
+    c.kill(busy[0], "STOP")  # a signal on the daemon's own device; the rest go to cpu:1
+    long = c.spawn(MODEL, "Hello", max_tokens=480, ignore_eos=True)
+    assert c.stat(long).device == "cpu:1"
+    wait_tokens(c, long, 2)
+    c.kill(long, "STOP")
+    time.sleep(0.2)
+    n = c.stat(long).usage.generated_tokens
+    time.sleep(0.3)
+    assert c.stat(long).state == "stopped" and c.stat(long).usage.generated_tokens == n
+    c.kill(long, "CONT")
+    wait_tokens(c, long, n + 1)
+    assert c.stat(long).usage.generated_tokens > n
+    assert c.renice(long, 5).priority == 5 and c.stat(long).priority == 5
+    c.kill(long, "TERM")
+    assert c.wait(long).reason == "terminated"
+
+    c.kill(busy[2], "KILL")
+    a = c.spawn(MODEL, "Hello world", max_tokens=8, ignore_eos=True)
+    assert c.stat(a).device == "cpu:0"  # its output crosses to b on cpu:1
+    offset = c.pipe(a, b)
+    r = c.wait(b, until="turn")
+    assert offset == len(second.output) and len(r.output) > offset and r.usage.generated_tokens == 18
+    assert c.kill(b, "TERM").state == "killed"
+    c.kill(busy[0], "KILL")
+    assert c.ps(live_only=True) == []
+
+
+def test_migration_mid_generation_loses_and_doubles_nothing(c, ref, tokenizer):
+    prompt = "A process that moves between devices"
+    pid = c.spawn(MODEL, prompt, max_tokens=150, ignore_eos=True)
+    assert c.stat(pid).device == "cpu:0"
+    wait_tokens(c, pid, 10)
+    reader = c.read(pid)
+    first = next(reader)
+    hops = []
+    for to, after in (("cpu:1", 40), ("cpu:0", 70), ("cpu:1", 100)):
+        hops.append(c.migrate(pid, to).source)
+        assert c.stat(pid).device == to
+        wait_tokens(c, pid, after)
+    rest = "".join(ch.text for ch in reader)
+    r = c.wait(pid)
+    assert hops == ["cpu:0", "cpu:1", "cpu:0"]
+    assert (r.state, r.reason, r.usage.generated_tokens) == ("exited", "length", 150)
+    assert r.output == first.text + rest == expected(ref, tokenizer, prompt, 150)
+    with pytest.raises(SyscallError) as e:
+        c.migrate(pid, "cpu:1")
+    assert e.value.code == "failed_precondition" and "already exited" in str(e.value)
+    live = c.spawn(MODEL, "Stay", max_tokens=300, ignore_eos=True)
+    for to, code, words in (("cpu:9", "invalid_argument", "devices are cpu:0, cpu:1"),
+                            (c.stat(live).device, "failed_precondition", "already runs on")):
+        with pytest.raises(SyscallError) as e:
+            c.migrate(live, to)
+        assert e.value.code == code and words in str(e.value)
+    c.kill(live, "KILL")
+
+
+def test_drain_moves_every_process_off_a_device(c, ref, tokenizer):
+    prompts = [f"Drained process {i}" for i in range(4)]
+    pids = [c.spawn(MODEL, p, max_tokens=120, ignore_eos=True) for p in prompts]
+    assert sorted(c.stat(pid).device for pid in pids) == ["cpu:0", "cpu:0", "cpu:1", "cpu:1"]
+    on1 = [pid for pid in pids if c.stat(pid).device == "cpu:1"]
+    moved = c.drain("cpu:1")
+    assert sorted((m.pid, m.device) for m in moved) == [(pid, "cpu:0") for pid in on1]
+    assert {c.stat(pid).device for pid in pids} == {"cpu:0"}
+    extra = c.spawn(MODEL, "Not on a drained device", max_tokens=4, ignore_eos=True)
+    assert c.stat(extra).device == "cpu:0"
+    assert c.drain("cpu:1", undo=True) == []
+    back = c.spawn(MODEL, "Open again", max_tokens=4, ignore_eos=True)
+    assert c.stat(back).device == "cpu:1"
+    for pid, prompt in zip(pids, prompts):
+        assert c.wait(pid).output == expected(ref, tokenizer, prompt, 120)
+    for pid in (extra, back):
+        c.wait(pid)
+
+
+def test_a_lost_device_hands_its_processes_back_with_no_gap(two, c, ref, tokenizer):
+    busy = c.spawn(MODEL, "Keep cpu:0 busy", max_tokens=300, ignore_eos=True)
+    prompt = "A process on a device that dies"
+    pid = c.spawn(MODEL, prompt, max_tokens=200, ignore_eos=True)
+    assert c.stat(pid).device == "cpu:1"
+    wait_tokens(c, pid, 10)
+    reader = c.read(pid)
+    first = next(reader)
+    workers = [p for p in psutil.Process(two.proc.pid).children() if "spawn_main" in " ".join(p.cmdline())]
+    assert len(workers) == 1
+    workers[0].kill()
+    rest = "".join(ch.text for ch in reader)
+    r = c.wait(pid)
+    assert (r.state, r.reason, r.usage.generated_tokens) == ("exited", "length", 200)
+    assert r.output == expected(ref, tokenizer, prompt, 200) == first.text + rest
+    assert c.stat(pid).device == "cpu:0"
+    assert [d.telemetry_error for d in c.devices()][1].startswith("its process ended")
+    later = c.spawn(MODEL, "After the loss", max_tokens=4, ignore_eos=True)
+    assert c.stat(later).device == "cpu:0" and c.wait(later).usage.generated_tokens == 4
+    c.kill(busy, "KILL")
