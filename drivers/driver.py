@@ -63,6 +63,7 @@ class DeviceInfo:
     temperature: float | None = None  # degrees C
     threads: int | None = None
     telemetry_error: str = ""  # why utilization or temperature are unknown ("" when they are read)
+    node: str = ""  # the machine it is on, in a cluster ("" = the daemon's own)
 
 
 SWAP_HOST_SHARE = 0.25  # the host swap of all of a driver's KV pools together: at most this share of host RAM

@@ -232,22 +232,29 @@ def _update(k: "Kernel", d: Device, now: float, pid: int, epoch: int, tokens: li
 
 
 def lost(k: "Kernel", d: Device, why: str) -> None:
-    """d is gone: its live processes continue here, recomputing their KV from their tokens."""
+    """d is gone: each of its live processes is placed again (here, or on another device) from
+    the tokens this kernel holds, under the same pid and output offset, its KV recomputed."""
     if not d.alive:
         return
     d.alive, d.lost_reason, d.models = False, why, {}
-    moved = 0
-    for p in k.procs.values():
+    moved: list[str] = []
+    for p in list(k.procs.values()):
         if p.device != d.name or p.state.done:
             continue
+        p.moves += 1
         p.device, p.num_computed, p.usage.pages_held = "", 0, 0
         if p.state == State.RUNNING:
             p.state = State.READY
         if p.resume_state == State.RUNNING:
             p.resume_state = State.READY
-        moved += 1
+        m = k.models.get(p.model)
+        there = place(k, m, p) if m is not None else None
+        if there is not None:
+            start(k, there, p)
+        moved.append(p.device or k.device_name)
         k.emit(StateChanged(p.pid))
-    k.log(f"device {d.name} lost ({why}); {moved} process(es) continue on {k.device_name}", "error")
+    where = ", ".join(f"{moved.count(x)} on {x}" for x in sorted(set(moved))) or "none"
+    k.log(f"device {d.name} lost ({why}); its live processes continue: {where}", "error")
 
 
 # --- migration ----------------------------------------------------------------------------------------
@@ -286,36 +293,42 @@ def migrate(k: "Kernel", p: Process, to: str) -> str:
 
 
 def drain(k: "Kernel", name: str, undo: bool = False) -> list[tuple[int, str]]:
-    """Move every live process off device `name`, each to the cheapest other device, and place
-    nothing new there until undone; returns (pid, where it went)."""
-    d = _device(k, name)
+    """Move every live process off device `name` (or every device of node `name`), each to the
+    cheapest other device, and place nothing new there until undone; (pid, where it went)."""
+    names = {d.name for d in k.devices if d.alive and (d.name == name or d.name.startswith(name + "/"))}
+    if name == k.device_name:
+        names.add(name)
+    if not names:
+        _device(k, name)  # InvalidArgument, naming the devices
     if undo:
-        k.drained = k.drained - {name}
+        k.drained = k.drained - names
         return []
-    k.drained = k.drained | {name}
+    k.drained = k.drained | names
     moved = []
     for p in list(k.procs.values()):
-        if p.state.done or (p.device or k.device_name) != name:
+        here = p.device or k.device_name
+        if p.state.done or here not in names:
             continue
         m = k.model(p.model)
-        if d is None and not movable(m, p):
+        if not p.device and not movable(m, p):
             continue  # it can only run here; it finishes where it is
-        to = place(k, m, p, exclude=name)
+        to = place(k, m, p, exclude=here)
         to_name = k.device_name if to is None else to.name
-        if to_name == name:
+        if to_name in names:
             continue
         migrate(k, p, to_name)
         moved.append((p.pid, to_name))
-    k.log(f"device {name} drained: {len(moved)} process(es) moved")
+    k.log(f"{name} drained: {len(moved)} process(es) moved")
     return moved
 
 
 def _device(k: "Kernel", name: str) -> Device | None:
-    """The device named (None: this kernel's own); InvalidArgument naming the devices if none is."""
+    """The device named, or the first of the node named (None: this kernel's own);
+    InvalidArgument naming the devices if there is none."""
     if name == k.device_name:
         return None
     for d in k.devices:
-        if d.name == name and d.alive:
+        if d.alive and (d.name == name or d.name.startswith(name + "/")):
             return d
     alive = ", ".join([k.device_name, *(d.name for d in k.devices if d.alive)])
     raise InvalidArgument(f"no device {name[:64]!r}; devices are {alive}", "device")

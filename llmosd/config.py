@@ -162,6 +162,7 @@ class Config:
     data_dirs: tuple[str, ...] = () # where an admin may have llmosd read data files
     tool_wait_ttl: float = 60.0     # seconds a process waiting on a tool's result keeps its KV pages
     placement: str = "cost"         # how spawns choose among several devices: cost or round-robin
+    cluster: str = ""               # a Ray cluster to run kernels on every node of: auto or HOST:PORT
 
     @property
     def socket_path(self) -> Path:
@@ -224,6 +225,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_unit_tokens": (_positive(int), "most tokens one unit of task work (a micro-batch, a window) may compute "
                                         "(2048)"),
     "max_unit_s": (_positive(float), "a task whose unit of work takes longer than this many seconds is ended (30)"),
+    "cluster": (str, "a Ray cluster (pip install 'llmos[ray]') whose every other node gets a kernel of this "
+                     "daemon's: auto (the one this machine is in) or the head's HOST:PORT"),
     "placement": (_choice("cost", "round-robin"), "how a spawn chooses among several devices: cost (prefix-cache "
                                                   "overlap, decode load, free pages; the default) or round-robin"),
     "tool_wait_ttl": (_nonneg_float, "seconds an interactive process waiting on a tool's result keeps its KV "

@@ -32,6 +32,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.hurry = asyncio.Event()  # a second signal: no more grace
         self.grace = cfg.grace
+        self.nodes = None  # the Ray cluster's other nodes (llmosd/cluster.py), with --cluster
+        self.node_devices: dict = {}
 
     def request_stop(self, grace: float | None = None) -> None:
         if self.stopping.is_set():
@@ -98,6 +100,9 @@ class Daemon:
                         "ref": cfg.model, "name": m.name, "dtype": cfg.dtype}))
                 except KernelError as e:
                     raise BootError(f"cannot load the model {cfg.model!r} on every device: {e}") from None
+        if cfg.cluster:
+            self._join_cluster(kernel, dataclasses.replace(kcfg, quotas=Quotas()),
+                               {"ref": cfg.model, "name": self.model_name, "dtype": cfg.dtype} if cfg.model else None)
         try:  # after the default model: the processes it serves resume
             self.journal = attach_journal(kernel, cfg.state_dir / "journal.db")
         except (OSError, sqlite3.Error, JournalCorrupt) as e:
@@ -130,6 +135,43 @@ class Daemon:
                 link.close(2)
             raise BootError(f"device {links[-1].spec.label if links else specs[0].label}: {e}") from None
         self.links = links
+
+    def _join_cluster(self, kernel, kcfg, model: dict | None) -> None:
+        """A kernel actor on every other node of the Ray cluster (llmosd/cluster.py), the model on each."""
+        from llmos import cluster
+
+        try:
+            ray = cluster.connect(self.cfg.cluster)
+            self.nodes = cluster.ClusterNodes(ray, kcfg, str(self.cfg.store_path), model, self.log)
+            self.nodes.attach_all(lambda *a: self._add_node(kernel, *a))
+        except cluster.ClusterError as e:
+            raise BootError(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - an actor that cannot start stops the boot
+            raise BootError(f"cluster {self.cfg.cluster}: {type(e).__name__}: {e}") from None
+
+    def _add_node(self, kernel, link, info, replicas, loaded) -> None:
+        """A node's actor serves: its device joins the kernel, with the copies loaded there."""
+        from llmos.kernel.devices import Device, Replica
+        from llmos.kernel.memory import MemInfo
+
+        dev = Device(link.label, link, info=info)
+        link.on_news = lambda msg: self._news(dev, msg)
+        self.node_devices[link.label] = dev
+
+        def add(k) -> None:
+            k.devices = [d for d in k.devices if d.name != dev.name] + [dev]  # a node seen again replaces its old self
+            k.add_replicas([(dev, name, Replica(MemInfo(**mem))) for name, mem in replicas])
+            for name in loaded:
+                if name not in k.models:
+                    link.post("unload", name)  # a model an earlier head loaded there and this one does not serve
+        kt = getattr(self, "kt", None)
+        kt.call(add) if kt is not None else add(kernel)
+        link.start()
+
+    def _node_lost(self, link, why: str) -> None:
+        dev = self.node_devices.get(link.label)
+        if dev is not None:
+            self._news(dev, ("lost", why))
 
     def _news(self, dev, msg) -> None:
         """A device's kernel sent news (on its link's reader thread): into its inbox, and wake the kernel."""
@@ -167,6 +209,8 @@ class Daemon:
         self.model_name = ""
         kernel = await asyncio.wrap_future(in_fresh_thread(self.boot))
         kt = self.kt = KernelThread(kernel, on_log=_kernel_log)
+        if self.nodes is not None:
+            self.nodes.watch(lambda *a: self._add_node(kernel, *a), self._node_lost)
         mirror = ProcMirror(kt, loop)
         meter = TokenMeter()
 
@@ -216,6 +260,8 @@ class Daemon:
         kt.stop()
         for link in getattr(self, "links", ()):
             link.close()
+        if self.nodes is not None:
+            self.nodes.close()
         self.journal.close()
         self.usage.close()
         kernel.driver.release()

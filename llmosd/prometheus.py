@@ -92,7 +92,7 @@ def _device_families(s: Stats) -> list[Metric]:
     util = GaugeMetricFamily("llmos_device_utilization_percent", "Device utilisation, when known", labels=["device"])
     temp = GaugeMetricFamily("llmos_device_temperature_celsius", "Device temperature, when known", labels=["device"])
     for d in s.devices:
-        dev = f"{d.kind}:{d.index}"
+        dev = f"{d.node}/{d.kind}:{d.index}" if d.node else f"{d.kind}:{d.index}"
         info.add_metric([dev, d.name, d.kind], 1)
         total.add_metric([dev], d.total_memory)
         free.add_metric([dev], d.free_memory)

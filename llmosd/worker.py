@@ -34,6 +34,7 @@ class DeviceSpec:
     base: str
     threads: int | None = None
     cores: tuple[int, ...] = ()
+    node: str = ""  # the machine, in a Ray cluster (llmosd/cluster.py); "" = the daemon's own
 
 
 def plan(device: str, threads: int | None = None, cpus: list[int] | None = None,
@@ -153,15 +154,12 @@ class WorkerLink:
             self.on_news(("lost", why))
 
 
-# --- the worker process --------------------------------------------------------------------------------
-def serve(conn, spec: DeviceSpec, kcfg, store: str | None) -> None:
-    """A worker's main: a kernel on one device, running what the daemon's kernel posts."""
-    lock = threading.Lock()
+# --- the device's side: a kernel running what the daemon's kernel posts ----------------------------------
+class DeviceServer:
+    """A kernel on one device (its thread, its Uplink), serving a daemon's kernel: in a worker
+    process here, or in a Ray actor on another machine (llmosd/cluster.py)."""
 
-    def send(msg: tuple) -> None:
-        with lock:
-            conn.send(msg)
-    try:
+    def __init__(self, spec: DeviceSpec, kcfg, store: str | None, send: Callable[[tuple], None]) -> None:
         if spec.cores:
             os.sched_setaffinity(0, spec.cores)
         from llmos.drivers import open_driver
@@ -170,12 +168,72 @@ def serve(conn, spec: DeviceSpec, kcfg, store: str | None) -> None:
         from llmos.kernel.thread import KernelThread
         from llmos.kernel.uplink import Uplink
 
-        kernel = Kernel(open_driver(spec.base, spec.threads), kcfg, ModelStore(store) if store else None)
-        kernel.device_name = spec.label
-        up = Uplink(kernel, send)
-        kernel.listeners.append(up.listener)
-        kt = KernelThread(kernel, name=f"llmos-kernel-{spec.label}").start()
-        send(("ready", _described(kernel)))
+        self.send = send
+        self.node = spec.node
+        self.kernel = Kernel(open_driver(spec.base, spec.threads), kcfg, ModelStore(store) if store else None)
+        self.kernel.device_name = spec.label
+        self.up = Uplink(self.kernel, send)
+        self.kernel.listeners.append(self.up.listener)
+        self.kt = KernelThread(self.kernel, name=f"llmos-kernel-{spec.label}").start()
+
+    def post(self, op: str, args: tuple) -> None:
+        """Run an operation on the kernel thread, after those posted before it."""
+        self.kt.submit(lambda k: self._run(k, op, args))
+
+    def answer(self, op: str, args: tuple) -> Any:
+        """A call's result (blocks: on a thread of its own)."""
+        if op == "load":
+            return _load(self.kt, args[0])
+        if op == "describe":
+            return self.kt.call(self.described, timeout=30)
+        if op == "reset":  # a new daemon's kernel attached: what the old one placed here is no more
+            return self.kt.call(self._reset, timeout=60)
+        raise ValueError(f"unknown call {op!r}")
+
+    def described(self, k):
+        from llmos.kernel.devices import own
+        return dataclasses.replace(own(k), node=self.node)
+
+    def stop(self) -> None:
+        self.kt.stop()
+        self.kernel.driver.release()
+
+    def _run(self, k, op: str, args: tuple) -> None:
+        from llmos.kernel import uplink
+
+        try:
+            if op in uplink.UPLINK_OPS:
+                uplink.UPLINK_OPS[op](k, self.up, *args)
+            elif op == "unload":
+                from llmos.kernel.models import loading
+                if args[0] in k.models:
+                    loading.unload_model(k, args[0])
+            else:
+                uplink.OPS[op](k, *args)
+        except Exception as e:  # noqa: BLE001 - the process it was about ends with the reason
+            pid = args[0].get("pid") if args and isinstance(args[0], dict) else (args[0] if args else None)
+            k.log(f"{op} failed: {type(e).__name__}: {e}", "error")
+            if isinstance(pid, int):
+                self.send(("failed", pid, f"{op} failed: {type(e).__name__}: {e}"))
+
+    def _reset(self, k) -> list[str]:
+        from llmos.kernel import uplink
+
+        for pid in list(k.procs):
+            uplink.release(k, self.up, pid)
+        return sorted(m.name for m in k.pools())
+
+
+def serve(conn, spec: DeviceSpec, kcfg, store: str | None) -> None:
+    """A worker's main: a DeviceServer on one device, fed from the daemon's end of the pipe."""
+    lock = threading.Lock()
+
+    def send(msg: tuple) -> None:
+        with lock:
+            conn.send(msg)
+    try:
+        server = DeviceServer(spec, kcfg, store, send)
+        send(("ready", server.kt.call(server.described)))
     except Exception as e:  # noqa: BLE001 - the daemon says why this device did not start
         send(("boot failed", f"{type(e).__name__}: {e}"))
         return
@@ -187,50 +245,27 @@ def serve(conn, spec: DeviceSpec, kcfg, store: str | None) -> None:
         if op == "stop":
             break
         if i:
-            threading.Thread(target=_answer, args=(kt, send, i, op, args), daemon=True).start()
+            threading.Thread(target=_answer, args=(server, send, i, op, args), daemon=True).start()
         else:
-            kt.submit(lambda k, op=op, args=args: _run_post(k, up, send, op, args))
-    kt.stop()
-    kernel.driver.release()
+            server.post(op, args)
+    server.stop()
 
 
-def _run_post(k, up, send, op: str, args: tuple) -> None:
-    from llmos.kernel import uplink
-
+def _answer(server: DeviceServer, send, i: int, op: str, args: tuple) -> None:
     try:
-        if op in uplink.UPLINK_OPS:
-            uplink.UPLINK_OPS[op](k, up, *args)
-        elif op == "unload":
-            from llmos.kernel.models import loading
-            if args[0] in k.models:
-                loading.unload_model(k, args[0])
-        else:
-            uplink.OPS[op](k, *args)
-    except Exception as e:  # noqa: BLE001 - the process it was about ends with the reason
-        pid = args[0].get("pid") if args and isinstance(args[0], dict) else (args[0] if args else None)
-        k.log(f"{op} failed: {type(e).__name__}: {e}", "error")
-        if isinstance(pid, int):
-            send(("failed", pid, f"{op} failed: {type(e).__name__}: {e}"))
-
-
-def _answer(kt, send, i: int, op: str, args: tuple) -> None:
-    try:
-        if op == "load":
-            value = _load(kt, args[0])
-        elif op == "describe":
-            value = kt.call(_described, timeout=30)
-        else:
-            raise ValueError(f"unknown call {op!r}")
-        send(("reply", i, True, value))
+        send(("reply", i, True, server.answer(op, args)))
     except Exception as e:  # noqa: BLE001 - the caller gets the reason
         send(("reply", i, False, f"{type(e).__name__}: {e}"))
 
 
-def _load(kt, a: dict) -> tuple[str, int, int]:
+def _load(kt, a: dict) -> tuple[str, dict]:
     from llmos.kernel.thread import in_fresh_thread
     from llmos.kernel.users.cred import ROOT
 
     k = kt.kernel
+    if a.get("name") in k.models:  # already here (a daemon re-attached to this device)
+        m = k.models[a["name"]]
+        return m.name, kt.call(lambda k: dataclasses.asdict(m.memory.meminfo()))
     prep = in_fresh_thread(lambda: k.prepare_model(ROOT, a["ref"], a.get("name"), a.get("dtype", "float32"),
                                                    a.get("quantize"), a.get("prune", 0.0),
                                                    a.get("prune_heads", 0.0))).result()
@@ -240,7 +275,3 @@ def _load(kt, a: dict) -> tuple[str, int, int]:
         return m.name, dataclasses.asdict(m.memory.meminfo())
     return kt.call(install)
 
-
-def _described(k):
-    from llmos.kernel.devices import own
-    return own(k)

@@ -75,11 +75,12 @@ def devices_table(devices: Sequence[pb.Device]) -> Table | Group:
     for col in ("DEVICE", "KIND", "NAME", "MEMORY", "FREE", "UTIL", "TEMP", "THREADS"):
         t.add_column(col)
     for d in devices:
-        t.add_row(f"{d.kind}:{d.index}", d.kind, d.name, size(d.total_memory), size(d.free_memory),
+        t.add_row(f"{d.node}/{d.kind}:{d.index}" if d.node else f"{d.kind}:{d.index}", d.kind, d.name, size(d.total_memory), size(d.free_memory),
                   f"{d.utilization:.0f}%" if d.HasField("utilization") else "-",
                   f"{d.temperature:.0f}C" if d.HasField("temperature") else "-",
                   str(d.threads) if d.HasField("threads") else "-")
-    errors = [Text(f"{d.kind}:{d.index}: {d.telemetry_error}", style="yellow") for d in devices if d.telemetry_error]
+    errors = [Text(f"{d.node + '/' if d.node else ''}{d.kind}:{d.index}: {d.telemetry_error}", style="yellow")
+              for d in devices if d.telemetry_error]
     return Group(t, *errors) if errors else t
 
 

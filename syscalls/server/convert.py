@@ -46,7 +46,7 @@ def pool_info(name: str, mem: "MemInfo", kv_bytes: int, device: str = "") -> pb.
 def device(d: "DeviceInfo") -> pb.Device:
     return pb.Device(name=d.name, kind=d.kind, index=d.index, total_memory=d.total_memory,
                      free_memory=d.free_memory, utilization=d.utilization, temperature=d.temperature,
-                     threads=d.threads, telemetry_error=d.telemetry_error)
+                     threads=d.threads, telemetry_error=d.telemetry_error, node=d.node)
 
 
 def model_info(m: "LoadedModel", live_procs: int, source: str, devices: list[str] = ()) -> pb.ModelInfo:

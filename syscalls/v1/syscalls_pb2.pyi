@@ -415,7 +415,7 @@ class DevicesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Device(_message.Message):
-    __slots__ = ("name", "kind", "index", "total_memory", "free_memory", "utilization", "temperature", "threads", "telemetry_error")
+    __slots__ = ("name", "kind", "index", "total_memory", "free_memory", "utilization", "temperature", "threads", "telemetry_error", "node")
     NAME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -425,6 +425,7 @@ class Device(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     THREADS_FIELD_NUMBER: _ClassVar[int]
     TELEMETRY_ERROR_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     index: int
@@ -434,7 +435,8 @@ class Device(_message.Message):
     temperature: float
     threads: int
     telemetry_error: str
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., index: _Optional[int] = ..., total_memory: _Optional[int] = ..., free_memory: _Optional[int] = ..., utilization: _Optional[float] = ..., temperature: _Optional[float] = ..., threads: _Optional[int] = ..., telemetry_error: _Optional[str] = ...) -> None: ...
+    node: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., index: _Optional[int] = ..., total_memory: _Optional[int] = ..., free_memory: _Optional[int] = ..., utilization: _Optional[float] = ..., temperature: _Optional[float] = ..., threads: _Optional[int] = ..., telemetry_error: _Optional[str] = ..., node: _Optional[str] = ...) -> None: ...
 
 class DevicesResponse(_message.Message):
     __slots__ = ("devices",)
