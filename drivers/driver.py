@@ -152,6 +152,12 @@ class Driver(Protocol):
 
     def step(self, name: str, batch: StepInput) -> StepOutput: ...
 
+    # The KV of these pages of the pool, every layer, keys and values, as opaque bytes to write into
+    # another pool of the same model (a migration); the same number of bytes for every page.
+    def read_pages(self, name: str, pages: list[int]) -> bytes: ...
+
+    def write_pages(self, name: str, pages: list[int], kv: bytes) -> None: ...  # ValueError if kv does not fit
+
     def score(self, name: str, token_ids: list[int]) -> tuple[float, int]: ...
 
     def unload(self, name: str) -> None: ...  # a model or an adapter

@@ -2,6 +2,8 @@
 runs the model once over the packed tokens (each slice under its LoRA adapter, if any), and samples."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from llmos.drivers.attention import PagedBatch, PrefillSlice
@@ -51,6 +53,27 @@ class ModelRunner:
         self.swap = [(torch.empty(sshape, dtype=self.dtype, pin_memory=pin),
                       torch.empty(sshape, dtype=self.dtype, pin_memory=pin)) for _ in range(self.num_layers)]
         return sum(k.numel() * k.element_size() * 2 for k, _ in self.kv)
+
+    def read_pages(self, pages: list[int]) -> bytes:
+        """These pages' keys and values, every layer, as bytes: [pages, layers, 2, page_size,
+        kv_heads, head_dim] of the pool's dtype, page by page (plain bytes cross a pipe or Ray as
+        they are, and a run of pages is a slice of them)."""
+        idx = torch.tensor(pages, dtype=torch.long, device=self.device)
+        kv = torch.stack([torch.stack((k[idx], v[idx]), dim=1) for k, v in self.kv], dim=1).cpu().contiguous()
+        return kv.view(torch.uint8).numpy().tobytes()
+
+    def write_pages(self, pages: list[int], kv: bytes) -> None:
+        """Write read_pages' bytes (of a pool of the same model) into these pages."""
+        shape = (len(pages), self.num_layers, 2, self.page_size, self.kv_heads, self.head_dim)
+        want = math.prod(shape) * self.dtype.itemsize
+        if not isinstance(kv, (bytes, bytearray)) or len(kv) != want:
+            got = f"{len(kv)} bytes" if isinstance(kv, (bytes, bytearray)) else type(kv).__name__
+            raise ValueError(f"KV pages of {got} do not fit {len(pages)} pages of this pool ({want} bytes)")
+        data = torch.frombuffer(bytearray(kv), dtype=torch.uint8).view(self.dtype).view(shape).to(self.device)
+        idx = torch.tensor(pages, dtype=torch.long, device=self.device)
+        for i, (k, v) in enumerate(self.kv):
+            k[idx] = data[:, i, 0]
+            v[idx] = data[:, i, 1]
 
     def apply_moves(self, moves: list[tuple[str, int, int]]) -> None:
         """Copy-on-write copies and swap traffic, in the order the memory manager decided them."""

@@ -146,6 +146,12 @@ class TorchDriver:
     def step(self, name: str, batch: StepInput) -> StepOutput:
         return self.runners[name].step(batch)
 
+    def read_pages(self, name: str, pages: list[int]) -> bytes:
+        return self.runners[name].read_pages(pages)
+
+    def write_pages(self, name: str, pages: list[int], kv: bytes) -> None:
+        self.runners[name].write_pages(pages, kv)
+
     def score(self, name: str, token_ids: list[int]) -> tuple[float, int]:
         """Summed next-token NLL of one window and how many tokens it predicts (drivers/score.py)."""
         base = self.adapters.get(name)

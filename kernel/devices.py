@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from llmos.kernel import placement, recovery, stdio
-from llmos.kernel.errors import FailedPrecondition, InvalidArgument, Unavailable
-from llmos.kernel.events import Charged, StateChanged
+from llmos.kernel import placement, recovery
+from llmos.kernel.errors import InvalidArgument, Unavailable
 from llmos.kernel.memory import MemInfo
 from llmos.kernel.proc import Process, State
 
@@ -133,9 +131,9 @@ def movable(m: "LoadedModel", p: Process) -> bool:
 
 
 def start(k: "Kernel", d: Device, p: Process) -> None:
-    """p, just admitted here, runs on d from now on."""
+    """p, just admitted here (or placed again), runs on d from now on: it recomputes there."""
     p.device = d.name
-    d.link.post("adopt", record(p))
+    d.link.post("adopt", record(p), None)
 
 
 def record(p: Process) -> dict:
@@ -164,165 +162,16 @@ def device_of(k: "Kernel", p: Process) -> Device | None:
     return next((d for d in k.devices if d.name == p.device), None) if p.device else None
 
 
-# --- what devices send up ------------------------------------------------------------------------------
 def busy(k: "Kernel") -> bool:
-    """Whether a process runs on another device now (this kernel's has_work does not count them)."""
-    return any(p.device and p.runnable for p in k.procs.values())
+    """Whether a process runs elsewhere now (this kernel's has_work does not count them)."""
+    return any(not p.here and p.runnable for p in k.procs.values())
 
 
 def has_news(k: "Kernel") -> bool:
     return any(d.inbox for d in k.devices)
 
 
-def poll(k: "Kernel") -> None:
-    """Apply what the devices sent since the last poll (on the kernel thread)."""
-    for d in k.devices:
-        while d.inbox:
-            apply(k, d, d.inbox.popleft())
-
-
-def apply(k: "Kernel", d: Device, msg: tuple) -> None:
-    kind = msg[0]
-    if kind == "news":
-        _, deltas, charges, summary = msg
-        now = time.monotonic()
-        for delta in deltas:
-            _update(k, d, now, *delta)
-        for c in charges:
-            k.emit(Charged(**c))
-        if summary is not None:
-            pools, d.info = summary
-            for name, (mem, hashes) in pools.items():
-                if name in d.models:  # not one unloaded since
-                    d.models[name] = Replica(MemInfo(**mem), frozenset(hashes))
-    elif kind == "failed":
-        _, pid, why = msg
-        p = k.procs.get(pid)
-        if p is not None and p.device == d.name and not p.state.done:
-            k.exit(p, State.KILLED, f"device {d.name}: {why}")
-    elif kind == "lost":
-        lost(k, d, msg[1])
-
-
-def _update(k: "Kernel", d: Device, now: float, pid: int, epoch: int, tokens: list[int], state: str, reason: str,
-            stats: tuple[int, int, int, int, int]) -> None:
-    """One process's news: replay its tokens through stdout, then take its counters and state."""
-    p = k.procs.get(pid)
-    there = State(state)
-    if p is None or p.device != d.name or p.moves != epoch:
-        if there.done:
-            d.link.post("reap", pid)
-        return
-    m = k.models.get(p.model)
-    before = p.num_computed
-    p.num_computed, p.usage.pages_held, p.usage.cached_tokens, p.usage.swaps, p.usage.preemptions = stats
-    if p.num_computed > before:
-        k.quota.charge(p.owner, p.num_computed - before, now)
-    for t in tokens:
-        if p.state.done or m is None:
-            break
-        stdio.emit(k, m, p, t)
-    if there.done:
-        d.link.post("reap", pid)
-        if not p.state.done:
-            k.exit(p, there, reason)
-    elif p.runnable and there in (State.READY, State.RUNNING) and p.state != there:
-        p.state = there
-        k.emit(StateChanged(pid))
-
-
-def lost(k: "Kernel", d: Device, why: str) -> None:
-    """d is gone: each of its live processes is placed again (here, or on another device) from
-    the tokens this kernel holds, under the same pid and output offset, its KV recomputed."""
-    if not d.alive:
-        return
-    d.alive, d.lost_reason, d.models = False, why, {}
-    moved: list[str] = []
-    for p in list(k.procs.values()):
-        if p.device != d.name or p.state.done:
-            continue
-        p.moves += 1
-        p.device, p.num_computed, p.usage.pages_held = "", 0, 0
-        if p.state == State.RUNNING:
-            p.state = State.READY
-        if p.resume_state == State.RUNNING:
-            p.resume_state = State.READY
-        m = k.models.get(p.model)
-        there = place(k, m, p) if m is not None else None
-        if there is not None:
-            start(k, there, p)
-        moved.append(p.device or k.device_name)
-        k.emit(StateChanged(p.pid))
-    where = ", ".join(f"{moved.count(x)} on {x}" for x in sorted(set(moved))) or "none"
-    k.log(f"device {d.name} lost ({why}); its live processes continue: {where}", "error")
-
-
-# --- migration ----------------------------------------------------------------------------------------
-def migrate(k: "Kernel", p: Process, to: str) -> str:
-    """Move a live process to device `to` at this step boundary; returns where it was. Its KV is
-    recomputed there from its tokens (the target's prefix cache serves what it holds); its pid,
-    output offset and readers go on with no gap and no duplicate, since its output is this kernel's."""
-    here = p.device or k.device_name
-    if p.state.done:
-        raise FailedPrecondition(f"pid {p.pid} has already {p.state.value}; only a live process can move")
-    if to == here:
-        raise FailedPrecondition(f"pid {p.pid} already runs on {to}")
-    target = _device(k, to)
-    m = k.model(p.model)
-    if target is not None:
-        if not movable(m, p):
-            raise FailedPrecondition(f"pid {p.pid} must run on {k.device_name}: a task, a LoRA or preset model, a "
-                                     "grammar or log-probabilities are served by this kernel alone")
-        if m.name not in target.models:
-            raise FailedPrecondition(f"{to} has no copy of {m.name}; load it there (llmos load --devices {to})")
-    source = device_of(k, p)
-    if source is None:
-        m.memory.free(p.pid)
-    elif source.alive:
-        source.link.post("release", p.pid)
-    p.moves += 1
-    p.num_computed, p.usage.pages_held = 0, 0
-    if p.state == State.RUNNING:
-        p.state = State.READY
-    p.device = "" if target is None else target.name
-    if target is not None:
-        target.link.post("adopt", record(p))
-    k.log(f"pid {p.pid} migrated from {here} to {to} ({len(p.tokens)} tokens to recompute)")
-    k.emit(StateChanged(p.pid))
-    return here
-
-
-def drain(k: "Kernel", name: str, undo: bool = False) -> list[tuple[int, str]]:
-    """Move every live process off device `name` (or every device of node `name`), each to the
-    cheapest other device, and place nothing new there until undone; (pid, where it went)."""
-    names = {d.name for d in k.devices if d.alive and (d.name == name or d.name.startswith(name + "/"))}
-    if name == k.device_name:
-        names.add(name)
-    if not names:
-        _device(k, name)  # InvalidArgument, naming the devices
-    if undo:
-        k.drained = k.drained - names
-        return []
-    k.drained = k.drained | names
-    moved = []
-    for p in list(k.procs.values()):
-        here = p.device or k.device_name
-        if p.state.done or here not in names:
-            continue
-        m = k.model(p.model)
-        if not p.device and not movable(m, p):
-            continue  # it can only run here; it finishes where it is
-        to = place(k, m, p, exclude=here)
-        to_name = k.device_name if to is None else to.name
-        if to_name in names:
-            continue
-        migrate(k, p, to_name)
-        moved.append((p.pid, to_name))
-    k.log(f"{name} drained: {len(moved)} process(es) moved")
-    return moved
-
-
-def _device(k: "Kernel", name: str) -> Device | None:
+def find(k: "Kernel", name: str) -> Device | None:
     """The device named, or the first of the node named (None: this kernel's own);
     InvalidArgument naming the devices if there is none."""
     if name == k.device_name:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from llmos.drivers.driver import Driver
 from llmos.kernel import accounting, grammar
 from llmos.kernel import pipe as pipes
-from llmos.kernel import devices, signals, spawn, stdio, step, table, tasks
+from llmos.kernel import devices, migrate, news, signals, spawn, stdio, step, table, tasks
 from llmos.kernel.errors import FailedPrecondition, InvalidArgument, NotFound
 from llmos.kernel.events import Event, Listener, ShutdownRequested
 from llmos.kernel.memory import MemInfo
@@ -235,16 +235,16 @@ class Kernel:
         """Serve the copies devices.load_replicas loaded: placement may now choose them."""
         devices.add_replicas(self, loaded)
 
-    def migrate(self, cred: Cred, pid: int, to: str) -> tuple[Process, str]:
-        """Move a live process to another device at this step boundary (its owner or an admin);
-        (the process, the device it left)."""
+    def migrate(self, cred: Cred, pid: int, to: str, by: str = "auto") -> tuple[Process, str, str]:
+        """Move a live process to another device at this step boundary (its owner or an admin),
+        by its KV pages or its tokens (kernel/migrate.py); (the process, the device it left, how)."""
         p = self.lookup(cred, pid)
-        return p, devices.migrate(self, p, to)
+        return (p, *migrate.migrate(self, p, to, by))
 
     def drain(self, cred: Cred, device: str, undo: bool = False) -> list[tuple[int, str]]:
         """Move every process off a device and place nothing new there (undo: place there again)."""
         cred.check("drain")
-        return devices.drain(self, device, undo)
+        return migrate.drain(self, device, undo)
 
     def where(self, name: str) -> list[str]:
         """The devices holding a copy of a loaded model, this kernel's own first."""
@@ -321,7 +321,7 @@ class Kernel:
         now = time.monotonic()
         total = 0
         with self.batch():
-            devices.poll(self)
+            news.poll(self)
             step.enforce_time_limits(self, now)
             grammar.poll(self)
             for m in self.pools():
@@ -344,7 +344,7 @@ class Kernel:
         now = time.monotonic()  # work held back by its owner's tokens-per-minute quota waits
         return devices.has_news(self) or any(
             (p.runnable and p.task is not None) or
-            (p.runnable and p.owed > 0 and not p.device and not self.quota.throttled(p.owner, now))
+            (p.runnable and p.owed > 0 and p.here and not self.quota.throttled(p.owner, now))
             for p in self.procs.values())
 
     def pools(self) -> list[LoadedModel]:
@@ -354,7 +354,7 @@ class Kernel:
     def pool_procs(self, m: LoadedModel) -> list[Process]:
         """The live token processes scheduled in m's pool: its own and its LoRA models'."""
         return [p for p in self.procs.values() if not p.state.done and p.task is None and p.grammar_job is None
-                and not p.device and self.models[p.model].pool == m.name]
+                and p.here and self.models[p.model].pool == m.name]
 
     # --- for the kernel's own files: the process table and the events --------------------------------
     def admit(self, p: Process, state: State = State.NEW) -> Process:

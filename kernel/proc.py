@@ -93,6 +93,7 @@ class Process:
     device: str = ""         # the device kernel running it (kernel/devices.py); "" = this kernel's own
     chunks: list[list] = field(default_factory=list)  # [generated, count] runs of its tokens, in order
     moves: int = 0           # migrations so far: news from a device it has left is stale
+    incoming: str = ""       # a device its KV pages are on their way from (kernel/migrate.py): it waits
 
     # --- the kernel thread only: counters and times
     usage: Usage = field(default_factory=Usage)
@@ -124,6 +125,11 @@ class Process:
     def owed(self) -> int:
         """Tokens the model still has to run before this process can sample again."""
         return len(self.tokens) - self.num_computed
+
+    @property
+    def here(self) -> bool:
+        """Whether it runs on this kernel's own device now (kernel/devices.py)."""
+        return not self.device and not self.incoming
 
     @property
     def runnable(self) -> bool:

@@ -120,7 +120,7 @@ class KernelThread:
             k.log(f"step failed: {type(e).__name__}: {e}; killing the processes that were running", "error")
             with k.batch():
                 for p in list(k.procs.values()):
-                    if p.runnable and p.owed > 0 and not p.device:
+                    if p.runnable and p.owed > 0 and p.here:
                         k.exit(p, State.KILLED, f"step failed: {type(e).__name__}: {e}")
 
     def _needs_tick(self) -> bool:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from llmos.kernel import recovery, stdio
+from llmos.kernel import migrate, recovery, stdio
 from llmos.kernel.events import Charged, Event, Output, StateChanged
 from llmos.kernel.proc import Signal, State
 from llmos.kernel.users.cred import ROOT
@@ -79,14 +79,26 @@ class Uplink:
 
 
 # --- the operations, posted by the table's kernel ------------------------------------------------------
-def adopt(k: "Kernel", up: Uplink, rec: dict) -> None:
-    """A process placed here: its record as the journal keeps one (kernel/recovery.py)."""
+def adopt(k: "Kernel", up: Uplink, rec: dict, kv: tuple[int, Any] | None = None) -> None:
+    """A process placed here: its record as the journal keeps one (kernel/recovery.py), and the
+    KV pages it brought (tokens covered, their KV), if it migrated by pages."""
     r = recovery.Record(rec["pid"], rec["spec"], rec["chunks"], recovery.Status(**rec["status"]))
     up.skip[r.pid] = sum(len(t) for generated, t in r.chunks if generated)
     up.epoch[r.pid] = rec.get("epoch", 0)
     problem = recovery.rebuild(k, r)
     if problem:
         raise RuntimeError(problem)
+    p = k.procs[r.pid]
+    if kv is not None and not p.state.done:
+        migrate.install(k, k.model(p.model), p, *kv)
+
+
+def export(k: "Kernel", up: Uplink, pid: int) -> None:
+    """The process migrates by its pages: send them up, then drop it here."""
+    p = k.procs.get(pid)
+    got = migrate.export(k, k.model(p.model), p) if p is not None and not p.state.done else None
+    release(k, up, pid)
+    up.send(("pages", pid, *(got or (0, None))))
 
 
 def fork(k: "Kernel", parent: int, child: int, text: str | None, sampling: dict | None,
@@ -138,4 +150,4 @@ def release(k: "Kernel", up: Uplink, pid: int) -> None:
 
 OPS: dict[str, Callable[..., Any]] = {"fork": fork, "feed": feed, "signal": signal, "renice": renice,
                                       "kill": kill}
-UPLINK_OPS: dict[str, Callable[..., Any]] = {"adopt": adopt, "reap": reap, "release": release}
+UPLINK_OPS: dict[str, Callable[..., Any]] = {"adopt": adopt, "reap": reap, "release": release, "export": export}

@@ -131,6 +131,10 @@ class WorkerLink:
                 msg = self.conn.recv()
             except (EOFError, OSError):
                 break
+            except Exception as e:  # noqa: BLE001 - a message that cannot be read: the link is not to be trusted
+                self.proc.kill()
+                self._why = f"an unreadable message ({type(e).__name__}: {e})"
+                break
             kind = msg[0]
             if kind == "reply":
                 _, i, ok, value = msg
@@ -144,7 +148,7 @@ class WorkerLink:
             else:
                 self.on_news(msg)
         self.proc.join(1)
-        why = "stopped" if self._closed else f"its process ended (exit code {self.proc.exitcode})"
+        why = "stopped" if self._closed else getattr(self, "_why", f"its process ended (exit code {self.proc.exitcode})")
         if not self._ready.done():
             self._ready.set_exception(RuntimeError(why))
         for fut in self._pending.values():

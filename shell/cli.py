@@ -88,7 +88,9 @@ def build_parser() -> Parser:
     p.add_argument("-s", "--signal", default="TERM", help="TERM, KILL, STOP or CONT")
     p = sub.add_parser("migrate", help="move a live process to another device (llmosd --device cpu:0,cpu:1)")
     p.add_argument("pid", type=int)
-    p.add_argument("--to", required=True, metavar="DEVICE", help="e.g. cpu:1 or cuda:0")
+    p.add_argument("--to", required=True, metavar="DEVICE", help="a device (cpu:1, cuda:0) or a node (node-1a2b3c4d)")
+    p.add_argument("--by", default="", choices=["", "pages", "tokens"],
+                   help="move its KV pages, or its tokens for the target to recompute (default: the cheaper)")
     p = sub.add_parser("drain", help="move every process off a device and place nothing new there")
     p.add_argument("device")
     p.add_argument("--undo", action="store_true", help="place new processes there again")

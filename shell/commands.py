@@ -191,8 +191,9 @@ def signal(sig: str | None) -> Callable[[Shell, argparse.Namespace], int]:
 
 
 def migrate(sh: Shell, a: argparse.Namespace) -> int:
-    r = sh.c.migrate(a.pid, a.to)
-    sh.out.write(f"pid {r.proc.pid}: {r.source} -> {r.proc.device} ({r.proc.num_tokens} tokens to recompute there)\n")
+    r = sh.c.migrate(a.pid, a.to, a.by)
+    what = "its KV pages moved" if r.how == "pages" else f"{r.proc.num_tokens} tokens to recompute there"
+    sh.out.write(f"pid {r.proc.pid}: {r.source} -> {r.proc.device} ({what})\n")
     return 0
 
 

@@ -126,11 +126,13 @@ def test_migration_between_nodes_with_a_reader(c, ref, tokenizer):
     wait_tokens(c, pid, 5)
     reader = c.read(pid)
     first = next(reader)
-    for to, after in ((a, 30), (b, 60), ("cpu:0", 90), (a.split("/")[0], 100)):
-        c.migrate(pid, to)
+    hows = []
+    for to, after in ((a, 70), (b, 80), ("cpu:0", 90), (a.split("/")[0], 100)):
+        hows.append(c.migrate(pid, to).how)
         assert c.stat(pid).device.startswith(to)
         wait_tokens(c, pid, after)
     r = c.wait(pid)
+    assert hows == ["tokens", "pages", "pages", "pages"]  # its KV pages go node to node through the head
     assert r.output == first.text + "".join(ch.text for ch in reader) == expected(ref, tokenizer, prompt, 120)
 
 

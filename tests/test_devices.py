@@ -71,6 +71,29 @@ def test_one_device_refuses_what_needs_several(make_kernel):
     assert k.replica_targets(Cred("bob"), 1) == []  # one copy, here: nothing for an admin to do
 
 
+def test_kv_pages_carry_a_process_to_another_kernel_exactly(make_kernel):
+    """Migration by pages, between two kernels in one process: the target computes one token, not the context."""
+    from llmos.kernel import ROOT, SpawnSpec, StopRules, devices, migrate, uplink
+
+    a, ref = make_kernel(pages=64, page_size=4)
+    b, _ = make_kernel(pages=64, page_size=4)
+    prompt = list(range(5, 27))
+    p = a.spawn(ROOT, SpawnSpec("tiny", tokens=prompt, stop=StopRules(max_tokens=30, ignore_eos=True)))
+    while len(p.out_tokens) < 10:
+        a.step()
+    kv = migrate.export(a, a.model("tiny"), p)
+    per_page = 2 * a.model("tiny").info.num_layers * 4 * 2 * 16 * 4  # k and v, layers, 4 tokens, 2 heads of 16, fp32
+    assert kv[0] == p.num_computed == len(p.tokens) - 1 and len(kv[1]) == -(-kv[0] // 4) * per_page
+    uplink.adopt(b, uplink.Uplink(b, lambda msg: None), devices.record(p), kv)
+    q = b.procs[p.pid]
+    assert (q.num_computed, q.out_tokens, q.stdout) == (p.num_computed, p.out_tokens, p.stdout)
+    assert b.step() == 1  # its context came as pages: one decode token, no recompute
+    b.run_until_idle()
+    assert q.out_tokens == ref.greedy(prompt, 30) and q.state.value == "exited"
+    with pytest.raises(ValueError, match="16384 bytes do not fit 2 pages of this pool"):
+        b.driver.write_pages("tiny", [0, 1], kv[1])  # 8 pages of KV into 2
+
+
 # --- a daemon with two CPU devices --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two(tmp_path_factory, tiny_model_dir):
@@ -209,13 +232,14 @@ def test_migration_mid_generation_loses_and_doubles_nothing(c, ref, tokenizer):
     reader = c.read(pid)
     first = next(reader)
     hops = []
-    for to, after in (("cpu:1", 40), ("cpu:0", 70), ("cpu:1", 100)):
-        hops.append(c.migrate(pid, to).source)
+    for to, by, after in (("cpu:1", "tokens", 40), ("cpu:0", "pages", 70), ("cpu:1", "", 100)):
+        r = c.migrate(pid, to, by)
+        hops.append((r.source, r.how))
         assert c.stat(pid).device == to
         wait_tokens(c, pid, after)
     rest = "".join(ch.text for ch in reader)
     r = c.wait(pid)
-    assert hops == ["cpu:0", "cpu:1", "cpu:0"]
+    assert hops == [("cpu:0", "tokens"), ("cpu:1", "pages"), ("cpu:0", "pages")]  # auto: pages past 64 tokens
     assert (r.state, r.reason, r.usage.generated_tokens) == ("exited", "length", 150)
     assert r.output == first.text + rest == expected(ref, tokenizer, prompt, 150)
     with pytest.raises(SyscallError) as e:
@@ -226,6 +250,10 @@ def test_migration_mid_generation_loses_and_doubles_nothing(c, ref, tokenizer):
                             (c.stat(live).device, "failed_precondition", "already runs on")):
         with pytest.raises(SyscallError) as e:
             c.migrate(live, to)
+        assert e.value.code == code and words in str(e.value)
+    for by, code, words in (("teleport", "invalid_argument", "moves by auto, pages, tokens"),):
+        with pytest.raises(SyscallError) as e:
+            c.migrate(live, "cpu:1", by)
         assert e.value.code == code and words in str(e.value)
     c.kill(live, "KILL")
 

@@ -115,9 +115,10 @@ class Calls:
                                   prune_heads=prune_heads, replicas=replicas, devices=list(devices))
         return self._call("LoadModel", req, lambda r: r.model)
 
-    def migrate(self, pid: int, to: str) -> pb.MigrateResponse:
-        """Move a live process to another device of the daemon (its KV is recomputed there)."""
-        return self._call("Migrate", pb.MigrateRequest(pid=pid, to=to), lambda r: r)
+    def migrate(self, pid: int, to: str, by: str = "") -> pb.MigrateResponse:
+        """Move a live process to another device or node of the daemon, by its KV pages or its
+        tokens (by="pages" or "tokens"; unset: whichever costs less)."""
+        return self._call("Migrate", pb.MigrateRequest(pid=pid, to=to, by=by), lambda r: r)
 
     def drain(self, device: str, undo: bool = False) -> list[pb.Moved]:
         """Move every process off a device and place nothing new there (an admin's); undo=True reopens it."""

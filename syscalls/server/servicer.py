@@ -134,8 +134,8 @@ class SyscallServer(ModelSyscalls, pb_grpc.SyscallsServicer):
         c = cred()
 
         def migrate(k) -> pb.MigrateResponse:
-            p, source = k.migrate(c, req.pid, req.to)
-            return pb.MigrateResponse(proc=convert.proc_info(p, None, k.device_name), source=source)
+            p, source, how = k.migrate(c, req.pid, req.to, req.by or "auto")
+            return pb.MigrateResponse(proc=convert.proc_info(p, None, k.device_name), source=source, how=how)
         return await self.kt.run(migrate)
 
     @syscall

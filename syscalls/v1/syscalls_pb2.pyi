@@ -445,20 +445,24 @@ class DevicesResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[Device, _Mapping]]] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("pid", "to")
+    __slots__ = ("pid", "to", "by")
     PID_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
+    BY_FIELD_NUMBER: _ClassVar[int]
     pid: int
     to: str
-    def __init__(self, pid: _Optional[int] = ..., to: _Optional[str] = ...) -> None: ...
+    by: str
+    def __init__(self, pid: _Optional[int] = ..., to: _Optional[str] = ..., by: _Optional[str] = ...) -> None: ...
 
 class MigrateResponse(_message.Message):
-    __slots__ = ("proc", "source")
+    __slots__ = ("proc", "source", "how")
     PROC_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    HOW_FIELD_NUMBER: _ClassVar[int]
     proc: ProcInfo
     source: str
-    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ..., source: _Optional[str] = ...) -> None: ...
+    how: str
+    def __init__(self, proc: _Optional[_Union[ProcInfo, _Mapping]] = ..., source: _Optional[str] = ..., how: _Optional[str] = ...) -> None: ...
 
 class DrainRequest(_message.Message):
     __slots__ = ("device", "undo")
