@@ -85,6 +85,7 @@ class Kernel:
         self.drained: frozenset[str] = frozenset()  # devices placement passes over (kernel/devices.py)
         self.placed_prefixes: dict[str, dict[int, None]] = {}  # device -> prefix hashes placed there lately
         self.placed_count = 0
+        self.held: set[int] = set()  # pids stopped on other devices while their owners are over quota (news.py)
         self.exited: collections.deque[int] = collections.deque()  # finished pids, oldest first (table.py)
         self.next_pid = 1
         self._next_pipe = 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from llmos.kernel import migrate, stdio
+from llmos.kernel import devices, migrate, stdio
 from llmos.kernel.devices import Device, Replica
 from llmos.kernel.events import Charged, StateChanged
 from llmos.kernel.memory import MemInfo
@@ -23,10 +23,30 @@ if TYPE_CHECKING:
 
 
 def poll(k: "Kernel") -> None:
-    """Apply what the devices sent since the last poll."""
+    """Apply what the devices sent since the last poll, then hold or release processes there by
+    their owners' tokens-per-minute quotas."""
     for d in k.devices:
         while d.inbox:
             apply(k, d, d.inbox.popleft())
+    if k.devices:
+        hold(k, time.monotonic())
+
+
+def hold(k: "Kernel", now: float) -> None:
+    """A process on another device whose owner has spent their tokens for this minute is stopped
+    there (its state here does not change) until they have not; that device's scheduler knows no
+    quotas, so this is enforced a step and a message late, not token by token."""
+    for p in k.procs.values():
+        if not p.device or p.state.done:
+            continue
+        over = k.quota.throttled(p.owner, now)
+        if over and p.pid not in k.held and p.runnable:
+            k.held.add(p.pid)
+            devices.forward(k, p, "signal", "STOP")
+        elif not over and p.pid in k.held:
+            k.held.discard(p.pid)
+            if p.state != State.STOPPED:  # a user's own STOP stands
+                devices.forward(k, p, "signal", "CONT")
 
 
 def apply(k: "Kernel", d: Device, msg: tuple) -> None:
@@ -41,8 +61,9 @@ def apply(k: "Kernel", d: Device, msg: tuple) -> None:
         if summary is not None:
             pools, d.info = summary
             for name, (mem, hashes) in pools.items():
-                if name in d.models:  # not one unloaded since
-                    d.models[name] = Replica(MemInfo(**mem), frozenset(hashes))
+                if name in d.models:  # not one unloaded since; hashes None: as they were
+                    held = d.models[name].hashes if hashes is None else frozenset(hashes)
+                    d.models[name] = Replica(MemInfo(**mem), held)
     elif kind == "pages":
         migrate.arrived(k, d, *msg[1:])
     elif kind == "failed":

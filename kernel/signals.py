@@ -39,6 +39,8 @@ def deliver(k: "Kernel", p: Process, sig: Signal) -> None:
         return
     if p.device:
         devices.forward(k, p, "signal", sig.value)
+        if sig == Signal.CONT:
+            k.held.discard(p.pid)  # held for quota again at the next poll, if its owner still is over
     if sig == Signal.KILL:
         return k.exit(p, State.KILLED, "signal KILL")
     if sig == Signal.TERM:

@@ -45,6 +45,7 @@ def exit(k: "Kernel", p: Process, state: State, reason: str) -> None:  # noqa: A
         m.memory.free(p.pid)
     if p.device:
         devices.forward(k, p, "kill", reason)
+        k.held.discard(p.pid)
     p.usage.pages_held = 0
     p.detok = None
     k.log(f"pid {p.pid} {state.value}: {reason}")

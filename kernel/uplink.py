@@ -36,6 +36,7 @@ class Uplink:
         self.epoch: dict[int, int] = {}  # pid -> its migrations when it came here (news carries it)
         self.released: set[int] = set()  # moved away: their last events say nothing
         self.last_summary = 0.0
+        self.sent: dict[str, int] = {}  # pool -> the generation of its prefix hashes last sent
 
     def listener(self, events: list[Event]) -> None:
         procs = self.kernel.procs
@@ -68,14 +69,18 @@ class Uplink:
         if deltas or charges or summary:
             self.send(("news", deltas, charges, summary))
 
-    def summary(self) -> tuple[dict[str, tuple[dict, list[int]]], "DeviceInfo"]:
-        """Each pool's meminfo and cached prefix hashes, and the device's telemetry."""
+    def summary(self) -> tuple[dict[str, tuple[dict, list[int] | None]], "DeviceInfo"]:
+        """Each pool's meminfo and its cached prefix hashes (None: unchanged since last sent), and
+        the device's telemetry."""
         from llmos.kernel.devices import own
 
-        k = self.kernel
-        pools = {m.name: (dataclasses.asdict(m.memory.meminfo()), m.memory.pool.cached_hashes()[-MAX_HASHES:])
-                 for m in k.pools()}
-        return pools, own(k)
+        pools = {}
+        for m in self.kernel.pools():
+            pool = m.memory.pool
+            fresh = self.sent.get(m.name) != pool.generation
+            self.sent[m.name] = pool.generation
+            pools[m.name] = (dataclasses.asdict(m.memory.meminfo()), pool.cached_hashes()[-MAX_HASHES:] if fresh else None)
+        return pools, own(self.kernel)
 
 
 # --- the operations, posted by the table's kernel ------------------------------------------------------

@@ -48,17 +48,20 @@ def view(s: pb.StatsResponse, procs: Sequence[pb.ProcInfo]) -> Group:
     for i, state in enumerate(STATE_STYLE):
         states.append(", " if i else "")
         states.append(f"{s.procs.get(state, 0)} {state}", style=STATE_STYLE[state])
-    lines = [head, states, *(Text(_pool(p)) for p in s.pools), *(Text(_device(d)) for d in s.devices), Text("")]
+    several = len({p.device for p in s.pools}) > 1
+    lines = [head, states, *(Text(_pool(p, several)) for p in s.pools), *(Text(_device(d)) for d in s.devices),
+             Text("")]
     shown = sorted(procs, key=lambda p: (p.state in ("exited", "killed"), -p.pid))[:MAX_ROWS]
     return Group(*lines, ps_table(shown))
 
 
-def _pool(p: pb.PoolInfo) -> str:
-    return (f"{p.model}: {p.used}/{p.total} pages used, {p.free} free, {p.shared} shared, {p.cached} cached, "
+def _pool(p: pb.PoolInfo, several: bool = False) -> str:
+    return (f"{p.model}{' on ' + p.device if several else ''}: {p.used}/{p.total} pages used, {p.free} free, {p.shared} shared, {p.cached} cached, "
             f"{p.swapped} swapped")
 
 
 def _device(d: pb.Device) -> str:
     util = f", {d.utilization:.0f}% busy" if d.HasField("utilization") else ""
     temp = f", {d.temperature:.0f}C" if d.HasField("temperature") else ""
-    return f"{d.kind}:{d.index} {d.name}: {size(d.free_memory)} free of {size(d.total_memory)}{util}{temp}"
+    where = f"{d.node}/{d.kind}:{d.index}" if d.node else f"{d.kind}:{d.index}"
+    return f"{where} {d.name}: {size(d.free_memory)} free of {size(d.total_memory)}{util}{temp}"

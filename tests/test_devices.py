@@ -94,6 +94,57 @@ def test_kv_pages_carry_a_process_to_another_kernel_exactly(make_kernel):
         b.driver.write_pages("tiny", [0, 1], kv[1])  # 8 pages of KV into 2
 
 
+def test_a_pool_summary_sends_prefix_hashes_only_when_they_change(make_kernel):
+    from llmos.kernel import ROOT, SpawnSpec, StopRules, uplink
+
+    k, _ = make_kernel(page_size=4)
+    up = uplink.Uplink(k, lambda msg: None)
+    assert up.summary()[0]["tiny"][1] == [] and up.summary()[0]["tiny"][1] is None
+    k.spawn(ROOT, SpawnSpec("tiny", tokens=list(range(5, 22)), stop=StopRules(max_tokens=2)))
+    k.run_until_idle()
+    assert len(up.summary()[0]["tiny"][1]) == 4 and up.summary()[0]["tiny"][1] is None
+
+
+def test_tokens_per_minute_hold_a_process_on_another_device(tmp_path, tiny_model_dir):
+    """A real worker device under a kernel whose user has a tokens-per-minute quota."""
+    import dataclasses
+
+    from llmos.drivers.cpu import CPUDriver
+    from llmos.kernel import ROOT, Kernel, KernelConfig, SpawnSpec, StopRules, devices
+    from llmos.kernel.models import ModelStore
+    from llmos.kernel.users.cred import Cred
+    from llmos.kernel.users.quota import Quotas, UserLimits
+    from llmos.worker import DeviceSpec, WorkerLink
+
+    cfg = KernelConfig(kv_pages=256, quotas=Quotas(users={"bob": UserLimits(tokens_per_min=40)}))
+    k = Kernel(CPUDriver(), cfg, ModelStore(tmp_path / "store"))
+    m = k.load_model(ROOT, str(tiny_model_dir))
+    link = WorkerLink(DeviceSpec("cpu:1", "cpu", 1), dataclasses.replace(cfg, quotas=Quotas()), str(tmp_path / "store"))
+    try:
+        d = devices.Device("cpu:1", link, info=link.wait_ready())
+        link.on_news = d.inbox.append
+        k.devices.append(d)
+        k.add_replicas(devices.load_replicas(ROOT, [d], {"ref": str(tiny_model_dir), "name": m.name}))
+        k.drain(ROOT, "cpu:0")  # everything new goes to cpu:1
+        p = k.spawn(Cred("bob"), SpawnSpec(m.name, tokens=list(range(5, 15)),
+                                           stop=StopRules(max_tokens=200, ignore_eos=True)))
+        assert p.device == "cpu:1"
+        deadline = time.monotonic() + 60
+        while p.pid not in k.held and time.monotonic() < deadline:
+            k.step()
+            time.sleep(0.002)
+        time.sleep(0.5)
+        k.step()
+        n = len(p.out_tokens)
+        time.sleep(1.0)
+        k.step()
+        used = k.quota.tokens_used("bob", time.monotonic())
+        assert p.pid in k.held and len(p.out_tokens) == n and p.state.value == "ready"
+        assert 40 <= used < 40 + 40, used  # enforced a step and a message late, not token by token
+    finally:
+        link.close()
+
+
 # --- a daemon with two CPU devices --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def two(tmp_path_factory, tiny_model_dir):

@@ -25,6 +25,7 @@ class PagePool:
         # Free pages in LRU order: alloc() takes from the front, free() appends at the back.
         self._free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_pages))
         self._cached: dict[int, int] = {}  # prefix hash -> page id, for full pages only
+        self.generation = 0  # changes whenever the set of cached prefix hashes does
 
     @property
     def num_free(self) -> int:
@@ -75,6 +76,7 @@ class PagePool:
             return  # already published, or another page holds the same prefix
         self.page_hash[page] = prefix_hash
         self._cached[prefix_hash] = page
+        self.generation += 1
 
     def _forget(self, page: int) -> None:
         h = self.page_hash[page]
@@ -82,3 +84,4 @@ class PagePool:
             self.page_hash[page] = None
             if self._cached.get(h) == page:
                 del self._cached[h]
+                self.generation += 1
