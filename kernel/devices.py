@@ -136,6 +136,21 @@ def start(k: "Kernel", d: Device, p: Process) -> None:
     d.link.post("adopt", record(p), None)
 
 
+def spread(k: "Kernel") -> int:
+    """Place the live processes this kernel holds and has not started (journal recovery after a
+    restart brings them all back here) on the cheapest devices; returns how many went elsewhere."""
+    moved = 0
+    for p in sorted(k.procs.values(), key=lambda q: q.pid):
+        m = k.models.get(p.model)
+        if m is None or not p.here or p.state.done or p.num_computed or m.memory.pages_held(p.pid):
+            continue
+        there = place(k, m, p)
+        if there is not None:
+            start(k, there, p)
+            moved += 1
+    return moved
+
+
 def record(p: Process) -> dict:
     """What a device's kernel needs to adopt p: a journal record of it, as recovery reads one
     (its first input, then each run of generated or input tokens), and its epoch."""
@@ -189,9 +204,12 @@ def targets(k: "Kernel", replicas: int, names: Sequence[str]) -> list[Device]:
     this kernel's own device always holds the first."""
     if names:
         known = {d.name: d for d in k.devices if d.alive}
+        if len(names) > MAX_REPLICAS:
+            raise InvalidArgument(f"{len(names)} devices named; at most {MAX_REPLICAS}", "devices")
         bad = [n for n in names if n not in known and n != k.device_name]
         if bad:
-            raise InvalidArgument(f"no device {bad[0]!r}; devices are {', '.join([k.device_name, *known])}", "devices")
+            raise InvalidArgument(f"no device {bad[0][:64]!r}; devices are {', '.join([k.device_name, *known])}",
+                                  "devices")
         return [known[n] for n in dict.fromkeys(names) if n in known]
     if not 0 <= replicas <= MAX_REPLICAS:
         raise InvalidArgument(f"replicas must be in [0, {MAX_REPLICAS}], got {replicas}", "replicas")

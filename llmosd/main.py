@@ -107,6 +107,11 @@ class Daemon:
             self.journal = attach_journal(kernel, cfg.state_dir / "journal.db")
         except (OSError, sqlite3.Error, JournalCorrupt) as e:
             raise BootError(f"cannot open the journal {cfg.state_dir / 'journal.db'}: {e}") from None
+        if kernel.devices:
+            from llmos.kernel import devices
+            moved = devices.spread(kernel)  # the journal's live processes, over every device
+            if moved:
+                self.log.info("resumed processes placed", extra={"fields": {"elsewhere": moved}})
         try:
             self.usage = attach_usage(kernel, cfg.state_dir / "usage.db")
         except (OSError, sqlite3.Error, UsageCorrupt) as e:

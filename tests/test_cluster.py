@@ -178,6 +178,7 @@ def test_a_restarted_head_reattaches(cluster, head, tiny_model_dir, ref, tokeniz
         prompt = "A process older than its head"
         pid = c.spawn(MODEL, prompt, max_tokens=300, ignore_eos=True)
         wait_tokens(c, pid, 20)
+        c.kill(pid, "STOP")  # live across the restart, however fast the rest would run
         time.sleep(0.5)  # the journal commits every 50 ms: its spawn is on disk
     d.stop(signal.SIGKILL)  # a crash: the node's actor lives on, with its model loaded
     head["daemon"] = d = start_head(cluster, d.state_dir, tiny_model_dir)
@@ -185,7 +186,10 @@ def test_a_restarted_head_reattaches(cluster, head, tiny_model_dir, ref, tokeniz
     assert "node attached" in log and f"models_kept=['{MODEL}']" in log
     with d.client(timeout=120) as c:
         assert nodes(c) == [a]
-        r = c.wait(pid)  # journaled: it resumes under its pid, and finishes exactly
+        # Journaled, it is back under its pid, placed again: the node's kernel was as idle as the head's.
+        assert (c.stat(pid).state, c.stat(pid).device) == ("stopped", a)
+        c.kill(pid, "CONT")
+        r = c.wait(pid)
         assert r.usage.generated_tokens == 300 and r.output == expected(ref, tokenizer, prompt, 300)
         q = c.spawn(MODEL, "On the re-attached node", max_tokens=200, ignore_eos=True)
         busy = c.spawn(MODEL, "And here", max_tokens=200, ignore_eos=True)

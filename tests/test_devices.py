@@ -328,6 +328,37 @@ def test_drain_moves_every_process_off_a_device(c, ref, tokenizer):
         c.wait(pid)
 
 
+def test_the_shell_shows_and_moves_processes_across_devices(two, c):
+    import subprocess
+    import sys
+
+    def llmos(*args):
+        return subprocess.run([sys.executable, "-m", "llmos.shell.cli", *args], capture_output=True, text=True,
+                              timeout=60, env=two.env)
+    pids = [c.spawn(MODEL, f"Shell {i}", max_tokens=400, ignore_eos=True) for i in range(2)]
+    for pid in pids:  # stopped, they stay live (and movable) while the shell runs
+        c.kill(pid, "STOP")
+    ps = llmos("ps", "--live")
+    head = ps.stdout.splitlines()[0].split()
+    assert ps.returncode == 0 and head[:4] == ["PID", "PPID", "MODEL", "DEVICE"]
+    rows = {int(ln.split()[0]): ln.split()[3] for ln in ps.stdout.splitlines()[1:]}
+    assert rows == {pids[0]: "cpu:0", pids[1]: "cpu:1"}
+    r = llmos("migrate", str(pids[1]), "--to", "cpu:0", "--by", "tokens")
+    assert r.returncode == 0 and r.stdout.startswith(f"pid {pids[1]}: cpu:1 -> cpu:0 (") and "recompute" in r.stdout
+    lsdev = llmos("lsdev")
+    assert lsdev.returncode == 0 and [ln.split()[0] for ln in lsdev.stdout.splitlines()[1:3]] == ["cpu:0", "cpu:1"]
+    free = llmos("free")
+    assert [ln.split()[:2] for ln in free.stdout.splitlines()[1:]] == [[MODEL, "cpu:0"], [MODEL, "cpu:1"]]
+    drained = llmos("drain", "cpu:0")
+    assert drained.returncode == 0 and drained.stdout.startswith("cpu:0: drained, 2 process(es) moved")
+    assert {(c.stat(pid).device, c.stat(pid).state) for pid in pids} == {("cpu:1", "stopped")}
+    assert llmos("drain", "cpu:0", "--undo").stdout == "cpu:0: open to new processes again\n"
+    bad = llmos("migrate", str(pids[0]), "--to", "gpu:9")
+    assert bad.returncode != 0 and "no device 'gpu:9'; devices are cpu:0, cpu:1" in bad.stderr
+    for pid in pids:
+        c.kill(pid, "KILL")
+
+
 def test_a_lost_device_hands_its_processes_back_with_no_gap(two, c, ref, tokenizer):
     busy = c.spawn(MODEL, "Keep cpu:0 busy", max_tokens=300, ignore_eos=True)
     prompt = "A process on a device that dies"
