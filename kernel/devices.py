@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -55,6 +56,7 @@ class Replica:
 
     mem: MemInfo
     hashes: frozenset[int] = frozenset()  # chain hashes of the full prefix pages it holds
+    last_used: float = field(default_factory=time.monotonic)  # a process last placed there or ran there
 
     @property
     def free_pages(self) -> int:
@@ -133,6 +135,8 @@ def movable(m: "LoadedModel", p: Process) -> bool:
 def start(k: "Kernel", d: Device, p: Process) -> None:
     """p, just admitted here (or placed again), runs on d from now on: it recomputes there."""
     p.device = d.name
+    if p.model in d.models:
+        d.models[p.model].last_used = time.monotonic()
     d.link.post("adopt", record(p), None)
 
 
@@ -239,6 +243,26 @@ def add_replicas(k: "Kernel", loaded: list[tuple[Device, str, Replica]]) -> None
     for d, name, replica in loaded:
         d.models[name] = replica
         k.log(f"model {name}: a replica on {d.name}")
+
+
+def idle_replicas(k: "Kernel") -> bool:
+    """Whether a copy on another device waits out its keep-alive (the kernel thread must tick)."""
+    return bool(k.config.keep_alive_s) and any(d.alive and d.models for d in k.devices)
+
+
+def expire(k: "Kernel", now: float) -> None:
+    """Unload the copies on other devices that no process has used for keep_alive_s (this
+    kernel's own copy stays: unloading it is an admin's `llmos unload`)."""
+    ttl = k.config.keep_alive_s
+    if not ttl:
+        return
+    busy = {(p.device, p.model) for p in k.procs.values() if p.device and not p.state.done}
+    for d in k.devices:
+        for name, r in list(d.models.items()):
+            if (d.name, name) not in busy and now - r.last_used > ttl and d.alive:
+                del d.models[name]
+                d.link.post("unload", name)
+                k.log(f"model {name}: its replica on {d.name} unloaded, idle for {ttl:g} s (keep-alive)")
 
 
 def unload(k: "Kernel", name: str) -> None:

@@ -56,6 +56,7 @@ class KernelConfig:
     data_dirs: tuple[str, ...] = ()  # where an admin may have llmosd read data files (none by default)
     tool_wait_ttl_s: float = 60.0  # a process blocked on a tool's result keeps its pages this long
     placement: str = "cost"        # how spawns choose among devices: cost (kernel/placement.py) or round-robin
+    keep_alive_s: float = 0.0      # a model's copy on another device unloads after this long unused; 0: never
 
 
 class Kernel:

@@ -29,7 +29,9 @@ def poll(k: "Kernel") -> None:
         while d.inbox:
             apply(k, d, d.inbox.popleft())
     if k.devices:
-        hold(k, time.monotonic())
+        now = time.monotonic()
+        hold(k, now)
+        devices.expire(k, now)
 
 
 def hold(k: "Kernel", now: float) -> None:
@@ -61,9 +63,10 @@ def apply(k: "Kernel", d: Device, msg: tuple) -> None:
         if summary is not None:
             pools, d.info = summary
             for name, (mem, hashes) in pools.items():
-                if name in d.models:  # not one unloaded since; hashes None: as they were
-                    held = d.models[name].hashes if hashes is None else frozenset(hashes)
-                    d.models[name] = Replica(MemInfo(**mem), held)
+                old = d.models.get(name)
+                if old is not None:  # not one unloaded since; hashes None: as they were
+                    held = old.hashes if hashes is None else frozenset(hashes)
+                    d.models[name] = Replica(MemInfo(**mem), held, old.last_used)
     elif kind == "pages":
         migrate.arrived(k, d, *msg[1:])
     elif kind == "failed":
@@ -88,6 +91,8 @@ def _update(k: "Kernel", d: Device, now: float, pid: int, epoch: int, tokens: li
             d.link.post("reap", pid)
         return
     m = k.models.get(p.model)
+    if p.model in d.models:
+        d.models[p.model].last_used = now
     before = p.num_computed
     p.num_computed, p.usage.pages_held, p.usage.cached_tokens, p.usage.swaps, p.usage.preemptions = stats
     if p.num_computed > before:

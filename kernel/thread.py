@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from llmos.kernel import devices
 from llmos.kernel.errors import Unavailable
 from llmos.kernel.proc import State
 
@@ -126,7 +127,8 @@ class KernelThread:
     def _needs_tick(self) -> bool:
         """Whether time alone can change something: a wall-time limit, or a tokens-per-minute quota."""
         k = self.kernel
-        return self._has_wall_limits() or k.quota.holds_back(k.procs.values(), time.monotonic())
+        return (self._has_wall_limits() or k.quota.holds_back(k.procs.values(), time.monotonic())
+                or devices.idle_replicas(k))
 
     def _has_wall_limits(self) -> bool:
         return any((p.limits.max_wall_s is not None or p.term_at is not None) and not p.state.done

@@ -163,6 +163,7 @@ class Config:
     tool_wait_ttl: float = 60.0     # seconds a process waiting on a tool's result keeps its KV pages
     placement: str = "cost"         # how spawns choose among several devices: cost or round-robin
     cluster: str = ""               # a Ray cluster to run kernels on every node of: auto or HOST:PORT
+    keep_alive: float = 0.0         # seconds a model's copy on another device stays loaded unused; 0: forever
 
     @property
     def socket_path(self) -> Path:
@@ -227,6 +228,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_unit_s": (_positive(float), "a task whose unit of work takes longer than this many seconds is ended (30)"),
     "cluster": (str, "a Ray cluster (pip install 'llmos[ray]') whose every other node gets a kernel of this "
                      "daemon's: auto (the one this machine is in) or the head's HOST:PORT"),
+    "keep_alive": (_nonneg_float, "seconds a model's copy on another device (--replicas, --device with several, "
+                                  "--cluster) stays loaded with no process using it; 0 = forever (the default)"),
     "placement": (_choice("cost", "round-robin"), "how a spawn chooses among several devices: cost (prefix-cache "
                                                   "overlap, decode load, free pages; the default) or round-robin"),
     "tool_wait_ttl": (_nonneg_float, "seconds an interactive process waiting on a tool's result keeps its KV "

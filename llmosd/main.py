@@ -77,7 +77,7 @@ class Daemon:
                                               speculate=SpecConfig(enabled=cfg.speculate)),
                             term_grace_s=cfg.term_grace, max_unit_tokens=cfg.max_unit_tokens,
                             max_unit_s=cfg.max_unit_s, data_dirs=cfg.data_dirs, tool_wait_ttl_s=cfg.tool_wait_ttl,
-                            placement=cfg.placement)
+                            placement=cfg.placement, keep_alive_s=cfg.keep_alive)
         kernel = Kernel(driver, kcfg, ModelStore(cfg.store_path), tokens=self.tokens)
         d = driver.describe()
         self.log.info("device opened", extra={"fields": {"device": d.name, "kind": d.kind, "threads": d.threads}})

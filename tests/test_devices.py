@@ -2,6 +2,7 @@
 under one process table. Placement by cost, fork on its parent's device, stdin, signals and
 pipes across devices, the views, and a lost device's processes continuing on the daemon's own,
 each greedy output equal to transformers' generate()."""
+import contextlib
 import time
 
 import psutil
@@ -105,18 +106,17 @@ def test_a_pool_summary_sends_prefix_hashes_only_when_they_change(make_kernel):
     assert len(up.summary()[0]["tiny"][1]) == 4 and up.summary()[0]["tiny"][1] is None
 
 
-def test_tokens_per_minute_hold_a_process_on_another_device(tmp_path, tiny_model_dir):
-    """A real worker device under a kernel whose user has a tokens-per-minute quota."""
+@contextlib.contextmanager
+def kernel_and_worker(tmp_path, tiny_model_dir, cfg):
+    """A kernel (in this process) with a real worker device cpu:1 under it, the tiny model on both."""
     import dataclasses
 
     from llmos.drivers.cpu import CPUDriver
-    from llmos.kernel import ROOT, Kernel, KernelConfig, SpawnSpec, StopRules, devices
+    from llmos.kernel import ROOT, Kernel, devices
     from llmos.kernel.models import ModelStore
-    from llmos.kernel.users.cred import Cred
-    from llmos.kernel.users.quota import Quotas, UserLimits
+    from llmos.kernel.users.quota import Quotas
     from llmos.worker import DeviceSpec, WorkerLink
 
-    cfg = KernelConfig(kv_pages=256, quotas=Quotas(users={"bob": UserLimits(tokens_per_min=40)}))
     k = Kernel(CPUDriver(), cfg, ModelStore(tmp_path / "store"))
     m = k.load_model(ROOT, str(tiny_model_dir))
     link = WorkerLink(DeviceSpec("cpu:1", "cpu", 1), dataclasses.replace(cfg, quotas=Quotas()), str(tmp_path / "store"))
@@ -125,6 +125,38 @@ def test_tokens_per_minute_hold_a_process_on_another_device(tmp_path, tiny_model
         link.on_news = d.inbox.append
         k.devices.append(d)
         k.add_replicas(devices.load_replicas(ROOT, [d], {"ref": str(tiny_model_dir), "name": m.name}))
+        yield k, m
+    finally:
+        link.close()
+
+
+def test_an_idle_replica_unloads_after_its_keep_alive(tmp_path, tiny_model_dir):
+    from llmos.kernel import ROOT, KernelConfig, SpawnSpec, StopRules
+
+    with kernel_and_worker(tmp_path, tiny_model_dir, KernelConfig(kv_pages=256, keep_alive_s=1.0)) as (k, m):
+        busy = k.spawn(ROOT, SpawnSpec(m.name, tokens=[5, 6, 7], stop=StopRules(max_tokens=400, ignore_eos=True)))
+        p = k.spawn(ROOT, SpawnSpec(m.name, tokens=[8, 9, 10], stop=StopRules(max_tokens=50, ignore_eos=True)))
+        assert (busy.device, p.device) == ("", "cpu:1")
+        k.signal(ROOT, busy.pid, "KILL")
+        deadline = time.monotonic() + 30
+        while not p.state.done and time.monotonic() < deadline:
+            k.step()
+            time.sleep(0.002)
+        assert p.state.done and k.where(m.name) == ["cpu:0", "cpu:1"]  # used a moment ago
+        time.sleep(1.2)
+        k.step()
+        assert k.where(m.name) == ["cpu:0"] and "idle for 1 s (keep-alive)" in k.ring[-1][2]
+        assert k.spawn(ROOT, SpawnSpec(m.name, tokens=[5], stop=StopRules(max_tokens=2))).device == ""
+
+
+def test_tokens_per_minute_hold_a_process_on_another_device(tmp_path, tiny_model_dir):
+    """A real worker device under a kernel whose user has a tokens-per-minute quota."""
+    from llmos.kernel import ROOT, KernelConfig, SpawnSpec, StopRules
+    from llmos.kernel.users.cred import Cred
+    from llmos.kernel.users.quota import Quotas, UserLimits
+
+    cfg = KernelConfig(kv_pages=256, quotas=Quotas(users={"bob": UserLimits(tokens_per_min=40)}))
+    with kernel_and_worker(tmp_path, tiny_model_dir, cfg) as (k, m):
         k.drain(ROOT, "cpu:0")  # everything new goes to cpu:1
         p = k.spawn(Cred("bob"), SpawnSpec(m.name, tokens=list(range(5, 15)),
                                            stop=StopRules(max_tokens=200, ignore_eos=True)))
@@ -141,8 +173,6 @@ def test_tokens_per_minute_hold_a_process_on_another_device(tmp_path, tiny_model
         used = k.quota.tokens_used("bob", time.monotonic())
         assert p.pid in k.held and len(p.out_tokens) == n and p.state.value == "ready"
         assert 40 <= used < 40 + 40, used  # enforced a step and a message late, not token by token
-    finally:
-        link.close()
 
 
 # --- a daemon with two CPU devices --------------------------------------------------------------------
