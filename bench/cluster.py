@@ -4,7 +4,7 @@
     python bench/cluster.py --json bench/results/cluster.json
 
 Each row runs real llmosd subprocesses on the default model, through the SDK:
-- throughput: aggregate tok/s of N processes on one CPU device with every core, against
+- throughput: aggregate tok/s of N processes (the best of 3 rounds) on one CPU device with every core, against
   `--device cpu:0,cpu:1` (two devices that split the cores, a worker process each), in one run;
 - placement: prompt tokens computed (prefill, after the prefix cache) for 4 system prompts of
   500 tokens x 32 processes over two devices, cost placement against round-robin;
@@ -74,17 +74,22 @@ def throughput(store: Path, device: str, threads: int, n: int, new_tokens: int) 
         return dict(device=device, **_run(c, n, new_tokens))
 
 
-def _run(c, n: int, new_tokens: int) -> dict:
-    """n chat processes at once, after a warm-up; aggregate tok/s and where they ran."""
+def _run(c, n: int, new_tokens: int, repeat: int = 3) -> dict:
+    """n chat processes at once, after a warm-up, `repeat` times; the best aggregate tok/s (each
+    run, the same work) and where they ran."""
     c.generate(MODEL, "Warm up", max_tokens=8, ignore_eos=True)
-    t0 = time.perf_counter()
-    pids = [c.spawn(MODEL, messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
-                    max_tokens=new_tokens, ignore_eos=True) for i in range(n)]
-    placed = sorted(c.stat(pid).device for pid in pids)
-    generated = sum(c.wait(pid).usage.generated_tokens for pid in pids)
-    wall = time.perf_counter() - t0
-    return {"procs": n, "generated": generated, "wall_s": round(wall, 3), "tok_s": round(generated / wall, 1),
-            "placed": {x: placed.count(x) for x in set(placed)}}
+    best = None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        pids = [c.spawn(MODEL, messages=[{"role": "user", "content": QUESTIONS[i % len(QUESTIONS)]}],
+                        max_tokens=new_tokens, ignore_eos=True) for i in range(n)]
+        placed = sorted(c.stat(pid).device for pid in pids)
+        generated = sum(c.wait(pid).usage.generated_tokens for pid in pids)
+        wall = time.perf_counter() - t0
+        run = {"procs": n, "generated": generated, "wall_s": round(wall, 3), "tok_s": round(generated / wall, 1),
+               "placed": {x: placed.count(x) for x in set(placed)}}
+        best = run if best is None or run["tok_s"] > best["tok_s"] else best
+    return {**best, "repeat": repeat}
 
 
 def placement(store: Path, threads: int, policy: str, tokenizer, procs: int = 32, prompts: int = 4) -> dict:
@@ -138,30 +143,80 @@ def migration_and_loss(store: Path, threads: int, tokenizer) -> dict:
     return out
 
 
-def ray_throughput(store: Path, threads: int, n: int, new_tokens: int) -> dict | None:
-    """N processes on a one-node local Ray cluster's kernel actor, through the head."""
+class RayCluster:
+    """A local Ray cluster on 127.0.0.1 (a head with no CPUs, and nodes), in a short temp dir."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        import shutil
+
+        from ray.cluster_utils import Cluster
+        self.tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
+        self._rm = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
+        os.environ["RAY_TMPDIR"] = self.tmp
+        common = {"node_ip_address": "127.0.0.1", "temp_dir": os.path.join(self.tmp, "ray")}
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "include_dashboard": False, "include_log_monitor": False, "no_monitor": True,
+            "_system_config": {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
+                               "health_check_failure_threshold": 3}, **common})
+        self.nodes = [self.cluster.add_node(num_cpus=n, **common) for n in nodes]
+        self.cluster.wait_for_nodes()
+
+    def __enter__(self) -> "RayCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cluster.shutdown()
+        self._rm()
+
+
+def have_ray() -> bool:
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
-        from ray.cluster_utils import Cluster
+        import ray  # noqa: F401
+        return True
     except ImportError:
-        say("ray: not installed (pip install 'llmos[ray]'); its row is left out")
-        return None
-    import shutil
+        say("ray: not installed (pip install 'llmos[ray]'); its rows are left out")
+        return False
+
+
+def ray_throughput(store: Path, threads: int, n: int, new_tokens: int) -> dict:
+    """N processes on a one-node local Ray cluster's kernel actor, through the head."""
     say(f"ray: {n} processes x {new_tokens} tokens on a one-node Ray cluster's actor ({threads} CPUs)")
-    tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-    os.environ["RAY_TMPDIR"] = tmp
-    common = {"node_ip_address": "127.0.0.1", "temp_dir": os.path.join(tmp, "ray")}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
-                                                            "include_log_monitor": False, "no_monitor": True, **common})
-    try:
-        cluster.add_node(num_cpus=threads, **common)
-        cluster.wait_for_nodes()
-        with Daemon(store, "cpu", 1, "--cluster", cluster.address) as d, d.client() as c:
-            c.drain("cpu:0")
-            return dict(device="ray node", **_run(c, n, new_tokens))
-    finally:
-        cluster.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with RayCluster([threads]) as rc, Daemon(store, "cpu", 1, "--cluster", rc.cluster.address) as d, d.client() as c:
+        c.drain("cpu:0")
+        return dict(device="ray node", **_run(c, n, new_tokens))
+
+
+def ray_moves(store: Path, tokenizer) -> dict:
+    """Across two Ray nodes: migrate a 1,000-token process by pages and by tokens, then kill its node."""
+    say("ray: migration between two nodes by pages and by tokens, then a node removed under a process")
+    out: dict = {}
+    with RayCluster([1, 1]) as rc, Daemon(store, "cpu", 1, "--cluster", rc.cluster.address) as d, d.client() as c:
+        c.drain("cpu:0")
+        nodes = [x for x in c.models().loaded[0].devices if x.startswith("node-")]
+        for i, by in enumerate(("tokens", "pages")):
+            pid = c.spawn(MODEL, f"Node context {i}.\n" + long_system_prompt(tokenizer, 1000), max_tokens=2000,
+                          ignore_eos=True)
+            _wait_tokens(c, pid, 4)
+            to = next(x for x in nodes if x != c.stat(pid).device)
+            t0 = time.perf_counter()
+            r = c.migrate(pid, to, by)
+            _wait_tokens(c, pid, r.proc.usage.generated_tokens + 1)
+            out[f"node_migrate_{by}_s"] = round(time.perf_counter() - t0, 3)
+            c.kill(pid, "KILL")
+        # A context neither node has seen: the survivor recomputes it all.
+        pid = c.spawn(MODEL, "Node context 2.\n" + long_system_prompt(tokenizer, 1000), max_tokens=2000,
+                      ignore_eos=True)
+        _wait_tokens(c, pid, 4)
+        where, n = c.stat(pid).device, c.stat(pid).usage.generated_tokens
+        (node,) = [x for x in rc.nodes if where.startswith(f"node-{x.node_id[:8]}")]
+        t0 = time.perf_counter()
+        rc.cluster.remove_node(node)
+        _wait_tokens(c, pid, n + 2)
+        out["node_loss_s"] = round(time.perf_counter() - t0, 3)
+        out["node_loss_continued_on"] = c.stat(pid).device
+        c.kill(pid, "KILL")
+    return out
 
 
 def _wait_tokens(c, pid: int, n: int, timeout: float = 600) -> None:
@@ -192,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     cost = placement(args.store, args.threads, "cost", tokenizer)
     rr = placement(args.store, args.threads, "round-robin", tokenizer)
     moves = migration_and_loss(args.store, args.threads, tokenizer)
-    on_ray = ray_throughput(args.store, args.threads, args.procs, args.new_tokens)
+    ray_ok = have_ray()
+    on_ray = ray_throughput(args.store, args.threads, args.procs, args.new_tokens) if ray_ok else None
+    node_moves = ray_moves(args.store, tokenizer) if ray_ok else {}
     ratio = two["tok_s"] / one["tok_s"]
     saving = rr["prefill_tokens"] / max(1, cost["prefill_tokens"])
 
@@ -217,11 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     else:
         t.add_row(f"tok/s, {args.procs} processes", f"{on_ray['tok_s']} (one-node Ray cluster)",
                   f"{one['tok_s']} (plain llmosd)", f"{on_ray['tok_s'] / one['tok_s']:.2f}x", ">= 0.9x")
+        t.add_row("migrate node to node, 1,000 tokens", f"{node_moves['node_migrate_pages_s'] * 1e3:.0f} ms (pages)",
+                  f"{node_moves['node_migrate_tokens_s'] * 1e3:.0f} ms (recompute)",
+                  f"{node_moves['node_migrate_tokens_s'] / node_moves['node_migrate_pages_s']:.1f}x faster", "-")
+        t.add_row("node removed -> running again", f"{node_moves['node_loss_s'] * 1e3:.0f} ms",
+                  f"on {node_moves['node_loss_continued_on']}", "-", "-")
     con.print(t)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"cpu": cpu, "threads": args.threads, "throughput": [one, two],
-                                         "ray": on_ray,
+                                         "ray": on_ray, "ray_moves": node_moves,
                                          "ratio_two_devices": round(ratio, 3), "placement": [cost, rr],
                                          "prefill_saving": round(saving, 3), "migration": moves,
                                          "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
