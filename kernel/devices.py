@@ -49,6 +49,9 @@ class Link(Protocol):
     def call(self, op: str, *args: Any, timeout: float | None = None) -> Any:
         """Send an operation and wait for its result (not on the kernel thread)."""
 
+    def fetch(self, data: Any) -> Any:
+        """KV pages it sent up (bytes, or a handle to them where they wait), as bytes."""
+
 
 @dataclass
 class Replica:

@@ -74,10 +74,18 @@ def arrived(k: "Kernel", d: Device, pid: int, computed: int, kv: Any) -> None:
     p.incoming = ""
     if not p.device:
         if kv is not None:
+            try:
+                kv = d.link.fetch(kv)
+            except Exception as e:  # noqa: BLE001 - they are lost with the device: it recomputes
+                k.log(f"pid {pid}: its KV pages from {d.name} could not be fetched ({type(e).__name__}: {e})")
+                kv = None
+        if kv is not None:
             install(k, k.model(p.model), p, computed, kv)
     else:
         target = devices.device_of(k, p)
         if target is not None and target.alive:
+            if kv is not None and type(target.link) is not type(d.link):
+                kv = d.link.fetch(kv)  # a handle only a link of its own kind can resolve
             target.link.post("adopt", devices.record(p), (computed, kv) if kv is not None else None)
         else:
             _place_again(k, p)

@@ -73,6 +73,9 @@ class NodeKernel:
         self.server = DeviceServer(DeviceSpec(device, base, threads, node=label), kcfg, store, self._send)
 
     def _send(self, msg: tuple) -> None:
+        if msg[0] == "pages" and msg[3] is not None:  # a migration's KV: into this node's object store,
+            import ray                                # fetched straight from here by whoever adopts it
+            msg = (*msg[:3], ray.put(msg[3]))
         with self._cond:
             self._news.append(msg)
             del self._news[:-MAX_NEWS]
@@ -86,7 +89,8 @@ class NodeKernel:
         with self._order:
             self._pending[seq] = (op, args)
             while self._next in self._pending:
-                self.server.post(*self._pending.pop(self._next))
+                op, args = self._pending.pop(self._next)
+                self.server.post(op, _fetched(args) if op == "adopt" else args)
                 self._next += 1
 
     def call(self, op: str, args: tuple) -> Any:
@@ -110,6 +114,20 @@ class NodeKernel:
         self.server.stop()
 
 
+def _fetched(args: tuple) -> tuple:
+    """An adopt's KV pages, fetched from the object store they wait in; none (it recomputes) if
+    the node that held them is gone."""
+    import ray
+
+    rec, kv = args
+    if kv is not None and isinstance(kv[1], ray.ObjectRef):
+        try:
+            kv = (kv[0], ray.get(kv[1], timeout=120))
+        except Exception:  # noqa: BLE001 - its source died with them
+            kv = None
+    return rec, kv
+
+
 class RayLink:
     """The head's end of one node's actor."""
 
@@ -129,6 +147,10 @@ class RayLink:
 
     def call(self, op: str, *args: Any, timeout: float | None = None) -> Any:
         return self.ray.get(self.actor.call.remote(op, args), timeout=timeout)
+
+    def fetch(self, data: Any) -> Any:
+        """KV pages this node sent as an object ref, as bytes."""
+        return self.ray.get(data, timeout=120) if isinstance(data, self.ray.ObjectRef) else data
 
     def close(self, kill: bool = True) -> None:
         """Stop reading; a clean shutdown also ends the actor (a crashed head leaves it to re-attach)."""
