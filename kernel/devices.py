@@ -295,10 +295,11 @@ def describe(k: "Kernel") -> list["DeviceInfo"]:
     return out
 
 
-def pools(k: "Kernel", name: str = "") -> list[tuple[str, str, MemInfo]]:
-    """(model, device, its pool) of every KV pool: this kernel's, then the other devices' copies."""
+def pools(k: "Kernel", name: str = "", own: bool = True) -> list[tuple[str, str, MemInfo]]:
+    """(model, device, its pool) of every KV pool (or of model `name`'s): this kernel's (unless
+    not `own`), then the other devices' copies."""
     out = [(m.name, k.device_name, m.memory.meminfo()) for m in sorted(k.pools(), key=lambda m: m.name)
-           if not name or m.name == name]
+           if own and (not name or m.name == name)]
     for d in k.devices:
         out += [(n, d.name, r.mem) for n, r in sorted(d.models.items()) if d.alive and (not name or n == name)]
     return out

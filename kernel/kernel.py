@@ -260,7 +260,7 @@ class Kernel:
         devices'; or of one model (a LoRA model's is its base's)."""
         if model:
             m = self.model_for(cred, model)
-            return [(model, self.device_name, m.memory.meminfo()), *devices.pools(self, m.name)[1:]]
+            return [(model, self.device_name, m.memory.meminfo()), *devices.pools(self, m.name, own=False)]
         return [(n, d, mem) for n, d, mem in devices.pools(self) if cred.sees_model(self.models[n].owner)]
 
     # --- the system ------------------------------------------------------------------------------
