@@ -92,14 +92,14 @@ def place(k: "Kernel", m: "LoadedModel", p: Process, exclude: str = "") -> Devic
     here = [d for d in k.devices if d.alive and m.name in d.models and d.name not in off]
     if not here:
         return None
-    ps = m.memory.page_size
-    hashes = m.memory.prefix_hashes(p.tokens, p.kv_salt)
-    need = -(-len(p.tokens) // ps)
-    live = collections.Counter(q.device for q in k.procs.values() if not q.state.done and q.model == m.name)
     if k.config.placement == "round-robin":
         order = ([None] if k.device_name not in off else []) + here
         k.placed_count += 1
         return order[k.placed_count % len(order)]
+    ps = m.memory.page_size
+    hashes = m.memory.prefix_hashes(p.tokens, p.kv_salt)
+    need = -(-len(p.tokens) // ps)
+    live = collections.Counter(q.device for q in k.procs.values() if not q.state.done and q.model == m.name)
     cached = max(m.memory.cached_pages(hashes), _placed(k, "", hashes))
     own = placement.Candidate("", len(p.tokens), cached * ps, live[""], m.memory.pool.num_free, need)
     others = []

@@ -38,6 +38,8 @@ def hold(k: "Kernel", now: float) -> None:
     """A process on another device whose owner has spent their tokens for this minute is stopped
     there (its state here does not change) until they have not; that device's scheduler knows no
     quotas, so this is enforced a step and a message late, not token by token."""
+    if not k.quota.rated and not k.held:
+        return
     for p in k.procs.values():
         if not p.device or p.state.done:
             continue

@@ -105,6 +105,12 @@ class QuotaKeeper:
                 out[owner] = max(0, limit - self.tokens_used(owner, now))
         return out or None
 
+    @property
+    def rated(self) -> bool:
+        """Whether anyone has a tokens-per-minute limit."""
+        q = self.quotas
+        return q.default.tokens_per_min is not None or any(u.tokens_per_min is not None for u in q.users.values())
+
     def throttled(self, user: str, now: float) -> bool:
         limit = self.quotas.limits(user).tokens_per_min
         return limit is not None and self.tokens_used(user, now) >= limit
