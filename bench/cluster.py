@@ -23,7 +23,6 @@ import json
 import os
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,36 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MODEL, QUESTIONS, default_store, long_system_prompt  # noqa: E402
-
-
-class Daemon:
-    """An llmosd subprocess with the given --device and extra flags."""
-
-    def __init__(self, store: Path, device: str, threads: int, *extra: str) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="llmos-cluster-"))
-        self.socket = self.dir / "llmosd.sock"
-        cmd = [sys.executable, "-m", "llmos.main", "--state-dir", str(self.dir), "--socket", str(self.socket),
-               "--store", str(store), "--model", MODEL, "--device", device, "--threads", str(threads), *extra]
-        self.log = open(self.dir / "llmosd.log", "w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
-        for line in self.proc.stdout:
-            if "serving on" in line:
-                return
-        raise RuntimeError(f"llmosd did not start; see {self.dir / 'llmosd.log'}")
-
-    def client(self):
-        from llmos.syscalls.sdk import Client
-        return Client(self.socket, timeout=600)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-
-    def __enter__(self) -> "Daemon":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+from bench.daemon import DaemonUnderTest  # noqa: E402
 
 
 def say(msg: str) -> None:
@@ -70,7 +40,7 @@ def say(msg: str) -> None:
 
 def throughput(store: Path, device: str, threads: int, n: int, new_tokens: int) -> dict:
     say(f"throughput: {n} processes x {new_tokens} tokens on --device {device}")
-    with Daemon(store, device, threads) as d, d.client() as c:
+    with DaemonUnderTest(store, threads, device=device, http=False) as d, d.client() as c:
         return dict(device=device, **_run(c, n, new_tokens))
 
 
@@ -97,7 +67,8 @@ def placement(store: Path, threads: int, policy: str, tokenizer, procs: int = 32
     systems = [f"Shop {i}.\n" + long_system_prompt(tokenizer, 500) for i in range(prompts)]
     # Requests arrive in no order that a device count could line up with: shuffled, the same way each run.
     order = random.Random(17).sample(range(procs), procs)
-    with Daemon(store, "cpu:0,cpu:1", threads, "--placement", policy) as d, d.client() as c:
+    with (DaemonUnderTest(store, threads, "--placement", policy, device="cpu:0,cpu:1", http=False) as d,
+          d.client() as c):
         pids = []
         for i in order:
             msgs = [{"role": "system", "content": systems[i % prompts]},
@@ -116,7 +87,7 @@ def migration_and_loss(store: Path, threads: int, tokenizer) -> dict:
     import psutil
 
     out: dict = {}
-    with Daemon(store, "cpu:0,cpu:1", threads) as d, d.client() as c:
+    with DaemonUnderTest(store, threads, device="cpu:0,cpu:1", http=False) as d, d.client() as c:
         for i, by in enumerate(("tokens", "pages")):  # each its own context: cpu:1's prefix cache holds neither
             pid = c.spawn(MODEL, f"Context {i}.\n" + long_system_prompt(tokenizer, 1000), max_tokens=2000,
                           ignore_eos=True)
@@ -182,7 +153,8 @@ def have_ray() -> bool:
 def ray_throughput(store: Path, threads: int, n: int, new_tokens: int) -> dict:
     """N processes on a one-node local Ray cluster's kernel actor, through the head."""
     say(f"ray: {n} processes x {new_tokens} tokens on a one-node Ray cluster's actor ({threads} CPUs)")
-    with RayCluster([threads]) as rc, Daemon(store, "cpu", 1, "--cluster", rc.cluster.address) as d, d.client() as c:
+    with (RayCluster([threads]) as rc, DaemonUnderTest(store, 1, "--cluster", rc.cluster.address, http=False) as d,
+          d.client() as c):
         c.drain("cpu:0")
         return dict(device="ray node", **_run(c, n, new_tokens))
 
@@ -191,7 +163,8 @@ def ray_moves(store: Path, tokenizer) -> dict:
     """Across two Ray nodes: migrate a 1,000-token process by pages and by tokens, then kill its node."""
     say("ray: migration between two nodes by pages and by tokens, then a node removed under a process")
     out: dict = {}
-    with RayCluster([1, 1]) as rc, Daemon(store, "cpu", 1, "--cluster", rc.cluster.address) as d, d.client() as c:
+    with (RayCluster([1, 1]) as rc, DaemonUnderTest(store, 1, "--cluster", rc.cluster.address, http=False) as d,
+          d.client() as c):
         c.drain("cpu:0")
         nodes = [x for x in c.models().loaded[0].devices if x.startswith("node-")]
         for i, by in enumerate(("tokens", "pages")):

@@ -20,23 +20,35 @@ from bench.common import MODEL, RunResult, Tick, result
 
 
 class DaemonUnderTest:
-    """An llmosd subprocess, started once and stopped at exit."""
+    """An llmosd subprocess on the default model, started once and stopped at exit (or at the
+    end of a `with` block); `http`: with the gateway on a free port and a bearer token for it."""
 
-    def __init__(self, store: Path, threads: int) -> None:
+    def __init__(self, store: Path, threads: int, *extra: str, device: str = "cpu", http: bool = True) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="llmos-bench-"))
         self.socket = self.dir / "llmosd.sock"
         cmd = [sys.executable, "-m", "llmos.main", "--state-dir", str(self.dir), "--socket", str(self.socket),
-               "--store", str(store), "--model", MODEL, "--device", "cpu", "--threads", str(threads),
-               "--http", "127.0.0.1:0"]
+               "--store", str(store), "--model", MODEL, "--device", device, "--threads", str(threads),
+               *(("--http", "127.0.0.1:0") if http else ()), *extra]
         self.log = open(self.dir / "llmosd.log", "w")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True)
         atexit.register(self.stop)
         for line in self.proc.stdout:
             if "serving on" in line:
-                self.http_url = re.search(r"http://[^\s,]+", line).group(0)
-                self.http_token = self._token()
+                if http:
+                    self.http_url = re.search(r"http://[^\s,]+", line).group(0)
+                    self.http_token = self._token()
                 return
         raise RuntimeError(f"llmosd did not start; see {self.dir / 'llmosd.log'}")
+
+    def client(self):
+        from llmos.syscalls.sdk import Client
+        return Client(self.socket, timeout=600)
+
+    def __enter__(self) -> "DaemonUnderTest":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _token(self) -> str:
         """A bearer token for the HTTP gateway, made through the admin unix socket."""
