@@ -24,7 +24,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import MODEL, QUESTIONS, default_store, long_system_prompt  # noqa: E402
 from bench.daemon import DaemonUnderTest  # noqa: E402
+from llmos.cluster import LocalCluster  # noqa: E402  (before ray: it keeps 127.0.0.1 addresses as given)
 
 
 def say(msg: str) -> None:
@@ -114,46 +114,19 @@ def migration_and_loss(store: Path, threads: int, tokenizer) -> dict:
     return out
 
 
-class RayCluster:
-    """A local Ray cluster on 127.0.0.1 (a head with no CPUs, and nodes), in a short temp dir."""
-
-    def __init__(self, nodes: list[int]) -> None:
-        import shutil
-
-        from ray.cluster_utils import Cluster
-        self.tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")
-        self._rm = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
-        os.environ["RAY_TMPDIR"] = self.tmp
-        common = {"node_ip_address": "127.0.0.1", "temp_dir": os.path.join(self.tmp, "ray")}
-        self.cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "include_dashboard": False, "include_log_monitor": False, "no_monitor": True,
-            "_system_config": {"health_check_period_ms": 500, "health_check_timeout_ms": 500,
-                               "health_check_failure_threshold": 3}, **common})
-        self.nodes = [self.cluster.add_node(num_cpus=n, **common) for n in nodes]
-        self.cluster.wait_for_nodes()
-
-    def __enter__(self) -> "RayCluster":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.cluster.shutdown()
-        self._rm()
-
-
 def have_ray() -> bool:
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray  # noqa: F401
-        return True
     except ImportError:
         say("ray: not installed (pip install 'llmos[ray]'); its rows are left out")
         return False
+    return True
 
 
 def ray_throughput(store: Path, threads: int, n: int, new_tokens: int) -> dict:
     """N processes on a one-node local Ray cluster's kernel actor, through the head."""
     say(f"ray: {n} processes x {new_tokens} tokens on a one-node Ray cluster's actor ({threads} CPUs)")
-    with (RayCluster([threads]) as rc, DaemonUnderTest(store, 1, "--cluster", rc.cluster.address, http=False) as d,
+    with (LocalCluster([threads]) as rc, DaemonUnderTest(store, 1, "--cluster", rc.address, http=False) as d,
           d.client() as c):
         c.drain("cpu:0")
         return dict(device="ray node", **_run(c, n, new_tokens))
@@ -163,7 +136,7 @@ def ray_moves(store: Path, tokenizer) -> dict:
     """Across two Ray nodes: migrate a 1,000-token process by pages and by tokens, then kill its node."""
     say("ray: migration between two nodes by pages and by tokens, then a node removed under a process")
     out: dict = {}
-    with (RayCluster([1, 1]) as rc, DaemonUnderTest(store, 1, "--cluster", rc.cluster.address, http=False) as d,
+    with (LocalCluster([1, 1]) as rc, DaemonUnderTest(store, 1, "--cluster", rc.address, http=False) as d,
           d.client() as c):
         c.drain("cpu:0")
         nodes = [x for x in c.models().loaded[0].devices if x.startswith("node-")]

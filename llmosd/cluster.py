@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +27,49 @@ POLL_S = 1.0          # a news long poll waits at most this long
 WATCH_S = 1.0         # how often the node list is read
 MAX_NEWS = 100_000    # messages an actor keeps for a head that does not poll (one that died)
 CONNECT_TIMEOUT_S = 5.0
+
+
+class LocalCluster:
+    """A Ray cluster on this machine (ray.cluster_utils.Cluster): a head with no CPUs and a node
+    per entry of `cpus`, every one bound to 127.0.0.1, its files in a short temp dir of its own
+    that goes with it. For trying --cluster on one machine; the tests and bench/cluster.py run on it."""
+
+    FAST_HEALTH = {"health_check_period_ms": 500, "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
+
+    def __init__(self, cpus: list[int]) -> None:
+        import shutil
+
+        from ray.cluster_utils import Cluster
+
+        self.tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths live under it
+        self._rmtree = lambda: shutil.rmtree(self.tmp, ignore_errors=True)
+        self._env = os.environ.get("RAY_TMPDIR")
+        os.environ["RAY_TMPDIR"] = self.tmp  # where Cluster writes its address file, whatever temp_dir says
+        common = {"node_ip_address": "127.0.0.1", "temp_dir": os.path.join(self.tmp, "ray")}
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "include_dashboard": False, "include_log_monitor": False, "no_monitor": True,
+            "_system_config": self.FAST_HEALTH, **common})
+        try:
+            self.nodes = [self.cluster.add_node(num_cpus=n, **common) for n in cpus]
+            self.cluster.wait_for_nodes()
+        except BaseException:
+            self.close()
+            raise
+        self.address = self.cluster.address
+
+    def close(self) -> None:
+        self.cluster.shutdown()
+        self._rmtree()
+        if self._env is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = self._env
+
+    def __enter__(self) -> "LocalCluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class ClusterError(Exception):

@@ -4,48 +4,27 @@ Placement across nodes, prefix-aware routing, migration with a reader attached, 
 node, a node killed mid-generation, and a head that restarts and re-attaches; each greedy
 output equal to transformers' generate(). Nothing of Ray is left behind."""
 import os
-import shutil
 import signal
-import tempfile
 import time
 
 import psutil
 import pytest
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a 127.0.0.1 address stays one (llmosd/cluster.py)
+from llmos.cluster import LocalCluster  # before ray: it keeps 127.0.0.1 addresses as given
+
 ray = pytest.importorskip("ray")
 
 from daemon import start_daemon  # noqa: E402
 
 MODEL = "tiny-llama"
-FAST_HEALTH = {"health_check_period_ms": 500, "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    from ray.cluster_utils import Cluster
-
-    tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths live under it
-    old = os.environ.get("RAY_TMPDIR")
-    os.environ["RAY_TMPDIR"] = tmp
-    common = {"node_ip_address": "127.0.0.1", "temp_dir": os.path.join(tmp, "ray")}
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": False, "include_log_monitor": False, "no_monitor": True,
-        "_system_config": FAST_HEALTH, **common})
-    try:
-        c.workers = [c.add_node(num_cpus=1, **common) for _ in range(2)]
-        c.wait_for_nodes()
-        c.tmp = tmp
+    with LocalCluster([1, 1]) as c:
         yield c
-    finally:
-        c.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is None:
-            os.environ.pop("RAY_TMPDIR", None)
-        else:
-            os.environ["RAY_TMPDIR"] = old
-    left = [p.pid for p in psutil.process_iter(["cmdline"]) if tmp in " ".join(p.info["cmdline"] or [])]
-    assert not left and not os.path.exists(tmp)
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if c.tmp in " ".join(p.info["cmdline"] or [])]
+    assert not left and not os.path.exists(c.tmp)
 
 
 def start_head(cluster, state_dir, tiny_model_dir):
@@ -160,8 +139,8 @@ def test_a_node_killed_mid_generation(cluster, c, ref, tokenizer):
     reader = c.read(victim)
     first = next(reader)
     node_id = b.split("/")[0].removeprefix("node-")
-    (node,) = [n for n in cluster.workers if n.node_id.startswith(node_id)]
-    cluster.remove_node(node)
+    (node,) = [n for n in cluster.nodes if n.node_id.startswith(node_id)]
+    cluster.cluster.remove_node(node)
     rest = "".join(ch.text for ch in reader)
     for pid, prompt in zip(pids, prompts):
         r = c.wait(pid)
