@@ -53,7 +53,7 @@ def test_device_lists_split_the_cores():
 
 
 def test_one_device_refuses_what_needs_several(make_kernel):
-    from llmos.kernel import ROOT, InvalidArgument, PermissionDenied, SpawnSpec, StopRules
+    from llmos.kernel import ROOT, InvalidArgument, NotFound, PermissionDenied, SpawnSpec, StopRules
     from llmos.kernel.users.cred import Cred
 
     k, _ = make_kernel()
@@ -63,8 +63,16 @@ def test_one_device_refuses_what_needs_several(make_kernel):
         k.migrate(Cred("bob"), p.pid, "cpu:1")
     with pytest.raises(InvalidArgument, match=r"no device 'xxxx.{60}'; devices are cpu:0"):
         k.migrate(ROOT, p.pid, "x" * 10_000)  # named back bounded
+    with pytest.raises(NotFound, match=f"no process with pid {p.pid}"):
+        k.migrate(Cred("eve"), p.pid, "cpu:0")  # another user's process does not exist for her
     with pytest.raises(PermissionDenied, match="only an admin may drain a device"):
         k.drain(Cred("bob"), "cpu:0")
+    with pytest.raises(InvalidArgument, match=r"no device 'yyyy.{60}'; devices are cpu:0"):
+        k.drain(ROOT, "y" * 10_000)
+    with pytest.raises(InvalidArgument, match="65 devices named; at most 64"):
+        k.replica_targets(ROOT, 0, [f"cpu:{i}" for i in range(65)])
+    with pytest.raises(InvalidArgument, match=r"no device 'zzzz.{60}'; devices are cpu:0"):
+        k.replica_targets(ROOT, 0, ["z" * 10_000])
     for replicas, names, why in ((2, (), "2 replicas asked, but this daemon has 1 device"),
                                  (-1, (), r"replicas must be in \[0, 64\]"), (0, ("gpu:3",), "no device 'gpu:3'")):
         with pytest.raises(InvalidArgument, match=why):
