@@ -1,20 +1,20 @@
 """Devices with kernels of their own, under this kernel's one process table.
 
 This kernel runs the processes on its own device. Each other device (a CPU device with cores
-of its own, another GPU, later another machine) has a kernel of its own, with its own
+of its own, another GPU, a node of a Ray cluster) has a kernel of its own, with its own
 scheduler, KV pool and step loop next to its driver, reached through a Link. Per-step
 tensors never cross a link; what does is control:
-- down: a process to adopt (its spec, and any tokens it has), its fork, a turn on its stdin,
-  a signal, a new nice value, a reap;
-- up: the tokens each process generated, its state, its page counters, the device's charges
-  and a summary of its KV pool (free pages, the hashes of its cached prefix pages).
+- down: a process to adopt (its spec, any tokens it has, and its KV pages if it migrates by
+  them), its fork, a turn on its stdin, a signal, a new nice value, a release, a reap;
+- up (kernel/news.py): the tokens each process generated, its state, its page counters, the
+  device's charges, a summary of its KV pool, and a migrating process's pages.
 
 The process table stays here, so pids, ps, readers, pipes, the journal and quotas work as on
 one device. This kernel replays each generated token through its own stdout code
 (kernel/stdio.py), exactly as journal recovery does, so a process's text, stop strings and
-turn ends come out here as they do there. When a device is lost, its live processes continue
-on this kernel's own device from the tokens held here: same pid, same output offset, their
-KV recomputed.
+turn ends come out here as they do there. When a device is lost (kernel/migrate.py), its live
+processes are placed again from the tokens held here: same pid, same output offset, their KV
+recomputed.
 """
 from __future__ import annotations
 

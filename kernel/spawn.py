@@ -86,6 +86,8 @@ def fork(k: "Kernel", cred: "Cred", pid: int, text: str | None = None, sampling:
         raise FailedPrecondition(f"pid {pid} has already {parent.state.value}; only a live process can fork")
     if parent.task is not None:
         raise FailedPrecondition(f"pid {pid} is a {parent.task.kind} process; only a token process can fork")
+    if parent.incoming and parent.device:
+        raise FailedPrecondition(f"pid {pid} is migrating to {parent.device}; fork it once it has arrived there")
     m = k.model(parent.model)
     stop = dataclasses.replace(parent.stop, stop=list(parent.stop.stop),
                                max_tokens=parent.stop.max_tokens if max_tokens is None else max_tokens)

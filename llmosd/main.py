@@ -50,6 +50,7 @@ class Daemon:
 
         from llmos import worker
         from llmos.drivers import open_driver
+        from llmos.kernel import devices
         from llmos.journal_db import JournalCorrupt, attach as attach_journal
         from llmos.kernel import ROOT, Kernel, KernelConfig, KernelError, SchedConfig, SpecConfig
         from llmos.kernel.users.quota import Quotas
@@ -94,7 +95,6 @@ class Daemon:
             self.log.info("model loaded", extra={"fields": {"model": m.name, "s": round(time.monotonic() - t0, 1),
                                                              "kv_pages": m.memory.pool.num_pages}})
             if kernel.devices:  # several devices: the model they were named for runs on each
-                from llmos.kernel import devices
                 try:
                     kernel.add_replicas(devices.load_replicas(ROOT, kernel.devices, {
                         "ref": cfg.model, "name": m.name, "dtype": cfg.dtype}))
@@ -108,7 +108,6 @@ class Daemon:
         except (OSError, sqlite3.Error, JournalCorrupt) as e:
             raise BootError(f"cannot open the journal {cfg.state_dir / 'journal.db'}: {e}") from None
         if kernel.devices:
-            from llmos.kernel import devices
             moved = devices.spread(kernel)  # the journal's live processes, over every device
             if moved:
                 self.log.info("resumed processes placed", extra={"fields": {"elsewhere": moved}})

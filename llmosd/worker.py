@@ -89,6 +89,7 @@ class WorkerLink:
         self._pending: dict[int, concurrent.futures.Future] = {}
         self._ready: concurrent.futures.Future = concurrent.futures.Future()
         self._closed = False
+        self._why = ""  # why the link broke, when the worker did not simply end
         self._reader = threading.Thread(target=self._read, name=f"llmos-{spec.label}-link", daemon=True)
         self._reader.start()
 
@@ -152,7 +153,7 @@ class WorkerLink:
             else:
                 self.on_news(msg)
         self.proc.join(1)
-        why = "stopped" if self._closed else getattr(self, "_why", f"its process ended (exit code {self.proc.exitcode})")
+        why = "stopped" if self._closed else self._why or f"its process ended (exit code {self.proc.exitcode})"
         if not self._ready.done():
             self._ready.set_exception(RuntimeError(why))
         for fut in self._pending.values():

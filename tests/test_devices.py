@@ -80,6 +80,17 @@ def test_one_device_refuses_what_needs_several(make_kernel):
     assert k.replica_targets(Cred("bob"), 1) == []  # one copy, here: nothing for an admin to do
 
 
+def test_a_process_whose_pages_are_in_flight_does_not_fork(make_kernel):
+    from llmos.kernel import ROOT, FailedPrecondition, SpawnSpec, StopRules
+
+    k, _ = make_kernel()
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=8)))
+    p.device, p.incoming = "cpu:2", "cpu:1"  # the state kernel/migrate.py leaves between cpu:1 and cpu:2
+    with pytest.raises(FailedPrecondition, match="is migrating to cpu:2; fork it once it has arrived there"):
+        k.fork(ROOT, p.pid)
+    assert len(k.procs) == 1
+
+
 def test_kv_pages_carry_a_process_to_another_kernel_exactly(make_kernel):
     """Migration by pages, between two kernels in one process: the target computes one token, not the context."""
     from llmos.kernel import ROOT, SpawnSpec, StopRules, devices, migrate, uplink
