@@ -7,7 +7,7 @@ BIN     := $(VENV)/bin
 STATE   ?= $(CURDIR)/.llmos-state
 SOCKET  := $(STATE)/llmosd.sock
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench readme clean
 
 $(BIN)/llmosd: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/throughput.py
+
+readme:  # README's benchmark blocks from bench/results/*.json (standard library only)
+	$(PY) bench/readme.py
 
 clean:
 	rm -rf $(VENV) .llmos-state .pytest_cache

@@ -4,6 +4,9 @@ Workloads on the default model, greedy:
 - chat: the chat prompts of bench/common.py, one process at a time;
 - edit: "repeat this ~300-token text with one change" (bench/data/edit.txt), as code-editing
   agents ask, one process at a time;
+- json: structured output under a JSON schema (a list of records, as agents' tool calls and
+  extraction ask), one process at a time: the grammar forces much of it, and its proposals are
+  trimmed to what the grammar allows;
 - chat x16 and edit x16: 16 processes at once: does speculation slow a batch?
 Each cell is the median of --repeat runs (the edit x16 cell: one run). Printed: tok/s off and
 on, their ratio, tokens per step of each process (1.0 without speculation), the share of
@@ -30,12 +33,21 @@ EDIT_ASK = ("Repeat the text below exactly as it is, changing only \"host memory
             "Reply with the text alone.\n\n")
 
 
+RECORDS_ASK = "List five European countries and their capitals, as JSON."
+RECORDS = {"type": "array", "minItems": 5, "maxItems": 5, "items": {
+    "type": "object", "properties": {"country": {"type": "string", "maxLength": 24},
+                                     "capital": {"type": "string", "maxLength": 24}},
+    "required": ["country", "capital"], "additionalProperties": False}}
+
+
 def workloads(chat_prompts: int) -> dict[str, list[list[dict]]]:
     text = EDIT.read_text().strip()
-    return {"chat": [chat(q) for q in QUESTIONS[:chat_prompts]], "edit": [chat(EDIT_ASK + text)]}
+    return {"chat": [chat(q) for q in QUESTIONS[:chat_prompts]], "edit": [chat(EDIT_ASK + text)],
+            "json": [chat(RECORDS_ASK)]}
 
 
-def run(k, m, messages: list[list[dict]], new_tokens: int, at_once: int, speculate: bool) -> dict:
+def run(k, m, messages: list[list[dict]], new_tokens: int, at_once: int, speculate: bool,
+        grammar=None) -> dict:
     """Every request, at_once processes at a time; tokens, seconds, steps and proposals."""
     from llmos.kernel import ROOT, SpawnSpec, SpecConfig, StopRules
 
@@ -43,7 +55,7 @@ def run(k, m, messages: list[list[dict]], new_tokens: int, at_once: int, specula
     tokens, outs, steps, drafted, accepted = 0, [], 0, 0, 0
     t0 = time.perf_counter()
     for i in range(0, len(messages), at_once):
-        procs = [k.spawn(ROOT, SpawnSpec(MODEL, messages=msg, stop=StopRules(max_tokens=new_tokens)))
+        procs = [k.spawn(ROOT, SpawnSpec(MODEL, messages=msg, grammar=grammar, stop=StopRules(max_tokens=new_tokens)))
                  for msg in messages[i:i + at_once]]
         s0 = k.steps
         k.run_until_idle()
@@ -60,10 +72,13 @@ def run(k, m, messages: list[list[dict]], new_tokens: int, at_once: int, specula
 
 
 def cell(k, m, name: str, messages: list[list[dict]], new_tokens: int, at_once: int, repeat: int) -> dict:
+    from llmos.syscalls.abi.grammar import GrammarSpec
+
+    grammar = GrammarSpec("json_schema", RECORDS) if name == "json" else None
     runs = {False: [], True: []}
     for _ in range(repeat):  # interleaved, so a slow spell of the shared machine hits both
         for speculate in (False, True):
-            runs[speculate].append(run(k, m, messages, new_tokens, at_once, speculate))
+            runs[speculate].append(run(k, m, messages, new_tokens, at_once, speculate, grammar))
     off, on = (sorted(runs[s], key=lambda r: r["tok_s"])[len(runs[s]) // 2] for s in (False, True))
     return {"workload": name, "procs": at_once, "tokens": on["tokens"],
             "tok_s_off": round(off["tok_s"], 1), "tok_s_on": round(on["tok_s"], 1),
@@ -103,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64, help="most tokens of a chat answer")
     ap.add_argument("--edit-tokens", type=int, default=330, help="most tokens of an edit (the text is 282)")
     ap.add_argument("--chat-prompts", type=int, default=8, help="chat prompts in the 1-process row")
-    ap.add_argument("--cells", type=int, default=4, help="run only the first N workload rows (1-4)")
+    ap.add_argument("--json-tokens", type=int, default=160, help="most tokens of the JSON records")
+    ap.add_argument("--cells", type=int, default=5, help="run only the first N workload rows (1-5)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--store", type=Path, default=default_store())
@@ -120,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     chats16 = [chat(q) for q in (QUESTIONS * 2)[:16]]
     plan = [("chat", w["chat"], args.new_tokens, 1, args.repeat),
             ("edit", w["edit"], args.edit_tokens, 1, args.repeat),
+            ("json", w["json"], args.json_tokens, 1, args.repeat),
             ("chat", chats16, args.new_tokens, 16, args.repeat), ("edit", w["edit"] * 16, args.edit_tokens, 16, 1)]
     print(f"{'workload':9} {'procs':>5} {'tokens':>7} {'tok/s off':>10} {'tok/s on':>9} {'ratio':>6} "
           f"{'tok/step':>8} {'accepted':>8} {'same':>5}", flush=True)

@@ -31,26 +31,38 @@ def _executor() -> llguidance.LLExecutor:
     return llguidance.LLExecutor(num_threads=max(1, min(4, os.cpu_count() or 1)))
 
 
-def fill_bitmask(states: list[GrammarState]) -> torch.Tensor:
+def fill_bitmask(states: list[GrammarState], ahead: list[list[int]] | None = None) -> torch.Tensor:
     """The next-token bitmask of each state: int32 [len(states), ceil(vocab / 32)], on the CPU.
 
-    Bit t % 32 of word t // 32 is set when token t is allowed.
+    Bit t % 32 of word t // 32 is set when token t is allowed. With `ahead`, row i is the mask
+    after ahead[i] too (a speculative proposal's row: the state is walked forward and back);
+    a row whose tokens ahead the grammar does not take allows every token (no draw of it is kept).
     """
     vocab = states[0].grammar.vocab_size
     if any(s.grammar.vocab_size != vocab for s in states):
         raise ValueError("states of one batch must share a vocabulary")
     words = (vocab + 31) // 32
     bitmask = torch.full((len(states), words), -1, dtype=torch.int32)
-    if len(states) == 1:
-        states[0].matcher.unsafe_compute_mask_ptr(bitmask.data_ptr(), words * 4)
-    else:
-        _executor().unsafe_compute_mask_ptr([(s.matcher, i) for i, s in enumerate(states)], bitmask.data_ptr(),
+    ahead = ahead or [[] for _ in states]
+    now = [i for i, a in enumerate(ahead) if not a]
+    if len(now) == 1:
+        states[now[0]].matcher.unsafe_compute_mask_ptr(bitmask[now[0]].data_ptr(), words * 4)
+    elif now:
+        _executor().unsafe_compute_mask_ptr([(states[i].matcher, i) for i in now], bitmask.data_ptr(),
                                             words * 4, len(states))
+    for i in (i for i, a in enumerate(ahead) if a):  # one matcher's positions one after another
+        s = states[i]
+        taken = s.consume(ahead[i])
+        if taken == len(ahead[i]):
+            s.matcher.unsafe_compute_mask_ptr(bitmask[i].data_ptr(), words * 4)
+        s.rollback(taken)
     return bitmask
 
 
-def mask_logits(logits: torch.Tensor, states: list[GrammarState | None]) -> dict[int, str]:
-    """Set to -inf, in place, the logits [B, V] of every token row i's grammar forbids.
+def mask_logits(logits: torch.Tensor, states: list[GrammarState | None],
+                ahead: list[list[int]] | None = None) -> dict[int, str]:
+    """Set to -inf, in place, the logits [B, V] of every token row i's grammar forbids (after
+    the tokens ahead[i], for a row that verifies speculative proposals).
 
     Returns {row: why} for the rows whose grammar cannot go on (an engine error, or no token of
     the vocabulary continuing it); those rows allow only EOS, so sampling them stays defined,
@@ -62,7 +74,7 @@ def mask_logits(logits: torch.Tensor, states: list[GrammarState | None]) -> dict
     if len(states) != logits.shape[0]:
         raise ValueError(f"{len(states)} states for {logits.shape[0]} rows of logits")
     constrained = [states[i] for i in rows]
-    bitmask = fill_bitmask(constrained)
+    bitmask = fill_bitmask(constrained, [ahead[i] for i in rows] if ahead else None)
     words = bitmask.numpy().view(np.uint32)
     empty = ~words.any(axis=1)
     dead: dict[int, str] = {}

@@ -1,7 +1,7 @@
 """GrammarState: one process's position in its grammar.
 
-It advances with each accepted token, forks with the process, rolls back for speculative
-decoding and is rebuilt from the tokens after a recompute preemption or a crash (replay).
+It advances with each accepted token, forks with the process, looks ahead and rolls back for
+speculative decoding (the proposals it allows, the mask after each of them) and is rebuilt from the tokens after a recompute preemption or a crash (replay).
 A rejected token leaves it unchanged: the engine would otherwise enter an error state that
 nothing, not even a rollback, can leave. Once the grammar is complete the engine takes EOS
 without counting it; this state counts it, so that accepted and rollback() agree with the
@@ -38,6 +38,16 @@ class GrammarState:
         tokens = [int(t) for t in tokens]
         self.matcher, self.accepted, self._eos_after_end = self.grammar.matcher.deep_copy(), 0, 0
         return self._consume(tokens) == len(tokens)
+
+    def consume(self, tokens: list[int]) -> int:
+        """Advance past as many of tokens, in order, as the grammar allows; returns how many."""
+        return self._consume([int(t) for t in tokens])
+
+    def valid_prefix(self, tokens: list[int]) -> int:
+        """How many of tokens, in order, the grammar allows from here (the state is left as it was)."""
+        taken = self.consume(tokens)
+        self.rollback(taken)
+        return taken
 
     def rollback(self, n: int) -> None:
         """Undo the last n accepted tokens."""

@@ -102,7 +102,8 @@ class ModelRunner:
         # A slice with a draft has a row of logits for each proposal and one after them.
         rows = [(s, j) for s in sampled for j in range(len(s.draft) + 1)]
         params = [s.sampling for s, _ in rows]
-        dead = mask_logits(logits, [s.grammar for s, _ in rows])  # constrained rows only (they have no draft)
+        # A constrained row after proposals is masked as the grammar stands after them.
+        dead = mask_logits(logits, [s.grammar for s, _ in rows], [s.draft[:j] for s, j in rows])
         tokens = sample(logits, params, [s.start_pos + len(s.token_ids) - len(s.draft) + j for s, j in rows])
         lps = logprobs(logits, params, tokens)
         out, i = StepOutput(), 0
@@ -112,8 +113,8 @@ class ModelRunner:
             out.tokens[s.seq_id] = drawn[a]
             if i + a in lps:
                 out.logprobs[s.seq_id] = lps[i + a]
-            if i in dead:
-                out.grammar_ended[s.seq_id] = dead[i]
+            if i + a in dead:
+                out.grammar_ended[s.seq_id] = dead[i + a]
             if s.draft:
                 out.accepted[s.seq_id] = drawn[:a]
                 if lps:

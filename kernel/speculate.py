@@ -9,8 +9,10 @@ each equals what the target model itself draws at its position (drivers/sampler.
 `accept`), plus the one token after them; kernel/step.py emits those and rolls the memory
 back past the rejected rows (`MemoryManager.truncate`).
 
-A process whose proposals are mostly rejected stops proposing for a while (`Lookup.record`);
-grammar-constrained processes never speculate (their mask depends on every accepted token).
+A process whose proposals are mostly rejected stops proposing for a while (`Lookup.record`).
+A grammar-constrained process proposes only what its grammar allows, and the driver masks
+each of its rows as the grammar stands after the proposals before it (drivers/grammar_mask.py);
+its grammar state itself advances only by the tokens kept, through stdio.emit.
 """
 from __future__ import annotations
 
@@ -122,6 +124,8 @@ def draft(plan: "Schedule", mem: "MemoryManager", cfg: SpecConfig, budget: int, 
         if p.lookup.ngram != cfg.ngram:
             p.lookup = Lookup(cfg.ngram)
         guess = p.lookup.propose(p.tokens, k)
+        if p.grammar is not None:  # only what the grammar allows: the rest could never be kept
+            guess = guess[:p.grammar.valid_prefix(guess)]
         while guess and not _pays(p.lookup.rate, len(guess), tokens, rows, cfg.row_cost):
             guess = guess[:-1]
         while guess and not mem.allocate(p.pid, p.num_computed, p.num_computed + n + len(guess)):
@@ -150,6 +154,6 @@ def _pays(rate: float, k: int, tokens: float, rows: int, row_cost: float) -> boo
 
 
 def _eligible(p: "Process", n: int) -> bool:
-    """A process decoding its next token, unconstrained, that has not opted out."""
-    return (n == 1 and p.owed == 1 and p.grammar is None and not p.spec.grammar and p.term_at is None
+    """A process decoding its next token, its grammar (if any) ready, that has not opted out."""
+    return (n == 1 and p.owed == 1 and (p.grammar is not None or not p.spec.grammar) and p.term_at is None
             and p.spec.speculate)

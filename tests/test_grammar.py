@@ -343,11 +343,29 @@ def test_per_step_limit_ends_the_row_with_eos_and_a_reason(tokenizer):
 def test_a_row_no_token_continues_allows_only_eos(compiler, monkeypatch):
     from llmos.drivers import grammar_mask
     real = grammar_mask.fill_bitmask
-    monkeypatch.setattr(grammar_mask, "fill_bitmask", lambda states: real(states).zero_())
+    monkeypatch.setattr(grammar_mask, "fill_bitmask", lambda states, ahead=None: real(states, ahead).zero_())
     logits = torch.zeros(2, VOCAB)
     assert mask_logits(logits, [compiler.compile(SPECS["regex"]).start(), None]) == {
         0: "no token of the vocabulary continues the grammar"}
     assert torch.isfinite(logits[0]).nonzero().flatten().tolist() == [EOS] and torch.isfinite(logits[1]).all()
+
+
+def test_rows_ahead_are_masked_as_the_grammar_stands_after_their_tokens_and_the_state_is_untouched(compiler):
+    from llmos.drivers.grammar_mask import fill_bitmask
+    state = compiler.compile(SPECS["regex"]).start()
+    ok = allowed(state)
+    first = ok[0]
+    after = state.fork()
+    assert after.accept(first)
+    second = allowed(after)[0]
+    bad = next(t for t in range(VOCAB) if t not in set(ok))
+    masks = fill_bitmask([state, state, state, state], [[], [first], [first, second], [bad]])
+    want = fill_bitmask([state, after])
+    assert torch.equal(masks[0], want[0]) and torch.equal(masks[1], want[1]) and not torch.equal(masks[0], masks[1])
+    assert (masks[3] == -1).all()  # tokens the grammar does not take: every token allowed, none is kept
+    assert state.accepted == 0 and allowed(state) == ok  # walked forward and back
+    assert state.valid_prefix([first, second, bad]) == 2 and state.valid_prefix([bad, first]) == 0
+    assert state.accepted == 0
 
 
 def test_unsatisfiable_within_the_budget_is_never_complete_and_never_all_inf(compiler, model, prompt):

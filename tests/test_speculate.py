@@ -161,17 +161,34 @@ def test_proposals_never_evict_and_respect_limits():
     assert sched(mm4, 64).schedule([t], now=1).drafts == {1: [7]}  # room for one proposal and the bonus
 
 
-def test_opted_out_constrained_and_terminating_processes_do_not_speculate():
+class AllowsFirst:
+    """A grammar state stand-in that allows only the first `n` of any proposals."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def valid_prefix(self, tokens):
+        return min(self.n, len(tokens))
+
+
+def test_opted_out_compiling_and_terminating_processes_do_not_speculate_and_grammars_trim():
+    from llmos.syscalls.abi.grammar import GrammarSpec
+
     mm = MemoryManager(64, page_size=4)
     out = decoder(mm, 1, REPEAT, speculate=False)
-    constrained = decoder(mm, 2, REPEAT)
-    constrained.grammar = object()
+    compiling = decoder(mm, 2, REPEAT, grammar=GrammarSpec("regex", "a+"))  # its grammar is not ready yet
     ending = decoder(mm, 3, REPEAT)
     ending.term_at = 0.0
     ok = decoder(mm, 4, REPEAT)
-    plan = sched(mm, 64).schedule([out, constrained, ending, ok], now=1)
+    plan = sched(mm, 64).schedule([out, compiling, ending, ok], now=1)
     assert list(plan.drafts) == [4]
     assert sched(mm, 64, max_rows=3).schedule([ok], now=2).drafts == {4: [7, 8]}  # 3 rows in the step at most
+    mm2 = MemoryManager(64, page_size=4)
+    constrained = decoder(mm2, 5, REPEAT)
+    constrained.grammar = AllowsFirst(1)  # proposals past what the grammar allows are never made
+    assert sched(mm2, 64).schedule([constrained], now=1).drafts == {5: [7]}
+    constrained.grammar = AllowsFirst(0)
+    assert sched(mm2, 64).schedule([constrained], now=2).drafts == {}
 
 
 def test_rows_are_added_only_where_they_pay_for_themselves():

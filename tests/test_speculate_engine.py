@@ -209,3 +209,58 @@ def test_llmosd_speculate_flag_and_the_per_spawn_opt_out(tmp_path, tiny_model_di
         assert outs[0] == outs[1] and outs[0]
     finally:
         d.stop_cleanly()
+
+
+RECORDS = {"type": "array", "minItems": 4, "maxItems": 4, "items": {  # output that repeats its own structure
+    "type": "object", "properties": {"name": {"enum": ["red", "green"]}, "n": {"type": "integer", "minimum": 0,
+                                                                           "maximum": 9}},
+    "required": ["name", "n"], "additionalProperties": False}}
+
+
+@pytest.mark.parametrize("kind", ["records", "json_schema", "regex", "cfg"])
+def test_constrained_processes_speculate_and_equal_generate_with_the_grammar(spec_kernel, kind):
+    """Proposals of a constrained process are trimmed to what its grammar allows, each verify row
+    is masked as the grammar stands after the proposals before it, and only kept tokens advance
+    the grammar: greedy output equals generate() with the grammar, across page boundaries."""
+    from test_constrained import check
+    from test_grammar import REGEX, SCHEMA, SUM_LARK, reference
+
+    from llmos.syscalls.abi.grammar import GrammarSpec
+
+    spec = {"records": GrammarSpec("json_schema", RECORDS), "json_schema": GrammarSpec("json_schema", SCHEMA),
+            "regex": GrammarSpec("regex", REGEX), "cfg": GrammarSpec("cfg", SUM_LARK)}[kind]
+    k, ref = spec_kernel(pages=256, page_size=4, budget=32)
+    codec = k.models["tiny"].codec
+    compiled = codec.grammars().compile(spec)
+    prompts = [REPEAT, [5, 6, 7], list(range(20, 40))]
+    procs = [k.spawn(ROOT, SpawnSpec("tiny", tokens=t, grammar=spec, stop=StopRules(max_tokens=120)))
+             for t in prompts]
+    run_checked(k)
+    for t, p in zip(prompts, procs):
+        check(p, reference(ref.model, codec.tokenizer, t, compiled, 120))
+        assert p.grammar is not None and p.grammar.accepted == p.turn_tokens  # the grammar took exactly what was kept
+    proposed = sum(n for _, n, _ in k.verifies)
+    kept = sum(kept for _, _, kept in k.verifies)
+    assert proposed > 0 or kind == "regex"  # its 8 tokens leave little to look up
+    if kind == "records":  # its structure repeats: most proposals are what the grammar forces anyway
+        assert kept >= 10 and kept / proposed > 0.3, (kept, proposed)
+
+
+
+def test_a_seeded_constrained_process_draws_the_same_tokens_with_or_without_speculation(spec_kernel):
+    from llmos.syscalls.abi.grammar import GrammarSpec
+
+    spec = GrammarSpec("json_schema", RECORDS)
+    kept = 0
+    for seed in range(3):
+        outs = []
+        for speculate in (SPEC, SpecConfig()):
+            k, _ = spec_kernel(speculate=speculate, pages=256)
+            p = k.spawn(ROOT, SpawnSpec("tiny", tokens=REPEAT, grammar=spec, stop=StopRules(max_tokens=120),
+                                        sampling=SamplingParams(temperature=0.8, top_k=50, seed=seed)))
+            run_checked(k)
+            outs.append((p.out_tokens, p.reason))
+            kept += p.lookup.accepted
+        assert outs[0] == outs[1], seed
+        assert outs[0][1] == "grammar"
+    assert kept > 10
