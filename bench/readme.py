@@ -3,7 +3,9 @@
 Each block of README.md between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` is replaced by
 what NAME renders (the markers stay): `throughput` and `profile` from the newest
 `bench/results/<date>-<cpu>.json` that `bench/throughput.py --results` wrote, `prefill` from
-`bench/results/prefill.json` (`bench/prefill.py --json`). Standard library only.
+`bench/results/prefill.json` (`bench/prefill.py --json`), `speculate` from
+`bench/results/speculate.json` (`bench/speculate.py --json`), `compile` from
+`bench/results/compile_step.json` (`bench/compile_step.py --json`). Standard library only.
 
     python bench/readme.py            # rewrite README.md, print the blocks that changed
     python bench/readme.py --check    # change nothing; exit 1 with a diff if a block is stale
@@ -84,6 +86,7 @@ def command(data: dict) -> str:
     args = [f"--systems {','.join(cfg.get('systems', []))}", f"--new-tokens {cfg.get('new_tokens')}",
             f"--concurrency {','.join(map(str, cfg.get('concurrency', [])))}"]
     args += [f"--threads {cfg['threads']}"] if cfg.get("threads", 2) != 2 else []
+    args += [f"--repeat {cfg['repeat']}"] if cfg.get("repeat", 1) != 1 else []
     args += ["--no-memory"] if not data.get("memory") and "llmos" in cfg.get("systems", []) else []
     return "python bench/throughput.py " + " ".join(args + ["--profile"] * bool(data.get("profile")) + ["--results"])
 
@@ -145,12 +148,45 @@ def render_prefill(data: dict, source: str) -> str:
     return "\n\n".join(out + [targets_table(data.get("targets", []))])
 
 
+def render_speculate(data: dict, source: str) -> str:
+    rows = [[r["workload"], str(r["procs"]), str(r["tokens"]), fmt(r.get("tok_s_off")), fmt(r.get("tok_s_on")),
+             fmt(r.get("speedup"), 2, "×"), fmt(r.get("tokens_per_step"), 2), fmt(r.get("accept_rate"), 0, "%", 100),
+             "yes" if r.get("same_tokens") else "NO"] for r in data.get("rows", [])]
+    costs = [f"{procs} process{'es' * (procs != '1')}: " + ", ".join(
+        f"{rows_} row{'s' * (rows_ != '1')} {ms / per[min(per, key=int)]:.2f}×" for rows_, ms in per.items())
+        for procs, per in data.get("row_cost_ms", {}).items() if per]
+    head = (f"{machine_line(data['machine'])} " if data.get("machine") else "") + \
+        f"From `{source}` ({data.get('model', '?')}, greedy, median of {data.get('repeat', '?')} runs per cell):"
+    out = [head, table(["workload", "processes", "tokens", "tok/s off", "tok/s on", "on / off", "tokens per step",
+                        "proposals kept", "same tokens"], rows)]
+    if costs:
+        out.append("A forward pass by rows per process (one decode and rows − 1 proposals, 300 tokens of "
+                   "context), over one row: " + "; ".join(costs) + ".")
+    return "\n\n".join(out)
+
+
+def render_compile(data: dict, source: str) -> str:
+    rows = [[r["mode"], str(r["procs"]), fmt(r.get("compile_s"), 0), f"{fmt(r.get('eager_median_ms'))} / "
+             f"{fmt(r.get('eager_min_ms'))}", f"{fmt(r.get('compiled_median_ms'))} / {fmt(r.get('compiled_min_ms'))}",
+             f"{fmt(r.get('speedup_median'), 2, '×')} / {fmt(r.get('speedup_min'), 2, '×')}",
+             {True: "yes", False: "no"}.get(r.get("bit_equal"), DASH),
+             DASH if r.get("max_abs_diff") is None else f"{r['max_abs_diff']:.2g}"] for r in data.get("rows", [])]
+    return "\n\n".join([f"{machine_line(data.get('machine', {}))} From `{source}`:",
+                        table(["weights", "processes", "compile s", "eager step ms (median / min)",
+                               "compiled step ms (median / min)", "speed-up (median / min)", "bit-equal logits",
+                               "largest logit difference"], rows)])
+
+
+SOURCES = {"prefill": "prefill.json", "speculate": "speculate.json", "compile": "compile_step.json"}  # fixed files
+
+
 def render(name: str, results: Path = RESULTS, throughput: Path | None = None) -> str:
     """The text of block `name` (without its markers); ValueError for an unknown name."""
-    kinds = {"throughput": render_throughput, "profile": render_profile, "prefill": render_prefill}
+    kinds = {"throughput": render_throughput, "profile": render_profile, "prefill": render_prefill,
+             "speculate": render_speculate, "compile": render_compile}
     if name not in kinds:
         raise ValueError(f"unknown bench block {name!r} (known: {', '.join(kinds)})")
-    path = results / "prefill.json" if name == "prefill" else throughput or latest_throughput(results)
+    path = results / SOURCES[name] if name in SOURCES else throughput or latest_throughput(results)
     data = _load(path) if path else None
     if data is None:
         what = path if path else results / "<date>-<cpu>.json"

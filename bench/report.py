@@ -193,7 +193,7 @@ def write_json(path: Path, args, results: list[RunResult], memory: dict, targets
         "kernels": kernels or {},
         "memory": memory,
         "targets": targets,
-        "config": {"model": MODEL, "threads": args.threads, "new_tokens": args.new_tokens,
+        "config": {"model": MODEL, "threads": args.threads, "new_tokens": args.new_tokens, "repeat": args.repeat,
                    "concurrency": args.concurrency, "systems": args.systems, "torch": torch.__version__},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -234,7 +234,14 @@ def plot(path: Path, results: list[RunResult], roofs: list[dict] | None = None, 
     ax.set_yscale("log")
     ax.set_xlabel("concurrent processes (N)")
     ax.set_ylabel("generated tok/s")
-    ax.set_title(title or f"{MODEL} throughput")
+    save_plot(fig, ax, path, title or f"{MODEL} throughput")
+
+
+def save_plot(fig, ax, path: Path, title: str) -> None:
+    """Title, grid and legend on ax, then fig written to path as a PNG (and closed)."""
+    import matplotlib.pyplot as plt
+
+    ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

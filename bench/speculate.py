@@ -26,6 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import machine  # noqa: E402
 from bench.common import MODEL, QUESTIONS, chat, default_store  # noqa: E402
 
 EDIT = Path(__file__).parent / "data" / "edit.txt"
@@ -130,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmos.kernel import ROOT, Kernel, KernelConfig
     from llmos.kernel.models import ModelStore
 
+    mach = machine.probe(args.threads) if args.device == "cpu" else None
     k = Kernel(open_driver(args.device, threads=args.threads), KernelConfig(), ModelStore(args.store))
     m = k.load_model(ROOT, MODEL)
     w = workloads(args.chat_prompts)
@@ -152,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     for procs, ms in costs.items():
         print(f"  {procs:>2} procs: " + ", ".join(f"{r} rows {v:.1f} ms ({v / ms[1]:.2f}x)" for r, v in ms.items()))
     if args.json:
-        args.json.write_text(json.dumps({"model": MODEL, "device": args.device, "threads": args.threads,
+        args.json.write_text(json.dumps({"machine": machine.as_json(mach) if mach else {},
+                                         "model": MODEL, "device": args.device, "threads": args.threads,
                                          "repeat": args.repeat, "rows": rows, "row_cost_ms": costs}, indent=2))
     return 0 if all(r["same_tokens"] for r in rows) else 1
 

@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from bench.common import MODEL, QUESTIONS, chat, default_store  # noqa: E402
+from bench.common import MODEL, QUESTIONS, chat, default_store, end_all  # noqa: E402
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::_int_mm", "mkldnn::_linear_pointwise", "onednn::qlinear_pointwise",
             "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int8pack_mm")
@@ -60,13 +60,7 @@ def profile_step(k, model: str, n: int, steps: int = STEPS, top: int = TOP) -> d
                 k.step()
             profiled = (time.perf_counter() - t) / steps
     finally:
-        for p in procs:
-            if not p.state.done:
-                k.signal(ROOT, p.pid, "KILL")
-        while k.has_work():
-            k.step()
-        for p in procs:
-            k.reap(ROOT, p.pid)
+        end_all(k, procs)
     ops = sorted(((e.key, e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in prof.key_averages()),
                  key=lambda x: -x[1])
     step_ms = statistics.median(bare) * 1e3

@@ -248,7 +248,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--results", action="store_true", help="write the results to bench/results/<date>-<cpu>.json")
     ap.add_argument("--plot", type=Path, help="draw tok/s against concurrency for every system here (matplotlib)")
     ap.add_argument("--profile", action="store_true", help="profile one steady decode step at 1 and 16 processes "
-                                                           "(fp32 and int8) through the kernel (bench/step_profile.py)")
+                                                           "(each llmos mode run) through the kernel (bench/step_profile.py)")
     ap.add_argument("--via-daemon", action="store_true", help="add llmos_daemon rows: the same work through llmosd")
     ap.add_argument("--via-http", action="store_true", help="add llmos_http rows: the same work through llmosd's HTTP API")
     args = ap.parse_args(argv)
@@ -304,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"kernels of {name}: {line}")
     profiles: list[dict] = []
     if args.profile:
-        modes = [m for s, m in (("llmos", "none"), ("llmos_int8", "int8")) if s in args.systems] or ["none"]
+        modes = [m for s, m in (("llmos", "none"), ("llmos_int8", "int8"), ("llmos_int4", "int4"))
+                 if s in args.systems] or ["none"]
         profiles = step_profile.run(bench.kernel(), [1, 16], modes)
         step_profile.print_profiles(console, profiles)
     if memory:

@@ -6,7 +6,8 @@ import platform
 import psutil
 import torch
 
-from llmos.drivers import choice
+from llmos.drivers import choice, ext
+from llmos.drivers.quant import Int8Group
 from llmos.drivers.driver import DeviceInfo
 from llmos.drivers.torch_driver import TorchDriver
 
@@ -24,8 +25,12 @@ class CPUDriver(TorchDriver):
 
     def prepare(self, model: torch.nn.Module, cache_dir: str | None = None) -> str:
         """Serve each Linear shape in the form measured fastest on this CPU (drivers/choice.py),
-        the measurement cached in `cache_dir`; returns the one-line summary of the choice."""
-        return choice.serve(model, cache_dir)
+        the measurement cached in `cache_dir`; returns the one-line summary of the choice (and
+        how int8 activations are quantized: the fused op of drivers/ext.py, or torch ops)."""
+        line = choice.serve(model, cache_dir)
+        if any(isinstance(m, Int8Group) for m in model.modules()):
+            line += "; int8 activations: " + ("fused op" if ext.available() else "torch ops (fused op not built)")
+        return line
 
     def free_memory(self) -> int:
         """Bytes of host memory available now."""

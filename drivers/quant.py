@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from llmos.drivers import ext
 from llmos.drivers.driver import QuantizeError, check_quantize
 from llmos.drivers.fuse import FusedGroup, FusedLinear, linear_parents, replace_linears
 
@@ -30,6 +31,7 @@ CUDA_INT_MM_MULTIPLE = 8  # cuBLASLt's int8 GEMM takes K and N in multiples of 8
 # The quantization constants as 0-dim tensors: a Python number becomes a fresh tensor copy on
 # every op, which at ~120 Linear groups a step costs more than the arithmetic at batch 1.
 _EPS, _QMAX, _SHIFT = torch.tensor(1e-12), torch.tensor(127.0), torch.tensor(128.0)
+_EPS_F, _QMAX_F = _EPS.item(), _QMAX.item()  # the same float32 values, for the fused op (drivers/ext.py)
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,8 +97,12 @@ def int8_matmul_packed(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tenso
     """int8_matmul on weights prepacked for oneDNN (CPU). oneDNN's fast int8 kernels take
     unsigned activations, so the int8 values are shifted by 128 and the shift is declared as
     the zero point: the int32 product, and the result, are exactly int8_matmul's."""
-    rows, sx = _quantize_rows(x, smooth)
-    xu = torch.div(rows, sx).round_().add_(_SHIFT).to(torch.uint8)
+    rows = x.reshape(-1, x.shape[-1])
+    if ext.available() and rows.dtype == torch.float32 and rows.is_contiguous():
+        xu, sx = torch.ops.llmos.quantize_rows_u8(rows, smooth, _EPS_F, _QMAX_F)  # the same bits, one op
+    else:
+        rows, sx = _quantize_rows(x, smooth)
+        xu = torch.div(rows, sx).round_().add_(_SHIFT).to(torch.uint8)
     y = torch.ops.onednn.qlinear_pointwise(xu, 1.0, 128, packed, scale, zeros, None, 1.0, 0, torch.float32,
                                            "none", [], "")
     return _finish(y.mul_(sx), x, bias)

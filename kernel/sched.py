@@ -71,6 +71,13 @@ class Scheduler:
         self.max_context = max_context  # the model's context window: no proposal reaches past it
         self.owner_usage: dict[str, float] = {}
         self._usage_at = time.monotonic()
+        self.row_cost = speculate.RowCost()  # what a row costs here, learned from this pool's steps
+
+    def observe(self, plan: Schedule, seconds: float) -> None:
+        """A step of `plan` ran in `seconds`: a decode step (every slice one token, plus proposals,
+        no swap) teaches the cost of rows."""
+        if plan.runs and all(n == 1 for _, n in plan.runs) and not plan.input.moves:
+            self.row_cost.record(plan.num_tokens, seconds)
 
     def account(self, owner: str, tokens: int) -> None:
         """Charge tokens to an owner, for fair share."""
@@ -157,7 +164,8 @@ class Scheduler:
             budget -= n
             seats -= 1
         if self.config.speculate.enabled:  # only what the budget has left once everyone has their tokens
-            speculate.draft(out, mem, self.config.speculate, budget, self.max_context, allowance)
+            learned = self.row_cost if self.config.speculate.learn_cost else None
+            speculate.draft(out, mem, self.config.speculate, budget, self.max_context, allowance, learned)
         out.input = StepInput([self._slice(p, n, now, out.drafts.get(p.pid, [])) for p, n in out.runs],
                               mem.ops.take())
         return out

@@ -39,7 +39,10 @@ class SpecConfig:
     max_rows: int = 16       # no proposal makes a step larger than this many rows in all
     # What one more row costs, relative to a step of one row (bench/speculate.py measures it: about
     # 0.06 on a 2-core CPU, where rows are compute; far less on a GPU, where a step reads the weights once).
+    # It is the prior: with learn_cost, a pool's own decode steps (RowCost) say what a row costs
+    # wherever it has run steps of both sizes.
     row_cost: float = 0.06
+    learn_cost: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_draft <= MAX_DRAFT:
@@ -100,13 +103,48 @@ class Lookup:
             self.cooldown = 0
 
 
+@dataclass
+class RowCost:
+    """Step time by rows, learned from one pool's decode steps (every slice one token, plus any
+    proposals): what a step of R rows costs over one of R - 1, wherever steps of sizes around
+    both have been seen often enough. The machine decides, not a constant."""
+
+    seconds: dict[int, float] = field(default_factory=dict)  # rows -> moving average of a step's seconds
+    seen: dict[int, int] = field(default_factory=dict)
+    min_seen: int = 3
+    max_rows: int = 4096  # row counts past this are not recorded (a step's rows are bounded anyway)
+
+    def record(self, rows: int, seconds: float) -> None:
+        if not 1 <= rows <= self.max_rows or not seconds > 0:
+            return
+        old = self.seconds.get(rows)
+        self.seconds[rows] = seconds if old is None else 0.9 * old + 0.1 * seconds
+        self.seen[rows] = self.seen.get(rows, 0) + 1
+
+    def marginal(self, rows: int) -> float | None:
+        """T(rows) / T(rows - 1) - 1, interpolated between the row counts seen; None outside them."""
+        known = sorted(r for r, n in self.seen.items() if n >= self.min_seen)
+        if len(known) < 2 or rows - 1 < known[0] or rows > known[-1]:
+            return None
+        return max(0.0, self._at(rows, known) / self._at(rows - 1, known) - 1.0)
+
+    def _at(self, rows: int, known: list[int]) -> float:
+        hi = next(r for r in known if r >= rows)
+        if hi == rows:
+            return self.seconds[rows]
+        lo = max(r for r in known if r < rows)
+        f = (rows - lo) / (hi - lo)
+        return self.seconds[lo] + f * (self.seconds[hi] - self.seconds[lo])
+
+
 def draft(plan: "Schedule", mem: "MemoryManager", cfg: SpecConfig, budget: int, max_context: int,
-          allowance: dict[str, int] | None = None) -> None:
+          allowance: dict[str, int] | None = None, cost: RowCost | None = None) -> None:
     """Add proposals to the decoding slices of `plan` (its runs so far), out of the `budget`
     tokens the step has left, without evicting anything: where the pages for them are not
     free, or the process's limits forbid, it simply does not speculate this step. Rows are
     added only where the tokens they are expected to win pay for what they add to the step's
-    time, which every process in it waits for (`_pays`)."""
+    time, which every process in it waits for (`_pays`; `cost`, where given, says what a row
+    costs on this pool)."""
     rows = plan.num_tokens
     tokens = float(sum(1 for p, n in plan.runs if p.num_computed + n == len(p.tokens)))  # what the step samples
     room = min(budget, cfg.max_rows - rows)
@@ -126,7 +164,8 @@ def draft(plan: "Schedule", mem: "MemoryManager", cfg: SpecConfig, budget: int, 
         guess = p.lookup.propose(p.tokens, k)
         if p.grammar is not None:  # only what the grammar allows: the rest could never be kept
             guess = guess[:p.grammar.valid_prefix(guess)]
-        while guess and not _pays(p.lookup.rate, len(guess), tokens, rows, cfg.row_cost):
+        while guess and not _pays(p.lookup.rate, len(guess), tokens, rows, cfg.row_cost,
+                                  cost.marginal(rows + len(guess)) if cost is not None else None):
             guess = guess[:-1]
         while guess and not mem.allocate(p.pid, p.num_computed, p.num_computed + n + len(guess)):
             guess = guess[:-1]
@@ -145,12 +184,14 @@ def _expected(rate: float, k: int) -> float:
     return sum(rate ** i for i in range(1, k + 1))
 
 
-def _pays(rate: float, k: int, tokens: float, rows: int, row_cost: float) -> bool:
+def _pays(rate: float, k: int, tokens: float, rows: int, row_cost: float, learned: float | None = None) -> bool:
     """Whether the k-th proposal's row raises the step's throughput. A step of R rows takes about
-    T1 (1 + c (R - 1)); the row adds c / (1 + c (R - 1)) to it, and wins a token with
-    probability rate^k, which adds rate^k / tokens to what the step yields."""
+    T1 (1 + c (R - 1)); the row adds c / (1 + c (R - 1)) to it (or what was `learned` of this
+    pool's steps), and wins a token with probability rate^k, which adds rate^k / tokens to what
+    the step yields."""
     before = tokens + _expected(rate, k - 1)
-    return rate ** k / max(before, 1.0) >= row_cost / (1 + row_cost * (rows + k - 2))
+    added = learned if learned is not None else row_cost / (1 + row_cost * (rows + k - 2))
+    return rate ** k / max(before, 1.0) >= added
 
 
 def _eligible(p: "Process", n: int) -> bool:

@@ -36,7 +36,11 @@ def pool_step(k: "Kernel", m: "LoadedModel", now: float) -> int:
     live = k.pool_procs(m)
     plan = m.scheduler.schedule(live, now, k.quota.allowance(live, now))
     before = {p.pid: p.usage.generated_tokens for p, _ in plan.runs}
-    n = apply(k, m, plan, run(k, m, plan), now)
+    t1 = time.monotonic()
+    out = run(k, m, plan)
+    if out is not None:
+        m.scheduler.observe(plan, time.monotonic() - t1)
+    n = apply(k, m, plan, out, now)
     if n:
         generated = {p.pid: p.usage.generated_tokens - before[p.pid] for p, _ in plan.runs}
         accounting.charge_step(k, plan, generated, time.monotonic() - t0)

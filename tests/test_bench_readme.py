@@ -125,3 +125,28 @@ def test_prefill_incomplete(tmp_path):
     text = readme.render("prefill", tmp_path)
     assert "(incomplete run: no cells at 2,000, 8,000 prompt tokens)" in text
     assert "| 500 | llmos_fp32 |" in text and "| 2,000 |" not in text
+
+
+def test_speculate_block(tmp_path):
+    data = {"machine": MACHINE, "model": "m", "repeat": 3, "rows": [
+        {"workload": "json", "procs": 1, "tokens": 66, "tok_s_off": 18.0, "tok_s_on": 41.3, "speedup": 2.291,
+         "tokens_per_step": 1.94, "accept_rate": 0.941, "same_tokens": True},
+        {"workload": "chat", "procs": 16, "tokens": 512, "tok_s_off": 100.0, "tok_s_on": 99.0, "speedup": 0.99,
+         "tokens_per_step": 1.0, "accept_rate": 0.0, "same_tokens": False}],
+        "row_cost_ms": {"1": {"1": 50.0, "2": 55.0}, "16": {"1": 100.0, "2": 210.0}}}
+    (tmp_path / "speculate.json").write_text(json.dumps(data))
+    text = readme.render("speculate", tmp_path)
+    assert "| json | 1 | 66 | 18.0 | 41.3 | 2.29× | 1.94 | 94% | yes |" in text
+    assert "| chat | 16 | 512 | 100.0 | 99.0 | 0.99× | 1.00 | 0% | NO |" in text
+    assert "1 process: 1 row 1.00×, 2 rows 1.10×; 16 processes: 1 row 1.00×, 2 rows 2.10×." in text
+    assert "Test CPU 9000" in text and "median of 3 runs" in text
+
+
+def test_compile_block(tmp_path):
+    data = {"machine": MACHINE, "rows": [{"mode": "int8", "procs": 1, "compile_s": 64.7, "eager_median_ms": 30.0,
+                                          "eager_min_ms": 25.0, "compiled_median_ms": 20.0, "compiled_min_ms": 20.0,
+                                          "speedup_median": 1.5, "speedup_min": 1.25, "bit_equal": False,
+                                          "max_abs_diff": 3.814697265625e-06}]}
+    (tmp_path / "compile_step.json").write_text(json.dumps(data))
+    assert "| int8 | 1 | 65 | 30.0 / 25.0 | 20.0 / 20.0 | 1.50× / 1.25× | no | 3.8e-06 |" in \
+        readme.render("compile", tmp_path)

@@ -206,3 +206,59 @@ def test_rows_are_added_only_where_they_pay_for_themselves():
         p.state, p.lookup.rate = State.READY, 0.9
     plan = sched(mm, 256, max_rows=64, row_cost=0.0).schedule(many, now=3)
     assert len(plan.drafts) == 12  # free rows: every process proposes until the 64-row cap
+
+
+def test_row_cost_is_learned_from_decode_steps_and_interpolated():
+    from llmos.kernel.speculate import RowCost
+    c = RowCost()
+    for _ in range(3):
+        c.record(1, 0.050)
+        c.record(4, 0.056)  # 2% a row
+        c.record(16, 0.160)
+    c.record(8, 0.5)  # seen once: not trusted yet
+    assert c.marginal(1) is None and c.marginal(17) is None  # outside what was seen: the prior decides
+    assert c.marginal(2) == pytest.approx(0.052 / 0.050 - 1) and c.marginal(4) == pytest.approx(0.056 / 0.054 - 1)
+    assert c.marginal(10) == pytest.approx((0.056 + 6 / 12 * 0.104) / (0.056 + 5 / 12 * 0.104) - 1)
+    c.record(0, 1.0)
+    c.record(5000, 1.0)
+    c.record(3, -1.0)
+    assert set(c.seen) == {1, 4, 8, 16}  # nonsense is not recorded
+    faster = RowCost()
+    for _ in range(3):
+        faster.record(1, 0.05)
+        faster.record(2, 0.04)
+    assert faster.marginal(2) == 0.0  # noise that makes a row look like a gain costs nothing, never less
+
+
+def test_the_cost_rule_follows_what_the_pool_learned():
+    mm = MemoryManager(64, page_size=4)
+    alone = decoder(mm, 1, REPEAT)
+    alone.lookup.rate = 0.2
+    s = sched(mm, 64)
+    assert s.schedule([alone], now=1).drafts == {1: [7]}  # the prior (6% a row): one proposal
+    for _ in range(3):
+        s.row_cost.record(1, 0.050)
+        s.row_cost.record(5, 0.0505)  # rows nearly free on this machine
+    alone.state = State.READY
+    assert s.schedule([alone], now=2).drafts == {1: [7, 8]}  # a second proposal now pays
+    dear = sched(mm, 64)
+    for _ in range(3):
+        dear.row_cost.record(1, 0.050)
+        dear.row_cost.record(5, 0.150)  # 50% a row
+    alone.state = State.READY
+    assert dear.schedule([alone], now=3).drafts == {}
+    assert sched(mm, 64, learn_cost=False).schedule([alone], now=4).drafts == {1: [7]}
+
+
+def test_only_decode_steps_teach_the_row_cost():
+    mm = MemoryManager(64, page_size=4)
+    s = sched(mm, 64)
+    d = decoder(mm, 1, REPEAT)
+    plan = s.schedule([d], now=1)
+    s.observe(plan, 0.05)
+    prompt = Process(pid=2, spec=SpawnSpec("m"), tokens=list(range(3, 20)), created=0.0)
+    prompt.state = State.READY
+    plan2 = s.schedule([prompt], now=2)
+    assert any(n > 1 for _, n in plan2.runs)
+    s.observe(plan2, 9.0)  # a prefill chunk says nothing about decode rows
+    assert s.row_cost.seen == {plan.num_tokens: 1}

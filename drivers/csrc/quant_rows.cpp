@@ -1,0 +1,78 @@
+// llmos::quantize_rows_u8: the activation quantization of drivers/quant.py's int8_matmul_packed
+// as one op instead of eight (smooth, abs, amax, clamp, two divisions, round, shift, cast).
+//
+// For each row r of x [M, K] (float32, contiguous), with v = x[r] * smooth (when given):
+//   sx[r] = max(max_k |v_k|, eps) / qmax
+//   xu[r, k] = uint8(nearbyint(v_k / sx[r]) + 128)
+// Every step is the same IEEE float32 operation, in the same order, as the torch ops it stands
+// for (a max is exact in any order), so the bits are the same; tests/test_fused_ops.py checks it.
+#include <torch/library.h>
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <cmath>
+#include <tuple>
+
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> quantize_rows_u8(const at::Tensor& x, const c10::optional<at::Tensor>& smooth,
+                                                    double eps, double qmax) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
+              "quantize_rows_u8: x must be a contiguous float32 CPU matrix");
+  const int64_t m = x.size(0), k = x.size(1);
+  const float* s = nullptr;
+  if (smooth.has_value() && smooth->defined()) {
+    TORCH_CHECK(smooth->scalar_type() == at::kFloat && smooth->is_contiguous() && smooth->numel() == k,
+                "quantize_rows_u8: smooth must be a contiguous float32 vector of the row width");
+    s = smooth->data_ptr<float>();
+  }
+  auto xu = at::empty({m, k}, x.options().dtype(at::kByte));
+  auto sx = at::empty({m, 1}, x.options());
+  const float* src = x.data_ptr<float>();
+  uint8_t* dst = xu.data_ptr<uint8_t>();
+  float* scales = sx.data_ptr<float>();
+  const float feps = static_cast<float>(eps), fqmax = static_cast<float>(qmax);
+  at::parallel_for(0, m, m >= 8 ? 1 : m, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* row = src + r * k;
+      // The row's largest |v|, in 16 independent lanes (so that the compiler vectorizes it
+      // without reassociating anything: a max is exact in any order).
+      float lane[16] = {0.0f};
+      bool nan = false;
+      int64_t j = 0;
+      for (; j + 16 <= k; j += 16) {
+        for (int l = 0; l < 16; ++l) {
+          const float a = std::fabs(s ? row[j + l] * s[j + l] : row[j + l]);
+          nan |= a != a;
+          lane[l] = a > lane[l] ? a : lane[l];
+        }
+      }
+      float top = 0.0f;
+      for (; j < k; ++j) {
+        const float a = std::fabs(s ? row[j] * s[j] : row[j]);
+        nan |= a != a;
+        top = a > top ? a : top;
+      }
+      for (int l = 0; l < 16; ++l) top = lane[l] > top ? lane[l] : top;
+      if (nan) top = std::nanf("");  // NaN propagates, as amax does
+      const float scale = (std::isnan(top) || top > feps ? top : feps) / fqmax;
+      scales[r] = scale;
+      uint8_t* out = dst + r * k;
+      if (s) {
+        for (int64_t i = 0; i < k; ++i) out[i] = static_cast<uint8_t>(std::nearbyint(row[i] * s[i] / scale) + 128.0f);
+      } else {
+        for (int64_t i = 0; i < k; ++i) out[i] = static_cast<uint8_t>(std::nearbyint(row[i] / scale) + 128.0f);
+      }
+    }
+  });
+  return {xu, sx};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(llmos, m) {
+  m.def("quantize_rows_u8(Tensor x, Tensor? smooth, float eps, float qmax) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(llmos, CPU, m) {
+  m.impl("quantize_rows_u8", &quantize_rows_u8);
+}

@@ -1,0 +1,79 @@
+"""Fused CPU ops built from drivers/csrc/ at install time (`make setup` runs `python -m
+llmos.drivers.ext`), and loaded when the driver starts.
+
+The ops are optional: where the library was not built (no C++ compiler, another torch), every
+caller keeps its plain torch path, which gives the same bits. `available()` says which it is,
+and the model's kernels line (`llmos models`, the load answer) says which.
+
+    python -m llmos.drivers.ext          # build into drivers/_build/ (about 30 s of g++)
+"""
+from __future__ import annotations
+
+import os
+import sys
+from functools import cache
+from pathlib import Path
+
+import torch
+
+SOURCES = [Path(__file__).resolve().parent / "csrc" / "quant_rows.cpp"]
+NAME = "llmos_fused"
+
+
+def build_dir() -> Path:
+    """Where the library is built: $LLMOS_EXT_DIR, else drivers/_build/ beside this file."""
+    env = os.environ.get("LLMOS_EXT_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent / "_build"
+
+
+def library() -> Path:
+    return build_dir() / f"{NAME}.so"
+
+
+def build(verbose: bool = False) -> Path:
+    """Compile the sources into library() with torch's C++ extension builder; returns its path.
+    For this machine's CPU (-march=native: it is built where it runs); -ffp-contract=off keeps
+    every float operation as written, so the bits stay those of the torch ops."""
+    from torch.utils import cpp_extension
+    out = build_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(NAME, [str(s) for s in SOURCES], build_directory=str(out), is_python_module=False,
+                       extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off"], verbose=verbose)
+    return library()
+
+
+@cache
+def available() -> bool:
+    """Whether the fused ops are loaded (once per process; False where they were not built)."""
+    if hasattr(torch.ops, "llmos") and hasattr(torch.ops.llmos, "quantize_rows_u8"):
+        return True
+    path = library()
+    if not path.exists() or any(s.stat().st_mtime > path.stat().st_mtime for s in SOURCES):
+        return False  # not built, or built from older sources: the torch path serves
+    try:
+        torch.ops.load_library(str(path))
+    except (OSError, RuntimeError):
+        return False
+    if not hasattr(torch.ops.llmos, "quantize_rows_u8"):
+        return False
+    torch.library.register_fake("llmos::quantize_rows_u8", _quantize_rows_u8_shapes)  # traceable by torch.compile
+    return True
+
+
+def _quantize_rows_u8_shapes(x: torch.Tensor, smooth: torch.Tensor | None, eps: float,
+                             qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape, dtype=torch.uint8), x.new_empty((x.shape[0], 1))
+
+
+def main() -> int:
+    try:
+        path = build(verbose="-v" in sys.argv)
+    except Exception as e:  # noqa: BLE001 - a failed build leaves the torch path, and says why
+        print(f"llmos fused ops not built ({type(e).__name__}: {e}); the plain torch path serves", file=sys.stderr)
+        return 1
+    print(f"built {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
