@@ -7,8 +7,8 @@ import psutil
 import torch
 
 from llmos.drivers import choice, ext
-from llmos.drivers.quant import Int8Group
 from llmos.drivers.driver import DeviceInfo
+from llmos.drivers.quant import Int8Group
 from llmos.drivers.torch_driver import TorchDriver
 
 

@@ -1,7 +1,8 @@
 """GrammarState: one process's position in its grammar.
 
 It advances with each accepted token, forks with the process, looks ahead and rolls back for
-speculative decoding (the proposals it allows, the mask after each of them) and is rebuilt from the tokens after a recompute preemption or a crash (replay).
+speculative decoding (the proposals it allows, the mask after each of them) and is rebuilt
+from the tokens after a recompute preemption or a crash (replay).
 A rejected token leaves it unchanged: the engine would otherwise enter an error state that
 nothing, not even a rollback, can leave. Once the grammar is complete the engine takes EOS
 without counting it; this state counts it, so that accepted and rollback() agree with the

@@ -112,10 +112,10 @@ class RowCost:
     seconds: dict[int, float] = field(default_factory=dict)  # rows -> moving average of a step's seconds
     seen: dict[int, int] = field(default_factory=dict)
     min_seen: int = 3
-    max_rows: int = 4096  # row counts past this are not recorded (a step's rows are bounded anyway)
+    record_limit: int = 4096  # steps of more rows are not recorded (not SpecConfig.max_rows: a bound on the dicts)
 
     def record(self, rows: int, seconds: float) -> None:
-        if not 1 <= rows <= self.max_rows or not seconds > 0:
+        if not 1 <= rows <= self.record_limit or not seconds > 0:
             return
         old = self.seconds.get(rows)
         self.seconds[rows] = seconds if old is None else 0.9 * old + 0.1 * seconds
