@@ -9,7 +9,10 @@ one in alternating rounds, and the compiled logits are compared with eager's bit
 
     python bench/compile_step.py --modes int4,int8 --procs 1 [--rounds 8] [--json out.json]
 
-The daemon does not use this path: see the figures this prints (and issue #14's notes) for why.
+This compiles everything, the norms and RoPE's cos/sin included, and its logits are not bit-equal
+to eager's. What llmosd --compile serves is drivers/compiled.py: the same layers with those parts
+left as eager computes them, bit-equal (tests/test_compiled.py), measured as the
+llmos_int4_compiled rows of bench/throughput.py.
 """
 from __future__ import annotations
 

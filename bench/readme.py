@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
-LLMOS = ("llmos", "llmos_int8", "llmos_int4")
+LLMOS = ("llmos", "llmos_int8", "llmos_int4", "llmos_compiled", "llmos_int8_compiled", "llmos_int4_compiled")
 BLOCK = re.compile(r"^<!-- bench:(\w+) -->\n(.*?)^<!-- /bench:\1 -->$", re.M | re.S)
 OPEN = re.compile(r"^<!-- bench:(\w+) -->$", re.M)
 DASH = "–"

@@ -15,11 +15,14 @@ from bench.common import MODEL, RunResult
 from bench.memory import MEMORY_TARGET
 
 BASELINE = "llmos"
-TARGETS = [  # (name, concurrency, system, peer system, minimum system/peer tok/s): issue #14's
-    ("fastest mode (llmos_int4) ≥ 5× hf_generate (fp32) at 1 process", 1, "llmos_int4", "hf_generate", 5.0),
-    ("llmos_int8 ≥ 3.5× hf_generate (fp32) at 1 process", 1, "llmos_int8", "hf_generate", 3.5),
-    ("llmos (fp32) ≥ 2× hf_generate at 1 process", 1, "llmos", "hf_generate", 2.0),
-    ("llmos_int8 ≥ 4.5× hf_static_batch (fp32) at 16 processes", 16, "llmos_int8", "hf_static_batch", 4.5),
+TARGETS = [  # (name, concurrency, system or the systems to take the fastest of, peer, least tok/s ratio): #14's
+    ("fastest mode ({}) ≥ 5× hf_generate (fp32) at 1 process", 1,
+     ("llmos_int4", "llmos_int4_compiled", "llmos_int8", "llmos_int8_compiled", "llmos", "llmos_compiled"),
+     "hf_generate", 5.0),
+    ("int8 ({}) ≥ 3.5× hf_generate (fp32) at 1 process", 1, ("llmos_int8", "llmos_int8_compiled"), "hf_generate", 3.5),
+    ("fp32 ({}) ≥ 2× hf_generate at 1 process", 1, ("llmos", "llmos_compiled"), "hf_generate", 2.0),
+    ("int8 ({}) ≥ 4.5× hf_static_batch (fp32) at 16 processes", 16, ("llmos_int8", "llmos_int8_compiled"),
+     "hf_static_batch", 4.5),
     ("llmos_daemon ≥ 0.9× llmos in-process at 16 processes", 16, "llmos_daemon", "llmos", 0.9),
     ("llmos_http ≥ 0.9× llmos in-process at 16 processes", 16, "llmos_http", "llmos", 0.9),
 ]
@@ -156,7 +159,13 @@ def print_memory(console: Console, m: dict) -> None:
 def check_targets(results: list[RunResult], memory: dict) -> list[dict]:
     out = []
     for name, n, system, peer, need in TARGETS:
-        a, b = _find(results, system, n), _find(results, peer, n)
+        if isinstance(system, tuple):  # the fastest of these that ran
+            found = [r for r in (_find(results, s, n) for s in system) if r is not None]
+            a = max(found, key=lambda r: r.tok_s, default=None)
+            name = name.format(a.system if a else " or ".join(system))
+        else:
+            a = _find(results, system, n)
+        b = _find(results, peer, n)
         value = ratio(a.tok_s, b.tok_s) if a and b else None
         out.append({"target": name, "value": value, "need": f"≥ {need}", "met": None if value is None else value >= need})
     value = memory.get("ratio")

@@ -58,6 +58,7 @@ class Bench:
         self.notes: list[str] = []
         self.machine = None  # bench/machine.py's probe, taken before any model loads
         self._kernel = None
+        self._compiled = None
         self._hf: dict[str, torch.nn.Module] = {}
 
     def batch(self, n: int) -> list[int]:
@@ -75,6 +76,18 @@ class Bench:
                 self.notes.append("the kernel tokenizes the chat prompts differently from the HF baselines")
             self._kernel = k
         return self._kernel
+
+    def compiled_kernel(self, quantize: str):
+        """A second kernel whose driver compiles decode steps (llmosd --compile), and the name of
+        the model's `quantize` copy on it."""
+        from llmos.kernel import ROOT
+        if self._compiled is None:
+            from llmos.drivers import open_driver
+            from llmos.kernel import Kernel, KernelConfig
+
+            self._compiled = Kernel(open_driver("cpu", threads=self.args.threads, compile=True), KernelConfig(),
+                                    self.store)
+        return self._compiled, self._compiled.load_model(ROOT, MODEL, quantize=quantize).name
 
     def hf(self, system: str) -> torch.nn.Module:
         """A private transformers model per HF system (generate_batch reconfigures its model)."""
@@ -122,6 +135,24 @@ def run_llmos_int4(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResu
     k = bench.kernel()
     m = k.load_model(ROOT, MODEL, quantize="int4")
     return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int4", m.name)
+
+
+def run_llmos_compiled(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    """The fp32 model with its decode steps through torch.compile (drivers/compiled.py: the same bits)."""
+    k, name = bench.compiled_kernel("none")
+    return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_compiled", name)
+
+
+def run_llmos_int8_compiled(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    """The int8 copy with its decode steps through torch.compile (drivers/compiled.py: the same bits)."""
+    k, name = bench.compiled_kernel("int8")
+    return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int8_compiled", name)
+
+
+def run_llmos_int4_compiled(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+    """The 4-bit copy with its decode steps through torch.compile (drivers/compiled.py: the same bits)."""
+    k, name = bench.compiled_kernel("int4")
+    return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int4_compiled", name)
 
 
 # --- transformers -------------------------------------------------------------------------------
@@ -208,6 +239,12 @@ SYSTEMS: dict[str, System] = {
     "llmos": System(run_llmos, "the llmos kernel in-process: all N spawned at once, stepped until idle"),
     "llmos_int8": System(run_llmos_int8, "the llmos kernel in-process on the model's int8 copy (--quantize int8)"),
     "llmos_int4": System(run_llmos_int4, "the llmos kernel in-process on the model's 4-bit copy (--quantize int4)"),
+    "llmos_compiled": System(run_llmos_compiled, "the fp32 model with decode steps through torch.compile, "
+                                                 "bit-exact (llmosd --compile)"),
+    "llmos_int8_compiled": System(run_llmos_int8_compiled, "the int8 copy with decode steps through torch.compile, "
+                                                           "bit-exact (llmosd --compile)"),
+    "llmos_int4_compiled": System(run_llmos_int4_compiled, "the 4-bit copy with decode steps through torch.compile, "
+                                                           "bit-exact (llmosd --compile)"),
     "llmos_daemon": System(run_daemon, "llmosd through gRPC and the asyncio SDK (with --via-daemon)"),
     "llmos_http": System(run_http, "llmosd through its OpenAI-compatible HTTP API, streaming (with --via-http)"),
     "hf_generate": System(run_hf_generate, "transformers generate(), one request at a time"),
@@ -300,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     roofs = report.rooflines(results, bench.machine, machine.linear_params(AutoConfig.from_pretrained(str(bench.path))))
     report.print_results(console, results, roofs)
     kernels = {name: m.info.kernels for name, m in bench._kernel.models.items()} if bench._kernel else {}
+    if bench._compiled:
+        kernels |= {f"{name} (compiled)": m.info.kernels for name, m in bench._compiled.models.items()}
     for name, line in kernels.items():
         console.print(f"kernels of {name}: {line}")
     profiles: list[dict] = []
@@ -307,6 +346,11 @@ def main(argv: list[str] | None = None) -> int:
         modes = [m for s, m in (("llmos", "none"), ("llmos_int8", "int8"), ("llmos_int4", "int4"))
                  if s in args.systems] or ["none"]
         profiles = step_profile.run(bench.kernel(), [1, 16], modes)
+        for mode, system in (("none", "llmos_compiled"), ("int8", "llmos_int8_compiled"), ("int4", "llmos_int4_compiled")):
+            if system not in args.systems:
+                continue
+            k, name = bench.compiled_kernel(mode)
+            profiles += [step_profile.profile_step(k, name, n) | {"model": f"{name} compiled"} for n in (1, 16)]
         step_profile.print_profiles(console, profiles)
     if memory:
         report.print_memory(console, memory)

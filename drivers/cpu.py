@@ -6,9 +6,10 @@ import platform
 import psutil
 import torch
 
-from llmos.drivers import choice, ext
+from llmos.drivers import choice, compiled, ext
 from llmos.drivers.driver import DeviceInfo
 from llmos.drivers.quant import Int8Group
+from llmos.drivers.runner import ModelRunner
 from llmos.drivers.torch_driver import TorchDriver
 
 
@@ -17,11 +18,23 @@ class CPUDriver(TorchDriver):
 
     kind = "cpu"
 
-    def __init__(self, threads: int | None = None) -> None:
+    def __init__(self, threads: int | None = None, compile: bool = False) -> None:
         super().__init__(torch.device("cpu"))
         if threads:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
+        self.compile = compile
+
+    def compile_decode(self, runner: ModelRunner, cache_dir: str | None = None) -> str:
+        """With `compile`, run the model's decode steps through torch.compile where that keeps
+        every bit (drivers/compiled.py); says which it is for the kernels line."""
+        if not self.compile:
+            return ""
+        why = compiled.problem(runner.lean)
+        if why is not None:
+            return f"decode steps eager: {why}"
+        runner.compiled = compiled.CompiledDecode(runner.lean, cache_dir)
+        return "decode steps compiled (torch.compile; the same bits as eager)"
 
     def prepare(self, model: torch.nn.Module, cache_dir: str | None = None) -> str:
         """Serve each Linear shape in the form measured fastest on this CPU (drivers/choice.py),

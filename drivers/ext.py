@@ -16,8 +16,9 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).resolve().parent / "csrc" / "quant_rows.cpp"]
+SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("quant_rows.cpp", "opaque.cpp")]
 NAME = "llmos_fused"
+OPS = ("quantize_rows_u8", "int8_linear", "rms_norm", "linear_packed")
 
 
 def build_dir() -> Path:
@@ -42,10 +43,15 @@ def build(verbose: bool = False) -> Path:
     return library()
 
 
-@cache
+@torch.compiler.assume_constant_result  # torch.compile takes the answer as a constant, unread
 def available() -> bool:
     """Whether the fused ops are loaded (once per process; False where they were not built)."""
-    if hasattr(torch.ops, "llmos") and hasattr(torch.ops.llmos, "quantize_rows_u8"):
+    return _load()
+
+
+@cache
+def _load() -> bool:
+    if hasattr(torch.ops, "llmos") and all(hasattr(torch.ops.llmos, op) for op in OPS):
         return True
     path = library()
     if not path.exists() or any(s.stat().st_mtime > path.stat().st_mtime for s in SOURCES):
@@ -54,15 +60,31 @@ def available() -> bool:
         torch.ops.load_library(str(path))
     except (OSError, RuntimeError):
         return False
-    if not hasattr(torch.ops.llmos, "quantize_rows_u8"):
+    if not all(hasattr(torch.ops.llmos, op) for op in OPS):
         return False
     torch.library.register_fake("llmos::quantize_rows_u8", _quantize_rows_u8_shapes)  # traceable by torch.compile
+    torch.library.register_fake("llmos::rms_norm", _rms_norm_shapes)
+    torch.library.register_fake("llmos::int8_linear", _int8_linear_shapes)
+    torch.library.register_fake("llmos::linear_packed", _linear_packed_shapes)
     return True
 
 
 def _quantize_rows_u8_shapes(x: torch.Tensor, smooth: torch.Tensor | None, eps: float,
                              qmax: float) -> tuple[torch.Tensor, torch.Tensor]:
     return x.new_empty(x.shape, dtype=torch.uint8), x.new_empty((x.shape[0], 1))
+
+
+def _int8_linear_shapes(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
+                        bias: torch.Tensor | None, smooth: torch.Tensor | None, eps: float, qmax: float) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], scale.shape[0]))
+
+
+def _linear_packed_shapes(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+def _rms_norm_shapes(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return torch.empty_like(x)
 
 
 def main() -> int:

@@ -16,6 +16,7 @@ bits exactly; where one does not, the module itself runs.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -24,6 +25,7 @@ from llmos.drivers import lean_ops
 from llmos.drivers.attention import PagedBatch, paged_attention
 
 FAMILIES = ("llama", "qwen2", "mistral")
+Layers = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, PagedBatch], torch.Tensor]  # (h, cos, sin, batch) -> h
 _ATTN = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj", "act_fn")
 
@@ -55,11 +57,12 @@ class LeanDecoder:
             hasattr(sys.modules[type(inner.layers[0].self_attn).__module__], "apply_rotary_pos_emb")
 
     def __call__(self, ids: torch.Tensor, pos: torch.Tensor, batch: PagedBatch, keep: torch.Tensor,
-                 hooked: bool = False) -> torch.Tensor:
+                 hooked: bool = False, layers: Layers | None = None) -> torch.Tensor:
         """ids, pos: [1, T]; keep: rows that need logits → logits [len(keep), vocab]. `hooked`:
-        some module has forward hooks (LoRA) that the direct path would skip."""
+        some module has forward hooks (LoRA) that the direct path would skip. `layers`: runs the
+        decoder layers of the direct path in place of run_layers (drivers/compiled.py)."""
         if not hooked:
-            return self._direct(ids, pos, batch, keep)
+            return self._direct(ids, pos, batch, keep, layers)
         h = self.embed(ids)
         cos, sin = self.rotary(h, pos)
         shape = (1, ids.shape[1], -1)
@@ -77,14 +80,24 @@ class LeanDecoder:
         # The final norm is per row: norming only the kept rows gives the same numbers.
         return self.lm_head(self.norm(h[:, keep]))[0]
 
-    def _direct(self, ids: torch.Tensor, pos: torch.Tensor, batch: PagedBatch, keep: torch.Tensor) -> torch.Tensor:
+    def _direct(self, ids: torch.Tensor, pos: torch.Tensor, batch: PagedBatch, keep: torch.Tensor,
+                layers: Layers | None = None) -> torch.Tensor:
         d = self.direct
-        n = ids.shape[1]
         h = self.embed(ids)
         cos, sin = self.rotary(h, pos)
-        turn = d.turn(cos, sin)  # the step's rotation, in the layout lean_ops.rope takes
+        if layers is not None:
+            h = layers(h, cos, sin, batch)
+        else:
+            h = self.run_layers(d.layers, h, cos, sin, d.turn(cos, sin), batch)
+        return d.head(d.norm(h[:, keep]))[0]
+
+    def run_layers(self, plans: list[lean_ops.LayerPlan], h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   turn: lean_ops.Turn | None, batch: PagedBatch) -> torch.Tensor:
+        """The decoder layers of the direct path over hidden states h [1, T, hidden], each layer
+        as `plans` says (drivers/compiled.py runs it compiled)."""
+        n = h.shape[1]
         shape = (1, n, -1)
-        for layer, p, window in zip(self.layers, d.layers, self.windows):
+        for layer, p, window in zip(self.layers, plans, self.windows):
             qkv = p.qkv(p.norm1(h)).view(n, -1, p.head_dim)  # [T, q + k + v heads, D]
             qk = qkv[:, :p.qk_heads]
             if turn is not None:
@@ -98,7 +111,7 @@ class LeanDecoder:
                                    llmos_batch=batch)
             h = h + p.o(o.reshape(shape))
             h = h + p.down(p.act(p.gate_up(p.norm2(h))))
-        return d.head(d.norm(h[:, keep]))[0]
+        return h
 
 
 def _layer_ok(layer: nn.Module) -> bool:

@@ -1,7 +1,9 @@
 """The direct path of drivers/lean.py: each layer's projections as products of their fused
 groups (drivers/fuse.py), and the small per-token work in fewer ops.
 
-- RMSNorm: one `F.rms_norm` op instead of transformers' eight.
+- RMSNorm: one op instead of transformers' eight: llmos::rms_norm (drivers/csrc/opaque.cpp, ATen's
+  sum of squares and the rest in one pass) where the fused ops are built, else `F.rms_norm`
+  (which is six ATen ops inside).
 - RoPE: the query and key heads of a layer, side by side in the fused q/k/v product, turned
   at once: x·cos + roll(x)·sin' with sin' = (-sin₁, sin₂), which is rotate_half(x)·sin term by
   term ((-a)·b and a·(-b) are the same float), instead of fourteen ops for q and k apart.
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmos.drivers import ext
 from llmos.drivers.fuse import FusedLinear
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
@@ -110,16 +113,31 @@ def _layer(layer: nn.Module, like: tuple[torch.dtype, torch.device]) -> LayerPla
     return p
 
 
+@dataclass
+class RmsNorm:
+    """A module's RMSNorm as one op: llmos::rms_norm where `fused` (drivers/csrc/opaque.cpp),
+    else `F.rms_norm`."""
+
+    weight: torch.Tensor
+    eps: float
+    fused: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused:
+            return torch.ops.llmos.rms_norm(x, self.weight, self.eps)
+        return F.rms_norm(x, (self.weight.shape[0],), self.weight, self.eps)
+
+
 def _norm(mod: nn.Module) -> Fn:
     w, eps = getattr(mod, "weight", None), getattr(mod, "variance_epsilon", None)
     if not isinstance(w, torch.Tensor) or w.dim() != 1 or not isinstance(eps, float):
         return mod
-    shape = (w.shape[0],)
-
-    def fast(x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, shape, w, eps)
     x = _probe(w.shape[0], w.dtype, w.device)
-    return fast if torch.equal(fast(x), mod(x)) else mod
+    want = mod(x)
+    for fast in ([RmsNorm(w, eps, fused=True)] if ext.available() else []) + [RmsNorm(w, eps)]:
+        if torch.equal(fast(x), want):
+            return fast
+    return mod
 
 
 def _act(mlp: nn.Module, like: tuple[torch.dtype, torch.device]) -> Fn:

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from llmos.drivers import ext
 from llmos.drivers.fuse import FusedGroup, FusedLinear, linear_parents, replace_linears
 from llmos.drivers.quant import Int8Group
 
@@ -91,6 +92,8 @@ class PackedGroup(MklGroup):
     def product(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:  # oneDNN's op has no backward
             return F.linear(x, self.packed.to_dense(), self.bias)
+        if ext.available():  # the same call, as an op torch.compile calls whole (drivers/compiled.py)
+            return torch.ops.llmos.linear_packed(x, self.packed, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), self.packed, self.bias, "none", [], "")
 
     def dense(self) -> torch.Tensor:

@@ -97,12 +97,10 @@ def int8_matmul_packed(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tenso
     """int8_matmul on weights prepacked for oneDNN (CPU). oneDNN's fast int8 kernels take
     unsigned activations, so the int8 values are shifted by 128 and the shift is declared as
     the zero point: the int32 product, and the result, are exactly int8_matmul's."""
-    rows = x.reshape(-1, x.shape[-1])
-    if ext.available() and rows.dtype == torch.float32 and rows.is_contiguous():
-        xu, sx = torch.ops.llmos.quantize_rows_u8(rows, smooth, _EPS_F, _QMAX_F)  # the same bits, one op
-    else:
-        rows, sx = _quantize_rows(x, smooth)
-        xu = torch.div(rows, sx).round_().add_(_SHIFT).to(torch.uint8)
+    if ext.available() and x.dtype == torch.float32:  # the same bits, one op (drivers/csrc/quant_rows.cpp)
+        return torch.ops.llmos.int8_linear(x, packed, scale, zeros, bias, smooth, _EPS_F, _QMAX_F)
+    rows, sx = _quantize_rows(x, smooth)
+    xu = torch.div(rows, sx).round_().add_(_SHIFT).to(torch.uint8)
     y = torch.ops.onednn.qlinear_pointwise(xu, 1.0, 128, packed, scale, zeros, None, 1.0, 0, torch.float32,
                                            "none", [], "")
     return _finish(y.mul_(sx), x, bias)

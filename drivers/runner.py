@@ -7,6 +7,7 @@ import math
 import torch
 
 from llmos.drivers.attention import PagedBatch, PrefillSlice
+from llmos.drivers.compiled import CompiledDecode
 from llmos.drivers.driver import StepInput, StepOutput
 from llmos.drivers.lora import LoraSet
 from llmos.drivers.lean import LeanDecoder
@@ -30,6 +31,7 @@ class ModelRunner:
         self.page_size = 0
         self.lora = LoraSet(model)  # adapters served over this model (drivers/lora.py)
         self.lean = LeanDecoder(model) if LeanDecoder.supports(model) else None
+        self.compiled: CompiledDecode | None = None  # decode steps through torch.compile (drivers/compiled.py)
 
     def kv_bytes_per_page(self, page_size: int) -> int:
         """Bytes of one page of KV, keys and values of every layer."""
@@ -52,6 +54,8 @@ class ModelRunner:
         # Swap slots are always written before they are read: no need to fill them.
         self.swap = [(torch.empty(sshape, dtype=self.dtype, pin_memory=pin),
                       torch.empty(sshape, dtype=self.dtype, pin_memory=pin)) for _ in range(self.num_layers)]
+        if self.compiled is not None:
+            self.compiled.warm(self.kv)
         return sum(k.numel() * k.element_size() * 2 for k, _ in self.kv)
 
     def read_pages(self, pages: list[int]) -> bytes:
@@ -129,7 +133,10 @@ class ModelRunner:
         ids_t, pos_t = torch.tensor([ids], device=dev), torch.tensor([pos], device=dev)
         keep_t = torch.tensor(keep, dtype=torch.long, device=dev)
         if self.lean is not None:  # adapters hook the projections, which the direct path skips
-            return self.lean(ids_t, pos_t, meta, keep_t, hooked=bool(self.lora.adapters))
+            hooked = bool(self.lora.adapters)
+            decodes = meta.decode_rows is not None and not meta.prefills
+            layers = self.compiled if decodes and not hooked else None
+            return self.lean(ids_t, pos_t, meta, keep_t, hooked=hooked, layers=layers)
         return self.model(input_ids=ids_t, position_ids=pos_t, use_cache=False, logits_to_keep=keep_t,
                           llmos_batch=meta).logits[0]
 

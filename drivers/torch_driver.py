@@ -71,6 +71,7 @@ class TorchDriver:
         kernels = self.prepare(model, cache_dir)
         model.set_attn_implementation(attention.ATTN_NAME)
         runner = ModelRunner(model, self.device)
+        kernels = "; ".join(part for part in (kernels, self.compile_decode(runner, cache_dir)) if part)
         self.runners[name] = runner
         return dataclasses.replace(self._info(name, runner), num_parameters=nparams, kernels=kernels)
 
@@ -98,6 +99,11 @@ class TorchDriver:
     def prepare(self, model: PreTrainedModel, cache_dir: str | None = None) -> str:
         """Device-specific rewriting of a model about to be served (none by default); returns a
         line saying which kernels serve it ("" where there is no choice)."""
+        return ""
+
+    def compile_decode(self, runner: ModelRunner, cache_dir: str | None = None) -> str:
+        """Compile the runner's decode steps where the device can (none by default); returns a
+        line for the kernels line ("" where there is no choice)."""
         return ""
 
     def free_memory(self) -> int:  # pragma: no cover - overridden

@@ -140,6 +140,7 @@ class Config:
     token_budget: int = 256
     prefill_budget: int = 2048      # tokens per step when no process decodes (a long prompt alone)
     speculate: bool = False         # verify prompt-lookup proposals beside decodes (kernel/speculate.py)
+    compile: bool = False           # decode steps through torch.compile where exact (drivers/compiled.py)
     max_procs: int = 4096
     grace: float = 30.0             # seconds running processes get to finish at shutdown
     max_message: int = 16 << 20     # largest gRPC message accepted, bytes
@@ -204,6 +205,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
                                        "chunks this large"),
     "speculate": (_bool, "exact speculative decoding: verify prompt-lookup proposals in the decode step "
                          "(same greedy tokens, same sampled distribution; off by default, see bench/speculate.py)"),
+    "compile": (_bool, "run decode steps through torch.compile where that keeps every bit (4-bit models on "
+                       "the CPU: --quantize int4); compiles at load, cached in the model store"),
     "max_procs": (_positive(int), "most live processes"),
     "grace": (_nonneg_float, "seconds running processes get to finish on shutdown"),
     "max_message": (_positive(parse_size), "largest gRPC message accepted"),

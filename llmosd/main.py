@@ -63,11 +63,11 @@ class Daemon:
         hf_logging.disable_progress_bar()  # progress bars are not log lines
         cfg = self.cfg
         try:
-            plan = worker.plan(cfg.device, cfg.threads)
+            plan = [dataclasses.replace(d, compile=cfg.compile) for d in worker.plan(cfg.device, cfg.threads)]
             own = plan[0]
             if own.cores:
                 os.sched_setaffinity(0, own.cores)
-            driver = open_driver(own.base, own.threads)
+            driver = open_driver(own.base, own.threads, compile=cfg.compile)
         except (ValueError, RuntimeError, OSError) as e:
             raise BootError(f"device {cfg.device}: {e}") from None
         kcfg = KernelConfig(page_size=cfg.page_size, kv_memory=cfg.kv_memory, kv_pages=cfg.kv_pages,

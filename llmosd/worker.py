@@ -35,6 +35,7 @@ class DeviceSpec:
     threads: int | None = None
     cores: tuple[int, ...] = ()
     node: str = ""  # the machine, in a Ray cluster (llmosd/cluster.py); "" = the daemon's own
+    compile: bool = False  # decode steps through torch.compile (llmosd --compile)
 
 
 def plan(device: str, threads: int | None = None, cpus: list[int] | None = None,
@@ -179,7 +180,8 @@ class DeviceServer:
 
         self.send = send
         self.node = spec.node
-        self.kernel = Kernel(open_driver(spec.base, spec.threads), kcfg, ModelStore(store) if store else None)
+        self.kernel = Kernel(open_driver(spec.base, spec.threads, compile=spec.compile), kcfg,
+                             ModelStore(store) if store else None)
         self.kernel.device_name = spec.label
         self.up = Uplink(self.kernel, send)
         self.kernel.listeners.append(self.up.listener)

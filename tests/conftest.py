@@ -40,7 +40,8 @@ def make_kernel(tokenizer):
     from llmos.kernel import Kernel, KernelConfig, SchedConfig, SpecConfig
 
     def make(family="llama", pages=64, page_size=4, budget=64, swap=None, preempt="swap", policy="fcfs",
-             dtype=torch.float32, quantize=None, speculate: "SpecConfig | None" = None, prefill_budget=None, **over):
+             dtype=torch.float32, quantize=None, speculate: "SpecConfig | None" = None, prefill_budget=None,
+             compile=False, **over):
         model = tiny_model(family, dtype=dtype, **over)
         if quantize:  # the reference is then transformers' generate() on the same quantized model
             from llmos.drivers.quant import quantize_model
@@ -50,7 +51,7 @@ def make_kernel(tokenizer):
                            sched=SchedConfig(policy=policy, token_budget=budget, preempt=preempt,
                                              prefill_budget=prefill_budget or budget,  # default: every step at `budget`
                                              speculate=speculate or SpecConfig()))
-        k = Kernel(CPUDriver(), cfg)
+        k = Kernel(CPUDriver(compile=compile), cfg)
         k.adopt_model("tiny", model, tokenizer)
         return k, ref
     return make
