@@ -137,22 +137,16 @@ def run_llmos_int4(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResu
     return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int4", m.name)
 
 
-def run_llmos_compiled(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
-    """The fp32 model with its decode steps through torch.compile (drivers/compiled.py: the same bits)."""
-    k, name = bench.compiled_kernel("none")
-    return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_compiled", name)
+COMPILED = {"llmos_compiled": "none", "llmos_int8_compiled": "int8", "llmos_int4_compiled": "int4"}  # -> --quantize
 
 
-def run_llmos_int8_compiled(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
-    """The int8 copy with its decode steps through torch.compile (drivers/compiled.py: the same bits)."""
-    k, name = bench.compiled_kernel("int8")
-    return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int8_compiled", name)
-
-
-def run_llmos_int4_compiled(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
-    """The 4-bit copy with its decode steps through torch.compile (drivers/compiled.py: the same bits)."""
-    k, name = bench.compiled_kernel("int4")
-    return run_kernel(k, bench, bench.batch(n), new_tokens, tick, "llmos_int4_compiled", name)
+def run_llmos_compiled(system: str) -> Callable[[Bench, int, int, Tick], RunResult]:
+    """The system running the model's COMPILED[system] copy with its decode steps through
+    torch.compile (drivers/compiled.py: the same bits)."""
+    def run(bench: Bench, n: int, new_tokens: int, tick: Tick) -> RunResult:
+        k, name = bench.compiled_kernel(COMPILED[system])
+        return run_kernel(k, bench, bench.batch(n), new_tokens, tick, system, name)
+    return run
 
 
 # --- transformers -------------------------------------------------------------------------------
@@ -239,12 +233,12 @@ SYSTEMS: dict[str, System] = {
     "llmos": System(run_llmos, "the llmos kernel in-process: all N spawned at once, stepped until idle"),
     "llmos_int8": System(run_llmos_int8, "the llmos kernel in-process on the model's int8 copy (--quantize int8)"),
     "llmos_int4": System(run_llmos_int4, "the llmos kernel in-process on the model's 4-bit copy (--quantize int4)"),
-    "llmos_compiled": System(run_llmos_compiled, "the fp32 model with decode steps through torch.compile, "
-                                                 "bit-exact (llmosd --compile)"),
-    "llmos_int8_compiled": System(run_llmos_int8_compiled, "the int8 copy with decode steps through torch.compile, "
-                                                           "bit-exact (llmosd --compile)"),
-    "llmos_int4_compiled": System(run_llmos_int4_compiled, "the 4-bit copy with decode steps through torch.compile, "
-                                                           "bit-exact (llmosd --compile)"),
+    "llmos_compiled": System(run_llmos_compiled("llmos_compiled"), "the fp32 model with decode steps through "
+                                                                   "torch.compile, bit-exact (llmosd --compile)"),
+    "llmos_int8_compiled": System(run_llmos_compiled("llmos_int8_compiled"), "the int8 copy with decode steps "
+                                  "through torch.compile, bit-exact (llmosd --compile)"),
+    "llmos_int4_compiled": System(run_llmos_compiled("llmos_int4_compiled"), "the 4-bit copy with decode steps "
+                                  "through torch.compile, bit-exact (llmosd --compile)"),
     "llmos_daemon": System(run_daemon, "llmosd through gRPC and the asyncio SDK (with --via-daemon)"),
     "llmos_http": System(run_http, "llmosd through its OpenAI-compatible HTTP API, streaming (with --via-http)"),
     "hf_generate": System(run_hf_generate, "transformers generate(), one request at a time"),
@@ -346,10 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         modes = [m for s, m in (("llmos", "none"), ("llmos_int8", "int8"), ("llmos_int4", "int4"))
                  if s in args.systems] or ["none"]
         profiles = step_profile.run(bench.kernel(), [1, 16], modes)
-        for mode, system in (("none", "llmos_compiled"), ("int8", "llmos_int8_compiled"), ("int4", "llmos_int4_compiled")):
-            if system not in args.systems:
-                continue
-            k, name = bench.compiled_kernel(mode)
+        for system in [s for s in COMPILED if s in args.systems]:
+            k, name = bench.compiled_kernel(COMPILED[system])
             profiles += [step_profile.profile_step(k, name, n) | {"model": f"{name} compiled"} for n in (1, 16)]
         step_profile.print_profiles(console, profiles)
     if memory:

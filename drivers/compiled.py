@@ -11,8 +11,9 @@ would compute another way stays as eager computes it:
 - Only products inductor calls as they are, or whose float work is elementwise: the 4-bit
   groups (drivers/int4.py); the int8 ones, on oneDNN's packed weights one llmos op
   (llmos::int8_linear), on `_int_mm`'s a row maximum, divisions, rounding and scaling around
-  the integer product; and oneDNN's packed fp32 ones (llmos::linear_packed). Inductor would lower oneDNN's products itself only with the weights
-  frozen into the graph, a minute of compiling per load.
+  the integer product; and oneDNN's packed fp32 ones (llmos::linear_packed). Inductor would
+  lower oneDNN's products itself only with the weights frozen into the graph, a minute of
+  compiling per load.
 
 So a compiled step gives eager's logits bit for bit (tests/test_compiled.py) and tokens do not
 change. Steps of decode rows only (verify rows included) run compiled: one graph for one row and
@@ -100,7 +101,7 @@ class CompiledDecode:
                                    decode_lens=torch.ones(rows, dtype=torch.long), prefills=[])
                 h = torch.zeros(1, rows, hidden, dtype=self.lean.embed.weight.dtype)
                 cos, sin = self.lean.rotary(h, torch.zeros(1, rows, dtype=torch.long))
-                self._run(h, cos, sin, batch, compile_ok=True)
+                self._run(h, cos, sin, self.lean.direct.turn(cos, sin), batch, compile_ok=True)
         self.compile_s = time.perf_counter() - t0
         return self.compile_s
 
@@ -110,16 +111,16 @@ class CompiledDecode:
         if pages.shape[1] < MIN_PAGES:  # masked columns past a row's length change no bit
             pages = torch.cat((pages, pages.new_zeros(pages.shape[0], MIN_PAGES - pages.shape[1])), 1)
         batch = dataclasses.replace(batch, decode_pages=pages, _masks={})  # the graphs build their own masks
-        out = self._run(h, cos, sin, batch, compile_ok=False)
+        turn = self.lean.direct.turn(cos, sin)
+        out = self._run(h, cos, sin, turn, batch, compile_ok=False)
         if out is None:
             self.eager_steps += 1
-            return self.lean.run_layers(self.plans, h, cos, sin, self.lean.direct.turn(cos, sin), batch)
+            return self.lean.run_layers(self.plans, h, cos, sin, turn, batch)
         self.steps += 1
         return out
 
-    def _run(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PagedBatch,
+    def _run(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, turn: lean_ops.Turn, batch: PagedBatch,
              compile_ok: bool) -> torch.Tensor | None:
-        turn = self.lean.direct.turn(cos, sin)
         rows = h.shape[1]
         if rows > 1:
             for t, dims in ((h, (1,)), (cos, (1,)), (sin, (1,)), (turn[0], (0,)), (turn[1], (0,)),

@@ -205,8 +205,8 @@ FIELDS: dict[str, tuple[Callable[[Any], Any], str]] = {
                                        "chunks this large"),
     "speculate": (_bool, "exact speculative decoding: verify prompt-lookup proposals in the decode step "
                          "(same greedy tokens, same sampled distribution; off by default, see bench/speculate.py)"),
-    "compile": (_bool, "run decode steps through torch.compile where that keeps every bit (4-bit models on "
-                       "the CPU: --quantize int4); compiles at load, cached in the model store"),
+    "compile": (_bool, "run decode steps through torch.compile where that keeps every bit (fp32, int8 and "
+                       "int4 models on the CPU); compiles at load, cached in the model store"),
     "max_procs": (_positive(int), "most live processes"),
     "grace": (_nonneg_float, "seconds running processes get to finish on shutdown"),
     "max_message": (_positive(parse_size), "largest gRPC message accepted"),

@@ -67,7 +67,7 @@ class Daemon:
             own = plan[0]
             if own.cores:
                 os.sched_setaffinity(0, own.cores)
-            driver = open_driver(own.base, own.threads, compile=cfg.compile)
+            driver = open_driver(own.base, own.threads, compile=own.compile)
         except (ValueError, RuntimeError, OSError) as e:
             raise BootError(f"device {cfg.device}: {e}") from None
         kcfg = KernelConfig(page_size=cfg.page_size, kv_memory=cfg.kv_memory, kv_pages=cfg.kv_pages,
