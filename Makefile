@@ -18,7 +18,7 @@ $(BIN)/llmosd: pyproject.toml
 
 # Fused CPU ops (drivers/ext.py): optional; where they cannot be built, the torch path serves.
 FUSED := drivers/_build/llmos_fused.so
-$(FUSED): $(wildcard drivers/csrc/*.cpp) $(BIN)/llmosd
+$(FUSED): $(wildcard drivers/csrc/*.cpp drivers/csrc/*.h) $(BIN)/llmosd
 	$(BIN)/python -m llmos.drivers.ext || true
 
 setup: $(BIN)/llmosd $(FUSED)

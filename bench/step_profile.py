@@ -9,6 +9,7 @@ the issue's target is else <= 25% of a step.
 
     python bench/step_profile.py                          # fp32, int8 and int4, at 1 and 16 processes
     python bench/step_profile.py --procs 1,4 --modes none --json bench/results/profile.json
+    python bench/step_profile.py --modes int8 --compile   # the compiled decode steps
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from rich.table import Table  # noqa: E402
 
 from bench.common import MODEL, QUESTIONS, chat, default_store, end_all  # noqa: E402
 
-GEMM_OPS = ("aten::mm", "aten::addmm", "aten::_int_mm", "mkldnn::_linear_pointwise", "onednn::qlinear_pointwise",
+GEMM_OPS = ("aten::mm", "aten::addmm", "aten::_int_mm", "mkldnn::_linear_pointwise", "onednn::qlinear_pointwise", "llmos::linear_dot",
             "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int8pack_mm")
 NON_GEMM_TARGET = 0.25
 STEPS, WARM, TOP = 8, 3, 12
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--procs", default="1,16", help="comma-separated process counts")
     ap.add_argument("--modes", default="none,int8,int4", help="quantization modes of the model's copies")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="decode steps through torch.compile (llmosd --compile)")
     ap.add_argument("--store", type=Path, default=default_store())
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
@@ -127,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from llmos.kernel import Kernel, KernelConfig
     from llmos.kernel.models import ModelStore
 
-    k = Kernel(open_driver("cpu", threads=args.threads), KernelConfig(), ModelStore(args.store))
+    k = Kernel(open_driver("cpu", threads=args.threads, compile=args.compile), KernelConfig(), ModelStore(args.store))
     profiles = run(k, [int(n) for n in args.procs.split(",") if n], [m for m in args.modes.split(",") if m])
     console = Console(width=None if sys.stdout.isatty() else 150)
     print_profiles(console, profiles)

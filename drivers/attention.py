@@ -3,8 +3,10 @@
 A forward pass runs every scheduled process's new tokens packed into one row [1, T]. For
 each layer this function writes the new keys and values into the KV pool at
 `slot_mapping`, then reads each process's whole context back through its page table.
-Processes owed one token (decode) are attended together in one padded SDPA call; longer
-slices (prefill chunks) are attended one by one. The metadata arrives as a keyword
+Processes owed one token (decode) are attended together in one call: llmos::paged_decode
+(drivers/csrc/paged_attention.cpp), which reads each row's pages where they lie, or, where it
+does not serve, one padded SDPA call over the pages gathered; longer slices (prefill chunks)
+are attended one by one. The metadata arrives as a keyword
 argument of the model's forward, so nothing global names "the current batch". A forward
 without it (scoring a whole window, training) is plain causal attention over its own tokens.
 """
@@ -15,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
+
+from llmos.drivers import ext
 
 ATTN_NAME = "llmos_paged"
 
@@ -130,10 +134,21 @@ def plain_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
 
 def _decode(qd: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, b: PagedBatch, window: int | None,
             scaling: float | None, gqa: bool) -> torch.Tensor:
-    """Attention of the decode rows qd [B, H, 1, D] over their page tables → [B, H, 1, D]."""
+    """Attention of the decode rows qd [B, H, 1, D] over their page tables → [B, H, 1, D]: read
+    in place by llmos::paged_decode where it serves (fp32 on the CPU, the fused ops built), else
+    the pages gathered into one padded copy for SDPA."""
+    if in_place(qd, k_pool):
+        scale = scaling if scaling is not None else qd.shape[-1] ** -0.5
+        out = torch.ops.llmos.paged_decode(qd[:, :, 0], k_pool, v_pool, b.decode_pages, b.decode_lens, scale, window or 0)
+        return out.unsqueeze(2)
     kd = _gather(k_pool, b.decode_pages, qd.shape[0]).to(qd.dtype)  # [B, Hkv, L, D]
     vd = _gather(v_pool, b.decode_pages, qd.shape[0]).to(qd.dtype)
     return F.scaled_dot_product_attention(qd, kd, vd, attn_mask=b.decode_mask(window), scale=scaling, enable_gqa=gqa)
+
+
+def in_place(q: torch.Tensor, pool: torch.Tensor) -> bool:
+    """Whether decode attention reads the pool in place (llmos::paged_decode, drivers/csrc/)."""
+    return q.device.type == "cpu" and q.dtype == pool.dtype == torch.float32 and ext.available()
 
 
 def _gather(pool: torch.Tensor, pages: torch.Tensor, bsz: int) -> torch.Tensor:

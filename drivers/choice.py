@@ -4,7 +4,9 @@ The same products run at very different speeds on different CPUs of one kind (on
 prepacked fp32 weights won 3x over MKL on an AMD EPYC, nothing at one row on an Intel Xeon),
 so the forms are timed here rather than assumed. The forms of a group:
 
-    fp32, bf16   "packed" (oneDNN on prepacked weights; the default), "mkl" (the weights as stored)
+    fp32         "packed" (oneDNN on prepacked weights; the default), "mkl" (the weights as stored),
+                 "dot" (llmos::linear_dot on weights packed for it, where the fused ops are built)
+    bf16         "packed", "mkl"
     int8         "qlinear" (oneDNN on prepacked int8; the default), "int_mm" (torch._int_mm)
 
 For every shape ([out, in] of a fused group, per mode):
@@ -37,12 +39,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmos.drivers import measure, packed
+from llmos.drivers import ext, measure, packed
 from llmos.drivers.choice_cache import KernelCache, Machine
 from llmos.drivers.fuse import FusedGroup, FusedLinear
 from llmos.drivers.quant import Int8Group
 
-FORMS = {"fp32": ("packed", "mkl"), "bf16": ("packed", "mkl"), "int8": ("qlinear", "int_mm")}
+FORMS = {"fp32": ("packed", "mkl", "dot"), "bf16": ("packed", "mkl"), "int8": ("qlinear", "int_mm")}
 SPLIT = ("int8",)  # modes whose forms may split by rows: identical by construction (exact integer products)
 BUCKETS = ((1, 1), (2, 4), (5, 16), (17, None))  # row counts (first, last); None: no end
 BUCKET_ROWS = (1, 4, 16, 64)  # the row count timed for each bucket
@@ -102,7 +104,10 @@ def shape_key(group: FusedGroup) -> str | None:
 def candidates(group: FusedGroup) -> dict[str, FusedGroup]:
     """Every form of `group`, built (the group itself is its unconverted form)."""
     if isinstance(group, packed.MklGroup):
-        return {"packed": packed.PackedGroup(group), "mkl": group}
+        forms = {"packed": packed.PackedGroup(group), "mkl": group}
+        if group.dtype == torch.float32 and ext.available():
+            forms["dot"] = packed.DotGroup(group)
+        return forms
     twin = copy.deepcopy(group)
     twin.prepack()
     return {"qlinear": twin, "int_mm": group}
@@ -114,7 +119,8 @@ def serve(model: nn.Module, cache_dir: str | Path | None = None, machine: Machin
     measuring the shapes the cache does not know. Returns a one-line summary of the choice."""
     t0 = time.perf_counter()
     cache = KernelCache(cache_dir, machine or Machine.here())
-    known = {k: c for k, c in ((k, _parse(c)) for k, c in cache.known().items()) if c}
+    known = {k: c for k, c in ((k, _parse(c)) for k, c in cache.known().items())
+             if c and (ext.available() or "dot" not in c.forms())}  # a form this process lacks: measure again
     final: set[int] = set()
 
     def at_once(g: packed.MklGroup) -> FusedGroup:  # a shape the cache knows: no fused copy kept
@@ -155,7 +161,7 @@ def _measure(served: list[FusedGroup], classes: dict[str, list[FusedGroup]],
             for form, f in cands[id(g)].items():
                 measure.set_pad(f, probes[k].pads[form])
     mode = {k: k.split()[0] for k in classes}
-    forms = {k: tuple(f for f in FORMS[mode[k]] if probes[k].pads[f] is not None) for k in classes}
+    forms = {k: tuple(f for f in FORMS[mode[k]] if probes[k].pads.get(f) is not None) for k in classes}
     ident = {k: probes[k].identical and mode[k] in SPLIT for k in classes}
 
     def choose(k: str, times: dict, stat: Callable = statistics.median) -> ShapeChoice:
@@ -211,6 +217,8 @@ def _build(g: FusedGroup, chosen: dict[str, ShapeChoice], cands: dict[int, dict[
 def _make(g: FusedGroup, form: str, sole: bool) -> FusedGroup:
     if form == "packed":
         return packed.PackedGroup(g)
+    if form == "dot":
+        return packed.DotGroup(g)
     if form == "qlinear":
         twin = g if sole else copy.deepcopy(g)
         twin.prepack()
@@ -287,11 +295,11 @@ def summary(chosen: dict[str, ShapeChoice], classes: dict[str, list[FusedGroup]]
     parts, modes = [], set()
     for (mode, plan), keys in plans.items():
         c0 = chosen[keys[0]]
-        other = next((f for f in c0.ratios if f != c0.form_at(1)), None)
+        other = _runner_up(c0)
         if other is None:
             notes = ["the only batch-invariant form"]
         else:
-            one, sixteen = (_gmean([_speedup(chosen[k], b) for k in keys]) for b in (0, 2))
+            one, sixteen = (_gmean([_speedup(chosen[k], b, other) for k in keys]) for b in (0, 2))
             pad = c0.pads.get(other) or 1
             notes = [f"x{one:.2f} vs {other}{f' (padded to {pad} rows)' if pad > 1 else ''} at 1 row, "
                      f"x{sixteen:.2f} at 16"]
@@ -308,8 +316,17 @@ def summary(chosen: dict[str, ShapeChoice], classes: dict[str, list[FusedGroup]]
     return ", ".join(parts) + f" [{when}]" if parts else ""
 
 
-def _speedup(c: ShapeChoice, bucket: int) -> float:
-    """The other form's time over the served one's at a bucket (>1: the served form is faster)."""
+def _runner_up(c: ShapeChoice) -> str | None:
+    """The form that comes closest to the one serving one row (by its mean over the buckets)."""
+    others = [f for f in c.ratios if f != c.form_at(1)]
+    return min(others, key=lambda f: _gmean(c.ratios[f])) if others else None
+
+
+def _speedup(c: ShapeChoice, bucket: int, other: str) -> float:
+    """`other`'s time over the served form's at a bucket (>1: the served form is faster); where
+    `other` serves that bucket itself (a split by rows), the fastest form that does not."""
     served = c.form_at(BUCKET_ROWS[bucket])
     others = [r[bucket] for f, r in c.ratios.items() if f != served]
-    return min(others) / c.ratios[served][bucket] if others and c.ratios[served][bucket] > 0 else 1.0
+    theirs = c.ratios[other][bucket] if other != served and other in c.ratios else min(others, default=1.0)
+    mine = c.ratios[served][bucket]
+    return theirs / mine if mine > 0 else 1.0

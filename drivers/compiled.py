@@ -36,7 +36,7 @@ from llmos.drivers.attention import PagedBatch
 from llmos.drivers.choice import RowsGroup
 from llmos.drivers.int4 import Int4Group
 from llmos.drivers.lean import LeanDecoder
-from llmos.drivers.packed import PackedGroup
+from llmos.drivers.packed import DotGroup, PackedGroup
 from llmos.drivers.quant import Int8Group
 
 MIN_PAGES = 2  # page tables are padded to this width, so that one graph serves every width
@@ -66,7 +66,7 @@ def _exact(group: object) -> bool:
     step past the row counts its graph was traced for runs eagerly)."""
     if isinstance(group, RowsGroup):
         return all(_exact(form) for form in group.forms)
-    return (isinstance(group, Int4Group) and group.wide is None) or type(group) in (Int8Group, PackedGroup)
+    return (isinstance(group, Int4Group) and group.wide is None) or type(group) in (Int8Group, PackedGroup, DotGroup)
 
 
 class CompiledDecode:

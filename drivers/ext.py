@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("quant_rows.cpp", "opaque.cpp")]
+SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("quant_rows.cpp", "opaque.cpp", "linear_dot.cpp", "paged_attention.cpp")]
+HEADERS = [SOURCES[0].parent / "vec.h"]
 NAME = "llmos_fused"
-OPS = ("quantize_rows_u8", "int8_linear", "rms_norm", "linear_packed")
+OPS = ("quantize_rows_u8", "int8_linear", "rms_norm", "linear_packed", "dot_pack", "linear_dot", "paged_decode")
 
 
 def build_dir() -> Path:
@@ -39,7 +40,8 @@ def build(verbose: bool = False) -> Path:
     out = build_dir()
     out.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(NAME, [str(s) for s in SOURCES], build_directory=str(out), is_python_module=False,
-                       extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off"], verbose=verbose)
+                       extra_cflags=["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp"],
+                       extra_ldflags=["-fopenmp"], verbose=verbose)
     return library()
 
 
@@ -54,7 +56,7 @@ def _load() -> bool:
     if hasattr(torch.ops, "llmos") and all(hasattr(torch.ops.llmos, op) for op in OPS):
         return True
     path = library()
-    if not path.exists() or any(s.stat().st_mtime > path.stat().st_mtime for s in SOURCES):
+    if not path.exists() or any(s.stat().st_mtime > path.stat().st_mtime for s in SOURCES + HEADERS):
         return False  # not built, or built from older sources: the torch path serves
     try:
         torch.ops.load_library(str(path))
@@ -66,6 +68,8 @@ def _load() -> bool:
     torch.library.register_fake("llmos::rms_norm", _rms_norm_shapes)
     torch.library.register_fake("llmos::int8_linear", _int8_linear_shapes)
     torch.library.register_fake("llmos::linear_packed", _linear_packed_shapes)
+    torch.library.register_fake("llmos::linear_dot", _linear_dot_shapes)
+    torch.library.register_fake("llmos::paged_decode", _paged_decode_shapes)
     return True
 
 
@@ -81,6 +85,15 @@ def _int8_linear_shapes(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tens
 
 def _linear_packed_shapes(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], packed.shape[0]))
+
+
+def _linear_dot_shapes(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], n))
+
+
+def _paged_decode_shapes(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, pages: torch.Tensor,
+                         lens: torch.Tensor, scale: float, window: int) -> torch.Tensor:
+    return torch.empty_like(q)
 
 
 def _rms_norm_shapes(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

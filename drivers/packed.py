@@ -1,4 +1,5 @@
-"""fp32 Linear layers on the CPU: MKL on the weights as stored, or oneDNN on weights prepacked.
+"""fp32 Linear layers on the CPU: MKL on the weights as stored, oneDNN on weights prepacked, or
+llmos's own kernel on weights packed for it (DotGroup).
 
 transformers' Linear layers call MKL's sgemm with the weights as stored ([out, in]). Reordered
 once into oneDNN's blocked layout, the same products took about a third of the time on an
@@ -105,6 +106,36 @@ class PackedGroup(MklGroup):
 
     def nbytes(self) -> int:
         return self.shape[0] * self.shape[1] * self.packed.element_size()
+
+
+class DotGroup(MklGroup):
+    """The same product by llmos's own kernel (`llmos::linear_dot`, drivers/csrc/linear_dot.cpp):
+    each output one fused multiply-add chain in the order of the input, whatever rows share the
+    call, on the weights packed once into tiles that stream from memory in order. At one row it
+    reads the weights near the machine's bandwidth, which MKL and oneDNN do not on every CPU."""
+
+    form = "dot"
+
+    def __init__(self, src: MklGroup) -> None:
+        FusedGroup.__init__(self, src.size)
+        self.shape, self.kept, self.min_rows = src.shape, src.kept, src.min_rows
+        self.register_buffer("bias", src.bias)
+        self.register_buffer("packed", torch.ops.llmos.dot_pack(src.weight.detach().float().contiguous()))
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return F.linear(x, self.dense(), self.bias)
+        return torch.ops.llmos.linear_dot(x, self.packed, self.shape[0], self.bias)
+
+    def dense(self) -> torch.Tensor:
+        return self.packed.transpose(1, 2).reshape(-1, self.shape[1])[:self.shape[0]]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.packed.dtype
+
+    def nbytes(self) -> int:
+        return self.packed.numel() * self.packed.element_size()
 
 
 class PackedLinear(FusedLinear):

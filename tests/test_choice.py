@@ -208,3 +208,23 @@ def test_llmos_models_shows_the_choice_and_a_restart_reads_it_from_the_store(tmp
             d.stop_cleanly()
     cached = list((state / "models" / ".cache").glob(f"*/{FILE}"))
     assert len(cached) == 1 and oct(cached[0].parent.stat().st_mode & 0o777) == "0o700"
+
+
+def test_llmos_own_kernel_serves_fp32_where_it_is_the_fastest():
+    from llmos.drivers import ext
+    from llmos.drivers.packed import DotGroup
+    if not ext.available():
+        pytest.skip("the fused ops are not built here: the dot form is not offered")
+    plain = tiny_model("qwen2")  # q/k/v carry biases
+    with torch.no_grad():
+        want = plain(IDS).logits
+    model = copy.deepcopy(plain)
+    line = choice.serve(model, machine=HERE, timer=timer({"dot": {1: 0.4, 4: 0.6, 16: 0.9, 64: 1.0}}))
+    assert all(type(g) is DotGroup for g in groups(model)) and line.startswith("dot for 5 fp32 shapes (x2.") and "vs packed at 1 row" in line, line
+    with torch.inference_mode():
+        assert torch.allclose(model(IDS).logits, want, atol=1e-5)
+    twin = copy.deepcopy(model)  # the trainer's twin: plain Linear layers with the same weights
+    for name, m in plain.named_modules():
+        if type(m) is torch.nn.Linear:
+            assert type(twin.get_submodule(name)) is torch.nn.Linear
+            assert torch.equal(twin.get_submodule(name).weight, m.weight)

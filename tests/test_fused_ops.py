@@ -128,3 +128,95 @@ def test_int8_linear_is_bit_identical_to_the_torch_path(fused, monkeypatch, rows
         want = [group.compute(x), group.compute(strided)]
     for g, w in zip(got, want):
         assert g.shape == (1, rows, 80) and torch.equal(g, w)
+
+
+@pytest.mark.parametrize("out,width", [(960, 576), (576, 1536), (50, 7), (1, 48)])
+def test_linear_dot_is_the_product_and_a_row_never_depends_on_its_batch(fused, out, width):
+    gen = torch.Generator().manual_seed(out + width)
+    w, b = torch.randn(out, width, generator=gen) * 0.05, torch.randn(out, generator=gen)
+    x = torch.randn(130, width, generator=gen)
+    packed = torch.ops.llmos.dot_pack(w)
+    full = torch.ops.llmos.linear_dot(x, packed, out, b)
+    want = (x.double() @ w.double().T + b.double()).float()
+    assert full.shape == (130, out) and torch.allclose(full, want, atol=1e-5, rtol=1e-5)
+    for n in (*range(1, 20), 63, 64, 65, 129):  # every tile size and the row blocks' edges
+        assert torch.equal(torch.ops.llmos.linear_dot(x[:n], packed, out, b), full[:n])
+    for i in (0, 1, 7, 64, 129):  # a row alone, wherever it sat
+        assert torch.equal(torch.ops.llmos.linear_dot(x[i:i + 1], packed, out, b), full[i:i + 1])
+    strided = torch.randn(3, 130, 2 * width, generator=gen)[1, :, ::2]  # not contiguous: made so first
+    assert torch.equal(torch.ops.llmos.linear_dot(strided, packed, out, None),
+                       torch.ops.llmos.linear_dot(strided.contiguous(), packed, out, None))
+    assert torch.ops.llmos.linear_dot(x[:0], packed, out, b).shape == (0, out)
+    assert torch.ops.llmos.linear_dot(x.view(10, 13, width), packed, out, b).shape == (10, 13, out)
+
+
+def test_linear_dot_refuses_weights_that_do_not_fit(fused):
+    packed = torch.ops.llmos.dot_pack(torch.randn(50, 7))
+    for x, n in ((torch.randn(2, 8), 50), (torch.randn(2, 7), 500), (torch.randn(2, 7).double(), 50)):
+        with pytest.raises(RuntimeError, match="linear_dot"):
+            torch.ops.llmos.linear_dot(x, packed, n, None)
+    with pytest.raises(RuntimeError, match="dot_pack"):
+        torch.ops.llmos.dot_pack(torch.randn(4, 4, 4))
+
+
+def test_a_dot_group_serves_the_linear_layers_and_gives_their_weights_back(fused):
+    from llmos.drivers.packed import DotGroup, MklGroup
+    lins = [torch.nn.Linear(48, 30, bias=True), torch.nn.Linear(48, 20, bias=False)]
+    group = DotGroup(MklGroup(lins, tied=set()))
+    assert torch.equal(group.dense(), torch.cat([lins[0].weight, lins[1].weight]).detach())
+    x = torch.randn(5, 48)
+    with torch.inference_mode():
+        want = torch.cat([lins[0](x), lins[1](x)], dim=-1)
+        assert torch.allclose(group.compute(x), want, atol=1e-5)
+    tiles, width, cols = group.packed.shape  # outputs padded up to whole tiles (48 on AVX-512, 24 on AVX2)
+    assert width == 48 and tiles * cols >= 50 > (tiles - 1) * cols and group.nbytes() == tiles * cols * 48 * 4
+    xg = torch.randn(2, 48, requires_grad=True)  # training takes the plain product, which has a backward
+    group.compute(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.shape == (2, 48)
+
+
+def _sdpa_over_pages(q, k_pool, v_pool, pages, lens, scale, window):
+    from llmos.drivers.attention import _gather
+    b, page_size = q.shape[0], k_pool.shape[1]
+    kd, vd = _gather(k_pool, pages, b), _gather(v_pool, pages, b)
+    kpos = torch.arange(pages.shape[1] * page_size)
+    mask = kpos[None, :] < lens[:, None]
+    if window:
+        mask &= kpos[None, :] > (lens[:, None] - 1) - window
+    return torch.nn.functional.scaled_dot_product_attention(q[:, :, None], kd, vd, attn_mask=mask[:, None, None, :],
+                                                            scale=scale, enable_gqa=True)[:, :, 0]
+
+
+@pytest.mark.parametrize("heads,kv_heads,dim", [(9, 3, 64), (4, 4, 128), (6, 2, 24)])
+@pytest.mark.parametrize("window", [0, 7])
+def test_paged_decode_is_attention_over_the_pages_and_a_row_never_depends_on_its_batch(fused, heads, kv_heads, dim,
+                                                                                       window):
+    gen = torch.Generator().manual_seed(heads * dim + window)
+    num_pages, page_size, rows = 40, 4, 6
+    k_pool, v_pool = (torch.randn(num_pages, page_size, kv_heads, dim, generator=gen) for _ in range(2))
+    lens = torch.tensor([1, 4, 5, 17, 30, 9])  # one token, a full page, one past it, many pages
+    pages = torch.stack([torch.randperm(num_pages, generator=gen)[:8] for _ in range(rows)])  # scattered pages
+    q = torch.randn(rows, heads, dim, generator=gen) * 3
+    scale = dim ** -0.5
+    got = torch.ops.llmos.paged_decode(q, k_pool, v_pool, pages, lens, scale, window)
+    want = _sdpa_over_pages(q, k_pool, v_pool, pages, lens, scale, window)
+    assert got.shape == q.shape and torch.allclose(got, want, atol=2e-6, rtol=1e-5)
+    for i in range(rows):  # alone, with its table cut to the pages it uses: the same bits
+        used = (int(lens[i]) + page_size - 1) // page_size
+        alone = torch.ops.llmos.paged_decode(q[i:i + 1], k_pool, v_pool, pages[i:i + 1, :used], lens[i:i + 1], scale,
+                                             window)
+        assert torch.equal(alone[0], got[i])
+    mixed = torch.ops.llmos.paged_decode(q[[4, 0, 2]], k_pool, v_pool, pages[[4, 0, 2]], lens[[4, 0, 2]], scale, window)
+    assert torch.equal(mixed, got[[4, 0, 2]])
+
+
+def test_paged_decode_refuses_tables_that_point_outside_the_pool(fused):
+    k_pool = v_pool = torch.randn(4, 2, 1, 8)
+    q = torch.randn(1, 1, 8)
+    for pages, lens, what in ((torch.tensor([[0, 4]]), torch.tensor([3]), "out of the pool"),
+                              (torch.tensor([[0, -1]]), torch.tensor([4]), "out of the pool"),
+                              (torch.tensor([[0, 1]]), torch.tensor([5]), "exceeds its page table")):
+        with pytest.raises(RuntimeError, match=what):
+            torch.ops.llmos.paged_decode(q, k_pool, v_pool, pages, lens, 1.0, 0)
+    with pytest.raises(RuntimeError, match="float32"):
+        torch.ops.llmos.paged_decode(q.double(), k_pool, v_pool, torch.tensor([[0]]), torch.tensor([1]), 1.0, 0)

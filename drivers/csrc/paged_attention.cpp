@@ -1,0 +1,148 @@
+// llmos::paged_decode: attention of decode rows (one new token each) over their KV pages, read in
+// place through the page tables. The torch path (drivers/attention.py) first gathers every row's
+// pages into one padded [B, Hkv, P·S, D] copy of the keys and of the values, then runs SDPA with a
+// mask over the padding: each step writes and reads the whole context of every process twice
+// more than attention needs. Here each (row, KV head) reads its keys and values once, where they
+// lie, and no padding is computed, so a row's result cannot depend on the other rows of its step.
+//
+// For row b, KV head g and each of its query heads h (heads h share KV head h / (H / Hkv)):
+//   s_t = (q_h · k_t) · scale for the row's positions t in [lo, len)
+//   out_h = Σ_t e^(s_t - max s) v_t / Σ_t e^(s_t - max s)
+// with lo = len - window where a sliding window applies, else 0.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "vec.h"
+
+namespace {
+
+using namespace llmos_vec;
+
+// Where one row of q or k (d floats) is DV whole vectors, it is held in registers (DV > 0);
+// DV = 0 is any width. Both sum in the same order: lanes by fused multiply-adds along d, the
+// lanes' sum, then the tail.
+template <int DV>
+inline float dot(const float* a, const float* b, int64_t d) {
+  vec acc = vzero();
+  int64_t i = 0;
+  if constexpr (DV > 0) {
+#pragma GCC unroll 16
+    for (int j = 0; j < DV; ++j) acc = vfma(vload(a + j * kLanes), vload(b + j * kLanes), acc);
+    return vsum(acc);
+  }
+  for (; i + kLanes <= d; i += kLanes) acc = vfma(vload(a + i), vload(b + i), acc);
+  float s = vsum(acc);
+  for (; i < d; ++i) s = std::fma(a[i], b[i], s);
+  return s;
+}
+
+// One (row, KV head): its query heads' scores over the positions [lo, len), their softmax, and
+// the weighted sum of the values into out (zeros on entry).
+template <int DV>
+void attend(const float* qh, int64_t group, const float* kp, const float* vp, const int64_t* table,
+            int64_t page_size, int64_t kv_heads, int64_t g, int64_t d, int64_t lo, int64_t len, float scale,
+            float* scores, float* out) {
+  const int64_t n = len - lo;
+  auto row = [&](const float* pool, int64_t t) {
+    return pool + ((table[t / page_size] * page_size + t % page_size) * kv_heads + g) * d;
+  };
+  for (int64_t h = 0; h < group; ++h) {
+    float* s = scores + h * n;
+    for (int64_t t = lo; t < len; ++t) s[t - lo] = dot<DV>(qh + h * d, row(kp, t), d) * scale;
+    float top = s[0];
+    for (int64_t i = 1; i < n; ++i) top = s[i] > top ? s[i] : top;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) s[i] = exp_neg(s[i] - top);
+    float sum = 0.0f;
+    for (int64_t i = 0; i < n; ++i) sum += s[i];
+    const float inv = 1.0f / sum;
+    float* o = out + h * d;
+    if constexpr (DV > 0) {  // y = Σ p_t v_t in registers, in the order of t
+      vec acc[DV];
+#pragma GCC unroll 16
+      for (int j = 0; j < DV; ++j) acc[j] = vzero();
+      for (int64_t t = lo; t < len; ++t) {
+        const vec p = vbroadcast(s + t - lo);
+        const float* v = row(vp, t);
+#pragma GCC unroll 16
+        for (int j = 0; j < DV; ++j) acc[j] = vfma(p, vload(v + j * kLanes), acc[j]);
+      }
+#pragma GCC unroll 16
+      for (int j = 0; j < DV; ++j) vstore(o + j * kLanes, acc[j]);
+    } else {
+      for (int64_t t = lo; t < len; ++t) {
+        const float p = s[t - lo];
+        const float* v = row(vp, t);
+        const vec pv = vbroadcast(&p);
+        int64_t i = 0;
+        for (; i + kLanes <= d; i += kLanes) vstore(o + i, vfma(pv, vload(v + i), vload(o + i)));
+        for (; i < d; ++i) o[i] = std::fma(p, v[i], o[i]);
+      }
+    }
+    for (int64_t i = 0; i < d; ++i) o[i] *= inv;
+  }
+}
+
+at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
+                        const at::Tensor& pages, const at::Tensor& lens, double scale, int64_t window) {
+  TORCH_CHECK(q.dim() == 3 && k_pool.dim() == 4 && v_pool.sizes() == k_pool.sizes(),
+              "paged_decode: q [B, H, D] and pools [pages, page size, KV heads, D] expected");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k_pool.scalar_type() == at::kFloat && v_pool.scalar_type() == at::kFloat &&
+                  q.device().is_cpu() && k_pool.is_contiguous() && v_pool.is_contiguous(),
+              "paged_decode: float32 CPU tensors, contiguous pools");
+  const int64_t b_rows = q.size(0), heads = q.size(1), d = q.size(2);
+  const int64_t num_pages = k_pool.size(0), page_size = k_pool.size(1), kv_heads = k_pool.size(2);
+  TORCH_CHECK(k_pool.size(3) == d && kv_heads > 0 && heads % kv_heads == 0, "paged_decode: head shapes do not match");
+  TORCH_CHECK(pages.dim() == 2 && pages.size(0) == b_rows && pages.scalar_type() == at::kLong && lens.dim() == 1 &&
+                  lens.size(0) == b_rows && lens.scalar_type() == at::kLong,
+              "paged_decode: pages [B, P] and lens [B] of int64 expected");
+  const at::Tensor qc = q.contiguous(), pc = pages.contiguous(), lc = lens.contiguous();
+  const int64_t width = pc.size(1), group = heads / kv_heads;
+  const int64_t* pg = pc.data_ptr<int64_t>();
+  const int64_t* ln = lc.data_ptr<int64_t>();
+  for (int64_t b = 0; b < b_rows; ++b) {
+    TORCH_CHECK(ln[b] >= 0 && ln[b] <= width * page_size, "paged_decode: a row's length exceeds its page table");
+    for (int64_t p = 0; p < (ln[b] + page_size - 1) / page_size; ++p)
+      TORCH_CHECK(pg[b * width + p] >= 0 && pg[b * width + p] < num_pages, "paged_decode: a page id is out of the pool");
+  }
+  at::Tensor out = at::zeros({b_rows, heads, d}, q.options());
+  const float* qp = qc.data_ptr<float>();
+  const float* kp = k_pool.data_ptr<float>();
+  const float* vp = v_pool.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const float fscale = static_cast<float>(scale);
+  at::parallel_for(0, b_rows * kv_heads, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scores;
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t b = task / kv_heads, g = task % kv_heads, len = ln[b];
+      const int64_t lo = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - lo;
+      if (n <= 0) continue;
+      scores.resize(group * n);
+      const float* qh = qp + (b * heads + g * group) * d;
+      float* o = op + (b * heads + g * group) * d;
+      const int64_t* table = pg + b * width;
+      if (d == 4 * kLanes) {
+        attend<4>(qh, group, kp, vp, table, page_size, kv_heads, g, d, lo, len, fscale, scores.data(), o);
+      } else if (d == 8 * kLanes) {
+        attend<8>(qh, group, kp, vp, table, page_size, kv_heads, g, d, lo, len, fscale, scores.data(), o);
+      } else {
+        attend<0>(qh, group, kp, vp, table, page_size, kv_heads, g, d, lo, len, fscale, scores.data(), o);
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(llmos, m) {
+  m.def("paged_decode(Tensor q, Tensor k_pool, Tensor v_pool, Tensor pages, Tensor lens, float scale, int window) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(llmos, CPU, m) {
+  m.impl("paged_decode", &paged_decode);
+}
