@@ -22,6 +22,9 @@ namespace {
 
 using namespace llmos_vec;
 
+constexpr float kOne = 1.0f;
+constexpr int64_t kAhead = 8;  // key rows prefetched ahead of the one being read
+
 // Where one row of q or k (d floats) is DV whole vectors, it is held in registers (DV > 0);
 // DV = 0 is any width. Both sum in the same order: lanes by fused multiply-adds along d, the
 // lanes' sum, then the tail.
@@ -40,50 +43,54 @@ inline float dot(const float* a, const float* b, int64_t d) {
   return s;
 }
 
-// One (row, KV head): its query heads' scores over the positions [lo, len), their softmax, and
-// the weighted sum of the values into out (zeros on entry).
+// Σ x[i] in a fixed order: kLanes running sums (i mod kLanes), their lanes' sum, then the tail.
+inline float sum(const float* x, int64_t n) {
+  vec acc = vzero();
+  int64_t i = 0;
+  const vec one = vbroadcast(&kOne);
+  for (; i + kLanes <= n; i += kLanes) acc = vfma(vload(x + i), one, acc);
+  float s = vsum(acc);
+  for (; i < n; ++i) s += x[i];
+  return s;
+}
+
+// One (row, KV head): its query heads' scores over the positions whose key and value rows are
+// keys[i] and values[i], their softmax, and the weighted sums of the values into out.
 template <int DV>
-void attend(const float* qh, int64_t group, const float* kp, const float* vp, const int64_t* table,
-            int64_t page_size, int64_t kv_heads, int64_t g, int64_t d, int64_t lo, int64_t len, float scale,
-            float* scores, float* out) {
-  const int64_t n = len - lo;
-  auto row = [&](const float* pool, int64_t t) {
-    return pool + ((table[t / page_size] * page_size + t % page_size) * kv_heads + g) * d;
-  };
+void attend(const float* qh, int64_t group, const float* const* keys, const float* const* values, int64_t off,
+            int64_t n, int64_t d, float scale, float* scores, float* out) {
   for (int64_t h = 0; h < group; ++h) {
     float* s = scores + h * n;
-    for (int64_t t = lo; t < len; ++t) s[t - lo] = dot<DV>(qh + h * d, row(kp, t), d) * scale;
+    for (int64_t i = 0; i < n; ++i) {
+      s[i] = dot<DV>(qh + h * d, keys[i] + off, d) * scale;
+    }
     float top = s[0];
-    for (int64_t i = 1; i < n; ++i) top = s[i] > top ? s[i] : top;
+#pragma omp simd reduction(max : top)
+    for (int64_t i = 0; i < n; ++i) top = s[i] > top ? s[i] : top;  // a max is exact in any order
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) s[i] = exp_neg(s[i] - top);
-    float sum = 0.0f;
-    for (int64_t i = 0; i < n; ++i) sum += s[i];
-    const float inv = 1.0f / sum;
+    const float inv = 1.0f / sum(s, n);
     float* o = out + h * d;
-    if constexpr (DV > 0) {  // y = Σ p_t v_t in registers, in the order of t
+    if constexpr (DV > 0) {  // Σ p_i v_i in registers, in the order of i
       vec acc[DV];
 #pragma GCC unroll 16
       for (int j = 0; j < DV; ++j) acc[j] = vzero();
-      for (int64_t t = lo; t < len; ++t) {
-        const vec p = vbroadcast(s + t - lo);
-        const float* v = row(vp, t);
+      for (int64_t i = 0; i < n; ++i) {
+        const vec p = vbroadcast(s + i);
 #pragma GCC unroll 16
-        for (int j = 0; j < DV; ++j) acc[j] = vfma(p, vload(v + j * kLanes), acc[j]);
+        for (int j = 0; j < DV; ++j) acc[j] = vfma(p, vload(values[i] + off + j * kLanes), acc[j]);
       }
 #pragma GCC unroll 16
       for (int j = 0; j < DV; ++j) vstore(o + j * kLanes, acc[j]);
-    } else {
-      for (int64_t t = lo; t < len; ++t) {
-        const float p = s[t - lo];
-        const float* v = row(vp, t);
-        const vec pv = vbroadcast(&p);
-        int64_t i = 0;
-        for (; i + kLanes <= d; i += kLanes) vstore(o + i, vfma(pv, vload(v + i), vload(o + i)));
-        for (; i < d; ++i) o[i] = std::fma(p, v[i], o[i]);
+    } else {  // the same sums through memory (out is zeros on entry)
+      for (int64_t i = 0; i < n; ++i) {
+        const vec p = vbroadcast(s + i);
+        int64_t e = 0;
+        for (; e + kLanes <= d; e += kLanes) vstore(o + e, vfma(p, vload(values[i] + off + e), vload(o + e)));
+        for (; e < d; ++e) o[e] = std::fma(s[i], values[i][off + e], o[e]);
       }
     }
-    for (int64_t i = 0; i < d; ++i) o[i] *= inv;
+    for (int64_t e = 0; e < d; ++e) o[e] *= inv;
   }
 }
 
@@ -115,22 +122,32 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_pool, const at:
   const float* vp = v_pool.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const float fscale = static_cast<float>(scale);
-  at::parallel_for(0, b_rows * kv_heads, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, b_rows, 1, [&](int64_t b0, int64_t b1) {  // a row's heads together: its pages are read in order
     std::vector<float> scores;
-    for (int64_t task = t0; task < t1; ++task) {
-      const int64_t b = task / kv_heads, g = task % kv_heads, len = ln[b];
-      const int64_t lo = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - lo;
+    std::vector<const float*> keys, values;
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t len = ln[b], lo = window > 0 ? std::max<int64_t>(0, len - window) : 0, n = len - lo;
       if (n <= 0) continue;
       scores.resize(group * n);
-      const float* qh = qp + (b * heads + g * group) * d;
-      float* o = op + (b * heads + g * group) * d;
+      keys.resize(n);
+      values.resize(n);
       const int64_t* table = pg + b * width;
-      if (d == 4 * kLanes) {
-        attend<4>(qh, group, kp, vp, table, page_size, kv_heads, g, d, lo, len, fscale, scores.data(), o);
-      } else if (d == 8 * kLanes) {
-        attend<8>(qh, group, kp, vp, table, page_size, kv_heads, g, d, lo, len, fscale, scores.data(), o);
-      } else {
-        attend<0>(qh, group, kp, vp, table, page_size, kv_heads, g, d, lo, len, fscale, scores.data(), o);
+      for (int64_t t = lo, page = lo / page_size, at = lo % page_size; t < len; ++t) {  // the rows, page by page
+        const int64_t row = (table[page] * page_size + at) * kv_heads * d;
+        keys[t - lo] = kp + row;
+        values[t - lo] = vp + row;
+        if (++at == page_size) at = 0, ++page;
+      }
+      for (int64_t g = 0; g < kv_heads; ++g) {
+        const float* qh = qp + (b * heads + g * group) * d;
+        float* o = op + (b * heads + g * group) * d;
+        if (d == 4 * kLanes) {
+          attend<4>(qh, group, keys.data(), values.data(), g * d, n, d, fscale, scores.data(), o);
+        } else if (d == 8 * kLanes) {
+          attend<8>(qh, group, keys.data(), values.data(), g * d, n, d, fscale, scores.data(), o);
+        } else {
+          attend<0>(qh, group, keys.data(), values.data(), g * d, n, d, fscale, scores.data(), o);
+        }
       }
     }
   });
