@@ -6,6 +6,10 @@ caller keeps its plain torch path, which gives the same bits. `available()` says
 and the model's kernels line (`llmos models`, the load answer) says which.
 
     python -m llmos.drivers.ext          # build into drivers/_build/ (about 30 s of g++)
+
+The ops: the int8 activation quantization and product (quant_rows.cpp), RMSNorm and the packed
+fp32 product as ops torch.compile calls whole (opaque.cpp), llmos's own fp32 product
+(linear_dot.cpp) and paged decode attention (paged_attention.cpp); vec.h is their vector arithmetic.
 """
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).resolve().parent / "csrc" / name for name in ("quant_rows.cpp", "opaque.cpp", "linear_dot.cpp", "paged_attention.cpp")]
+SOURCES = [Path(__file__).resolve().parent / "csrc" / name
+           for name in ("quant_rows.cpp", "opaque.cpp", "linear_dot.cpp", "paged_attention.cpp")]
 HEADERS = [SOURCES[0].parent / "vec.h"]
 NAME = "llmos_fused"
 OPS = ("quantize_rows_u8", "int8_linear", "rms_norm", "linear_packed", "dot_pack", "linear_dot", "paged_decode")

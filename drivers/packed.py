@@ -55,6 +55,12 @@ class MklGroup(FusedGroup):
         self.kept = {start: lin.weight for start, lin in zip(_starts(linears), linears) if id(lin.weight) in tied}
         self.min_rows = 1
 
+    def _same_product(self, src: "MklGroup") -> None:
+        """Start as another form of src's product: its size, shape, kept weights, padding and bias."""
+        FusedGroup.__init__(self, src.size)
+        self.shape, self.kept, self.min_rows = src.shape, src.kept, src.min_rows
+        self.register_buffer("bias", src.bias)
+
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         m = x.numel() // self.shape[1]
         if m >= self.min_rows or m == 0:
@@ -85,9 +91,7 @@ class PackedGroup(MklGroup):
 
     def __init__(self, linears: list[nn.Linear] | MklGroup, tied: set[int] | None = None) -> None:
         src = linears if isinstance(linears, MklGroup) else MklGroup(linears, tied or set())
-        FusedGroup.__init__(self, src.size)
-        self.shape, self.kept, self.min_rows = src.shape, src.kept, src.min_rows
-        self.register_buffer("bias", src.bias)
+        self._same_product(src)
         self.packed = torch.ops.mkldnn._reorder_linear_weight(src.weight)
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
@@ -117,9 +121,7 @@ class DotGroup(MklGroup):
     form = "dot"
 
     def __init__(self, src: MklGroup) -> None:
-        FusedGroup.__init__(self, src.size)
-        self.shape, self.kept, self.min_rows = src.shape, src.kept, src.min_rows
-        self.register_buffer("bias", src.bias)
+        self._same_product(src)
         self.register_buffer("packed", torch.ops.llmos.dot_pack(src.weight.detach().float().contiguous()))
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
