@@ -11,7 +11,8 @@ would compute another way stays as eager computes it:
 - Only products inductor calls as they are, or whose float work is elementwise: the 4-bit
   groups (drivers/int4.py); the int8 ones, on oneDNN's packed weights one llmos op
   (llmos::int8_linear), on `_int_mm`'s a row maximum, divisions, rounding and scaling around
-  the integer product; and oneDNN's packed fp32 ones (llmos::linear_packed). Inductor would
+  the integer product; oneDNN's packed fp32 ones (llmos::linear_packed); and llmos's own fp32
+  ones (llmos::linear_dot). Decode attention is llmos::paged_decode, also whole. Inductor would
   lower oneDNN's products itself only with the weights frozen into the graph, a minute of
   compiling per load.
 

@@ -2,8 +2,11 @@
 llmos.drivers.ext`), and loaded when the driver starts.
 
 The ops are optional: where the library was not built (no C++ compiler, another torch), every
-caller keeps its plain torch path, which gives the same bits. `available()` says which it is,
-and the model's kernels line (`llmos models`, the load answer) says which.
+caller keeps its plain torch path. For the int8 ops and RMSNorm that path gives the same bits;
+llmos's own fp32 product is then not offered (oneDNN's or MKL's serves), and decode attention
+gathers the pages for SDPA, which rounds differently (a row still never depends on its batch).
+`available()` says which it is, and the model's kernels line (`llmos models`, the load answer)
+says which.
 
     python -m llmos.drivers.ext          # build into drivers/_build/ (about 30 s of g++)
 

@@ -22,9 +22,6 @@ namespace {
 
 using namespace llmos_vec;
 
-constexpr float kOne = 1.0f;
-constexpr int64_t kAhead = 8;  // key rows prefetched ahead of the one being read
-
 // Where one row of q or k (d floats) is DV whole vectors, it is held in registers (DV > 0);
 // DV = 0 is any width. Both sum in the same order: lanes by fused multiply-adds along d, the
 // lanes' sum, then the tail.
@@ -47,8 +44,7 @@ inline float dot(const float* a, const float* b, int64_t d) {
 inline float sum(const float* x, int64_t n) {
   vec acc = vzero();
   int64_t i = 0;
-  const vec one = vbroadcast(&kOne);
-  for (; i + kLanes <= n; i += kLanes) acc = vfma(vload(x + i), one, acc);
+  for (; i + kLanes <= n; i += kLanes) acc = vadd(acc, vload(x + i));
   float s = vsum(acc);
   for (; i < n; ++i) s += x[i];
   return s;
@@ -61,9 +57,7 @@ void attend(const float* qh, int64_t group, const float* const* keys, const floa
             int64_t n, int64_t d, float scale, float* scores, float* out) {
   for (int64_t h = 0; h < group; ++h) {
     float* s = scores + h * n;
-    for (int64_t i = 0; i < n; ++i) {
-      s[i] = dot<DV>(qh + h * d, keys[i] + off, d) * scale;
-    }
+    for (int64_t i = 0; i < n; ++i) s[i] = dot<DV>(qh + h * d, keys[i] + off, d) * scale;
     float top = s[0];
 #pragma omp simd reduction(max : top)
     for (int64_t i = 0; i < n; ++i) top = s[i] > top ? s[i] : top;  // a max is exact in any order

@@ -18,6 +18,7 @@ constexpr int64_t kLanes = 16;
 inline vec vzero() { return _mm512_setzero_ps(); }
 inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
 inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
 inline vec vbroadcast(const float* p) { return _mm512_set1_ps(*p); }
 inline void vstore(float* p, vec a) { _mm512_storeu_ps(p, a); }
 inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
@@ -27,6 +28,7 @@ constexpr int64_t kLanes = 8;
 inline vec vzero() { return _mm256_setzero_ps(); }
 inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
 inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
 inline vec vbroadcast(const float* p) { return _mm256_broadcast_ss(p); }
 inline void vstore(float* p, vec a) { _mm256_storeu_ps(p, a); }
 inline float vsum(vec a) {
@@ -40,6 +42,7 @@ constexpr int64_t kLanes = 1;
 inline vec vzero() { return 0.0f; }
 inline vec vload(const float* p) { return *p; }
 inline vec vfma(vec a, vec b, vec c) { return std::fma(a, b, c); }
+inline vec vadd(vec a, vec b) { return a + b; }
 inline vec vbroadcast(const float* p) { return *p; }
 inline void vstore(float* p, vec a) { *p = a; }
 inline float vsum(vec a) { return a; }
