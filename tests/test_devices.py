@@ -236,9 +236,15 @@ def test_the_model_and_the_views_cover_both_devices(c):
 
 def test_placement_spreads_processes_and_outputs_match_transformers(c, ref, tokenizer):
     prompts = [f"Process {i} starts here" for i in range(4)]
-    pids = [c.spawn(MODEL, p, max_tokens=20, ignore_eos=True) for p in prompts]
+    pids = []
+    for p in prompts:  # each stopped at once: one that ended before the next spawn would free its device
+        pids.append(c.spawn(MODEL, p, max_tokens=20, ignore_eos=True))
+        c.kill(pids[-1], "STOP")
     placed = [c.stat(pid).device for pid in pids]
     assert sorted(placed) == ["cpu:0", "cpu:0", "cpu:1", "cpu:1"]
+    assert all(c.stat(pid).usage.generated_tokens < 20 for pid in pids)  # all four were live when placed
+    for pid in pids:
+        c.kill(pid, "CONT")
     remote = pids[placed.index("cpu:1")]
     streamed = "".join(ch.text for ch in c.read(remote))
     for pid, prompt in zip(pids, prompts):
