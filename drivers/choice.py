@@ -7,7 +7,8 @@ so the forms are timed here rather than assumed. The forms of a group:
     fp32         "packed" (oneDNN on prepacked weights; the default), "mkl" (the weights as stored),
                  "dot" (llmos::linear_dot on weights packed for it, where the fused ops are built)
     bf16         "packed", "mkl"
-    int8         "qlinear" (oneDNN on prepacked int8; the default), "int_mm" (torch._int_mm)
+    int8         "qlinear" (oneDNN on prepacked int8; the default), "int_mm" (torch._int_mm),
+                 "dot" (llmos::int8_dot on weights packed for it, where the fused ops are built with VNNI)
 
 For every shape ([out, in] of a fused group, per mode):
 1. Exactness first (drivers/measure.py): a form whose rows change with the call's row count
@@ -44,7 +45,7 @@ from llmos.drivers.choice_cache import KernelCache, Machine
 from llmos.drivers.fuse import FusedGroup, FusedLinear
 from llmos.drivers.quant import Int8Group
 
-FORMS = {"fp32": ("packed", "mkl", "dot"), "bf16": ("packed", "mkl"), "int8": ("qlinear", "int_mm")}
+FORMS = {"fp32": ("packed", "mkl", "dot"), "bf16": ("packed", "mkl"), "int8": ("qlinear", "int_mm", "dot")}
 SPLIT = ("int8",)  # modes whose forms may split by rows: identical by construction (exact integer products)
 BUCKETS = ((1, 1), (2, 4), (5, 16), (17, None))  # row counts (first, last); None: no end
 BUCKET_ROWS = (1, 4, 16, 64)  # the row count timed for each bucket
@@ -96,7 +97,7 @@ def shape_key(group: FusedGroup) -> str | None:
     if isinstance(group, packed.MklGroup):
         mode = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(group.dtype)
         return f"{mode} {group.shape[0]}x{group.shape[1]}" if mode else None
-    if type(group) is Int8Group and group.packed is None:
+    if type(group) is Int8Group and group.weight_t is not None:
         return f"int8 {group.weight_t.shape[1]}x{group.weight_t.shape[0]}"
     return None
 
@@ -108,9 +109,10 @@ def candidates(group: FusedGroup) -> dict[str, FusedGroup]:
         if group.dtype == torch.float32 and ext.available():
             forms["dot"] = packed.DotGroup(group)
         return forms
-    twin = copy.deepcopy(group)
-    twin.prepack()
-    return {"qlinear": twin, "int_mm": group}
+    forms = {"qlinear": _make(group, "qlinear", sole=False), "int_mm": group}
+    if ext.available() and torch.ops.llmos.int8_dot_fast():
+        forms["dot"] = _make(group, "dot", sole=False)
+    return forms
 
 
 def serve(model: nn.Module, cache_dir: str | Path | None = None, machine: Machine | None = None,
@@ -217,11 +219,14 @@ def _build(g: FusedGroup, chosen: dict[str, ShapeChoice], cands: dict[int, dict[
 def _make(g: FusedGroup, form: str, sole: bool) -> FusedGroup:
     if form == "packed":
         return packed.PackedGroup(g)
-    if form == "dot":
+    if form == "dot" and isinstance(g, packed.MklGroup):
         return packed.DotGroup(g)
-    if form == "qlinear":
+    if form in ("qlinear", "dot"):  # int8: oneDNN's layout or llmos::int8_dot's
         twin = g if sole else copy.deepcopy(g)
-        twin.prepack()
+        if form == "qlinear":
+            twin.prepack()
+        else:
+            twin.dot_pack()
         return twin
     return g  # mkl, int_mm: the group as it is
 

@@ -24,10 +24,11 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).resolve().parent / "csrc" / name
-           for name in ("quant_rows.cpp", "opaque.cpp", "linear_dot.cpp", "paged_attention.cpp")]
-HEADERS = [SOURCES[0].parent / "vec.h"]
+           for name in ("quant_rows.cpp", "opaque.cpp", "linear_dot.cpp", "paged_attention.cpp", "int8_dot.cpp")]
+HEADERS = [SOURCES[0].parent / name for name in ("vec.h", "quant_row.h")]
 NAME = "llmos_fused"
-OPS = ("quantize_rows_u8", "int8_linear", "rms_norm", "linear_packed", "dot_pack", "linear_dot", "paged_decode")
+OPS = ("quantize_rows_u8", "int8_linear", "rms_norm", "linear_packed", "dot_pack", "linear_dot", "paged_decode",
+       "dot8_pack", "int8_dot", "int8_dot_fast")
 
 
 def build_dir() -> Path:
@@ -78,6 +79,7 @@ def _load() -> bool:
     torch.library.register_fake("llmos::linear_packed", _linear_packed_shapes)
     torch.library.register_fake("llmos::linear_dot", _linear_dot_shapes)
     torch.library.register_fake("llmos::paged_decode", _paged_decode_shapes)
+    torch.library.register_fake("llmos::int8_dot", _int8_dot_shapes)
     return True
 
 
@@ -88,6 +90,11 @@ def _quantize_rows_u8_shapes(x: torch.Tensor, smooth: torch.Tensor | None, eps: 
 
 def _int8_linear_shapes(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tensor, zeros: torch.Tensor,
                         bias: torch.Tensor | None, smooth: torch.Tensor | None, eps: float, qmax: float) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], scale.shape[0]))
+
+
+def _int8_dot_shapes(x: torch.Tensor, packed: torch.Tensor, comp: torch.Tensor, scale: torch.Tensor,
+                     bias: torch.Tensor | None, smooth: torch.Tensor | None, eps: float, qmax: float) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], scale.shape[0]))
 
 

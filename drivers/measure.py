@@ -45,9 +45,7 @@ def set_pad(form: FusedGroup, pad: int | None) -> None:
 def input_spec(group: FusedGroup) -> tuple[int, torch.dtype]:
     """The input width and dtype a group's calls take in a served model."""
     if isinstance(group, Int8Group):
-        if group.weight_t is not None:
-            return group.weight_t.shape[0], torch.float32
-        return group.packed_bytes // group.scale.shape[0], torch.float32
+        return group.in_features, torch.float32
     dtype = getattr(group, "dtype", torch.float32)
     return group.shape[1], dtype if isinstance(dtype, torch.dtype) else torch.float32
 

@@ -126,15 +126,29 @@ class Int8Group(FusedGroup):
         biases = [lin.bias if lin.bias is not None else torch.zeros(lin.out_features) for lin in linears]
         has_bias = any(lin.bias is not None for lin in linears)
         self.register_buffer("bias", torch.cat(biases).detach().float() if has_bias else None)
-        self.packed: torch.Tensor | None = None
+        self.packed: torch.Tensor | None = None  # oneDNN's layout (prepack)
+        self.dot: tuple[torch.Tensor, torch.Tensor] | None = None  # llmos::int8_dot's tiles and zero-point sums
+        self.in_features = weight.shape[1]
 
     def prepack(self) -> None:
         """Move the weights into oneDNN's packed layout (CPU only; the CPU driver calls this)."""
-        if self.packed is None and self.weight_t.device.type == "cpu" and hasattr(torch.ops.onednn, "qlinear_prepack"):
+        if self.weight_t is not None and self.weight_t.device.type == "cpu" and \
+                hasattr(torch.ops.onednn, "qlinear_prepack"):
             self.packed = torch.ops.onednn.qlinear_prepack(self.weight_t.t().contiguous(), None)
             self.zeros = torch.zeros(self.scale.shape[0], dtype=torch.long)
-            self.packed_bytes = self.weight_t.numel()
-            self.weight_t = None
+            self._packed_away()
+
+    def dot_pack(self) -> None:
+        """Move the weights into the tiles of llmos's own int8 kernel (llmos::int8_dot,
+        drivers/csrc/int8_dot.cpp; CPU, where the fused ops are built). Its results are
+        oneDNN's, bit for bit: the same exact integer sums, scaled in the same order."""
+        if self.weight_t is not None and self.weight_t.device.type == "cpu" and ext.available():
+            self.dot = torch.ops.llmos.dot8_pack(self.weight_t.t().contiguous())
+            self._packed_away()
+
+    def _packed_away(self) -> None:
+        self.packed_bytes = self.weight_t.numel()
+        self.weight_t = None
 
     def pad(self, multiple: int) -> bool:
         """Zero-pad the weights' K and N to multiples of `multiple` (pad_weight), for GEMMs that
@@ -147,12 +161,15 @@ class Int8Group(FusedGroup):
         return changed
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dot is not None:
+            y = torch.ops.llmos.int8_dot(x.float(), *self.dot, self.scale, self.bias, self.smooth, _EPS_F, _QMAX_F)
+            return y if x.dtype == torch.float32 else y.to(x.dtype)
         if self.packed is not None:
             return int8_matmul_packed(x, self.packed, self.scale, self.zeros, self.bias, self.smooth)
         return int8_matmul(x, self.weight_t, self.scale, self.bias, self.smooth)
 
     def nbytes(self) -> int:
-        return self.packed_bytes if self.packed is not None else 0
+        return self.packed_bytes if self.weight_t is None else 0
 
 
 @dataclass

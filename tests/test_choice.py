@@ -3,6 +3,7 @@ timing it is given, the cache spares a second load the measuring, and outputs ne
 which form serves a layer or on how many rows share a call."""
 import copy
 import json
+import re
 
 import pytest
 import torch
@@ -63,7 +64,8 @@ def test_a_small_gain_does_not_move_off_the_default():
 def test_int8_splits_by_rows_and_every_row_count_gives_the_same_bits():
     model, ref = int8_model(), None
     ref = copy.deepcopy(model)  # unprepacked: _int_mm, transformers' generate() runs this
-    line = choice.serve(model, machine=HERE, timer=timer({"int_mm": {1: 0.5, 4: 0.5, 16: 1.5, 64: 1.5}}))
+    line = choice.serve(model, machine=HERE, timer=timer({"int_mm": {1: 0.5, 4: 0.5, 16: 1.5, 64: 1.5},
+                                                          "dot": {1: 2.0, 4: 2.0, 16: 2.0, 64: 2.0}}))
     assert "int_mm to 4 rows, qlinear above" in line and "both forms kept" in line
     served = groups(model)
     assert all(isinstance(g, choice.RowsGroup) and g.limits == [4, None] for g in served)
@@ -228,3 +230,24 @@ def test_llmos_own_kernel_serves_fp32_where_it_is_the_fastest():
         if type(m) is torch.nn.Linear:
             assert type(twin.get_submodule(name)) is torch.nn.Linear
             assert torch.equal(twin.get_submodule(name).weight, m.weight)
+
+
+def test_llmos_own_int8_kernel_serves_where_it_is_the_fastest_with_the_same_bits():
+    from llmos.drivers import ext
+    if not (ext.available() and torch.ops.llmos.int8_dot_fast()):
+        pytest.skip("the fused ops are not built here with VNNI: the int8 dot form is not offered")
+    model = int8_model()
+    ref = copy.deepcopy(model)  # unprepacked: _int_mm, as transformers' generate() runs it
+    line = choice.serve(model, machine=HERE, timer=timer({"dot": {1: 0.5, 4: 0.5, 16: 0.6, 64: 1.2}}))
+    assert re.match(r"dot for 5 int8 shapes \(x(1\.9|2\.0)\d vs qlinear at 1 row", line), line
+    served = groups(model)
+    assert all(type(g) is Int8Group and g.dot is not None for g in served)
+    with torch.inference_mode():
+        assert torch.equal(model(IDS).logits, ref(IDS).logits)
+    # slower than oneDNN only above 16 rows, by more than the margin: the rows split
+    model = int8_model()
+    line = choice.serve(model, machine=HERE, timer=timer({"dot": {1: 0.5, 4: 0.5, 16: 0.6, 64: 2.0},
+                                                          "int_mm": {64: 3.0}}))
+    assert "dot to 16 rows, qlinear above" in line and "both forms kept" in line, line
+    with torch.inference_mode():
+        assert torch.equal(model(IDS).logits, ref(IDS).logits)

@@ -1,5 +1,6 @@
 """The fused CPU ops (drivers/ext.py, built by `make setup`) give exactly the bits of the torch
 ops they replace, and the int8 path serves the same logits with them as without."""
+import copy
 import shutil
 
 import pytest
@@ -128,6 +129,46 @@ def test_int8_linear_is_bit_identical_to_the_torch_path(fused, monkeypatch, rows
         want = [group.compute(x), group.compute(strided)]
     for g, w in zip(got, want):
         assert g.shape == (1, rows, 80) and torch.equal(g, w)
+
+
+@pytest.mark.parametrize("out,width", [(960, 576), (576, 1536), (50, 7), (1, 48), (97, 130)])
+@pytest.mark.parametrize("smoothed,biased", [(False, False), (True, True)])
+def test_int8_dot_gives_onednns_bits_and_a_row_never_depends_on_its_batch(fused, out, width, smoothed, biased):
+    torch.manual_seed(out + width)
+    group = quant.Int8Group([torch.nn.Linear(width, out, bias=biased)],
+                            act_max=torch.rand(width) * 4 if smoothed else None)
+    onednn, torch_path, dot = (copy.deepcopy(group) for _ in range(3))
+    onednn.prepack()
+    dot.dot_pack()
+    assert dot.dot is not None and dot.weight_t is None and dot.nbytes() == out * width
+    x = torch.randn(130, width) * torch.logspace(-3, 3, 130)[:, None]
+    with torch.inference_mode():
+        full = dot.compute(x)
+        assert torch.equal(full, onednn.compute(x)) and torch.equal(full, torch_path.compute(x))
+        for n in (*range(1, 20), 63, 64, 65, 129):  # every register tile and the row blocks' edges
+            assert torch.equal(dot.compute(x[:n]), full[:n])
+        for i in (0, 1, 7, 64, 129):  # a row alone, wherever it sat
+            assert torch.equal(dot.compute(x[i:i + 1]), full[i:i + 1])
+        strided = torch.randn(width, 9).t()
+        assert torch.equal(dot.compute(strided), onednn.compute(strided))
+        assert dot.compute(x[:0]).shape == (0, out) and dot.compute(x.view(10, 13, width)).shape == (10, 13, out)
+
+
+def test_int8_dot_refuses_weights_that_do_not_fit(fused):
+    w = torch.randint(-127, 128, (50, 7), dtype=torch.int8)
+    packed, comp = torch.ops.llmos.dot8_pack(w)
+    scale = torch.rand(50)
+    assert torch.equal(comp[:50], 128 * w.int().sum(1)) and not comp[50:].any()
+    for x, s, c in ((torch.randn(2, 9), scale, comp), (torch.randn(2, 7), torch.rand(500), comp),
+                    (torch.randn(2, 7).double(), scale, comp), (torch.randn(2, 7), scale, comp[:10])):
+        with pytest.raises(RuntimeError, match="int8_dot"):
+            torch.ops.llmos.int8_dot(x, packed, c, s, None, None, 1e-12, 127.0)
+    with pytest.raises(RuntimeError, match="bias must be a float32 vector of 50"):
+        torch.ops.llmos.int8_dot(torch.randn(2, 7), packed, comp, scale, torch.rand(49), None, 1e-12, 127.0)
+    with pytest.raises(RuntimeError, match="dot8_pack"):
+        torch.ops.llmos.dot8_pack(torch.randn(4, 4))
+    with pytest.raises(RuntimeError, match="at most 66000 inputs"):  # beyond it an int32 sum could overflow
+        torch.ops.llmos.dot8_pack(torch.zeros(1, 66001, dtype=torch.int8))
 
 
 @pytest.mark.parametrize("out,width", [(960, 576), (576, 1536), (50, 7), (1, 48)])

@@ -1,11 +1,7 @@
 // llmos::quantize_rows_u8: the activation quantization of drivers/quant.py's int8_matmul_packed
 // as one op instead of eight (smooth, abs, amax, clamp, two divisions, round, shift, cast).
 //
-// For each row r of x [M, K] (float32, contiguous), with v = x[r] * smooth (when given):
-//   sx[r] = max(max_k |v_k|, eps) / qmax
-//   xu[r, k] = uint8(nearbyint(v_k / sx[r]) + 128)
-// Every step is the same IEEE float32 operation, in the same order, as the torch ops it stands
-// for (a max is exact in any order), so the bits are the same; tests/test_fused_ops.py checks it.
+// The row arithmetic is quant_row.h's.
 #include <torch/library.h>
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -13,6 +9,8 @@
 #include <cmath>
 #include <tuple>
 #include <vector>
+
+#include "quant_row.h"
 
 namespace {
 
@@ -34,37 +32,8 @@ std::tuple<at::Tensor, at::Tensor> quantize_rows_u8(const at::Tensor& x, const c
   float* scales = sx.data_ptr<float>();
   const float feps = static_cast<float>(eps), fqmax = static_cast<float>(qmax);
   at::parallel_for(0, m, m >= 8 ? 1 : m, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const float* row = src + r * k;
-      // The row's largest |v|, in 16 independent lanes (so that the compiler vectorizes it
-      // without reassociating anything: a max is exact in any order).
-      float lane[16] = {0.0f};
-      bool nan = false;
-      int64_t j = 0;
-      for (; j + 16 <= k; j += 16) {
-        for (int l = 0; l < 16; ++l) {
-          const float a = std::fabs(s ? row[j + l] * s[j + l] : row[j + l]);
-          nan |= a != a;
-          lane[l] = a > lane[l] ? a : lane[l];
-        }
-      }
-      float top = 0.0f;
-      for (; j < k; ++j) {
-        const float a = std::fabs(s ? row[j] * s[j] : row[j]);
-        nan |= a != a;
-        top = a > top ? a : top;
-      }
-      for (int l = 0; l < 16; ++l) top = lane[l] > top ? lane[l] : top;
-      if (nan) top = std::nanf("");  // NaN propagates, as amax does
-      const float scale = (std::isnan(top) || top > feps ? top : feps) / fqmax;
-      scales[r] = scale;
-      uint8_t* out = dst + r * k;
-      if (s) {
-        for (int64_t i = 0; i < k; ++i) out[i] = static_cast<uint8_t>(std::nearbyint(row[i] * s[i] / scale) + 128.0f);
-      } else {
-        for (int64_t i = 0; i < k; ++i) out[i] = static_cast<uint8_t>(std::nearbyint(row[i] / scale) + 128.0f);
-      }
-    }
+    for (int64_t r = begin; r < end; ++r)
+      scales[r] = llmos_quant::quantize_row(src + r * k, s, k, feps, fqmax, dst + r * k);
   });
   return {xu, sx};
 }
