@@ -3,16 +3,18 @@ llmos.drivers.ext`), and loaded when the driver starts.
 
 The ops are optional: where the library was not built (no C++ compiler, another torch), every
 caller keeps its plain torch path. For the int8 ops and RMSNorm that path gives the same bits;
-llmos's own fp32 product is then not offered (oneDNN's or MKL's serves), and decode attention
+llmos's own fp32 and int8 products are then not offered (oneDNN's or MKL's serve), and decode attention
 gathers the pages for SDPA, which rounds differently (a row still never depends on its batch).
 `available()` says which it is, and the model's kernels line (`llmos models`, the load answer)
 says which.
 
     python -m llmos.drivers.ext          # build into drivers/_build/ (about 30 s of g++)
 
-The ops: the int8 activation quantization and product (quant_rows.cpp), RMSNorm and the packed
-fp32 product as ops torch.compile calls whole (opaque.cpp), llmos's own fp32 product
-(linear_dot.cpp) and paged decode attention (paged_attention.cpp); vec.h is their vector arithmetic.
+The ops: the int8 activation quantization and oneDNN's product around it (quant_rows.cpp),
+RMSNorm and the packed fp32 product as ops torch.compile calls whole (opaque.cpp), llmos's own
+fp32 product (linear_dot.cpp), its own int8 product (int8_dot.cpp, AVX-512 VNNI; elsewhere plain
+integer code, not offered) and paged decode attention (paged_attention.cpp); vec.h is their
+vector arithmetic and quant_row.h the activation quantization of a row.
 """
 from __future__ import annotations
 

@@ -4,7 +4,10 @@ A decode step at one stream reads every weight once, so its time is the weights'
 memory bandwidth. In 4 bits the default model's decoder Linears are 66 MB (with their
 scales) instead of 425 MB in fp32, and torch's `_weight_int4pack_mm_for_cpu` reads them as
 they are. Measured on a 2-core EPYC (bench/int4.py): all Linears at one row 8.7 ms against
-17.5 (int8) and 30 (packed fp32); a kernel decode step 17 ms against 26 and 37.
+17.5 (int8 on oneDNN) and 30 (packed fp32); a kernel decode step 17 ms against 26 and 37.
+llmos's own int8 product (drivers/csrc/int8_dot.cpp) later overtook it there: the decoder's
+products at one row in 3.0 ms, as the bytes of int8 weights stream; torch's int4 kernel does
+not read its 4-bit weights at that rate.
 
 Weights are asymmetric groups of 32 along the input, like GGUF's Q4_1: w = q * d + m with q in
 0..15. The default model's weights are Q4_1 values dequantized to fp32, and every one of its

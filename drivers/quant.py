@@ -10,6 +10,10 @@ process's tokens would change with who else shares its step.
 Projections that read the same input (q/k/v, gate/up) are fused into one GEMM. Per-row and
 per-channel scales make the fused product bit-identical to the separate ones.
 
+On the CPU the product has three forms, measured at load (drivers/choice.py): oneDNN on
+prepacked weights, `_int_mm`, and llmos's own kernel (`llmos::int8_dot`, AVX-512 VNNI), which
+quantizes, multiplies and scales in one call. All three give the same bits.
+
 Given calibration text, each group is smoothed first (SmoothQuant: activation outlier
 channels are scaled down and the weights' matching columns up), which brings the default
 model's perplexity from ~6% above fp32 to ~2%.
