@@ -60,7 +60,8 @@ def _load(path: Path) -> dict | None:
 
 def latest_throughput(results: Path = RESULTS) -> Path | None:
     """The newest `<YYYY-MM-DD>-<cpu slug>[-N].json` holding "runs" and "machine": by the date in its
-    name, then the same day's run number, then the name (mtimes mean nothing in a git clone)."""
+    name, then the time it finished (config.finished, where written; runs on several CPUs in one
+    day), then the same day's run number, then the name (mtimes mean nothing in a git clone)."""
     found = []
     for path in results.glob("*.json"):
         data = _load(path)
@@ -69,8 +70,8 @@ def latest_throughput(results: Path = RESULTS) -> Path | None:
         slug = re.sub(r"[^a-z0-9]+", "-", str(data["machine"].get("cpu", "")).lower()).strip("-") or "cpu"
         m = re.fullmatch(rf"(\d{{4}}-\d\d-\d\d)-{re.escape(slug)}(?:-(\d+))?\.json", path.name)
         if m:
-            found.append((m[1], int(m[2] or 1), path.name, path))
-    return max(found)[3] if found else None
+            found.append((m[1], str(data.get("config", {}).get("finished", "")), int(m[2] or 1), path.name, path))
+    return max(found)[4] if found else None
 
 
 def targets_table(targets: list[dict]) -> str:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 from statistics import mean
 
@@ -203,7 +203,8 @@ def write_json(path: Path, args, results: list[RunResult], memory: dict, targets
         "memory": memory,
         "targets": targets,
         "config": {"model": MODEL, "threads": args.threads, "new_tokens": args.new_tokens, "repeat": args.repeat,
-                   "concurrency": args.concurrency, "systems": args.systems, "torch": torch.__version__},
+                   "concurrency": args.concurrency, "systems": args.systems, "torch": torch.__version__,
+                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2) + "\n")

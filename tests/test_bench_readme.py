@@ -71,6 +71,21 @@ def test_newest_by_filename(tmp_path):
     assert readme.latest_throughput(tmp_path / "none") is None
 
 
+def test_newest_of_two_cpus_on_one_day_is_the_one_that_finished_last(tmp_path):
+    results = tmp_path / "results"
+    fifth = synthetic(results, "2030-01-02-test-cpu-9000-5.json")
+    other = results / "2030-01-02-other-cpu.json"  # a second machine's first run that day, after it
+    data = json.loads(fifth.read_text())
+    data["machine"] = {**MACHINE, "cpu": "Other CPU"}
+    data["config"]["finished"] = "2030-01-02T10:00:00+00:00"
+    other.write_text(json.dumps(data))
+    assert readme.latest_throughput(results) == other
+    data = json.loads(fifth.read_text())
+    data["config"]["finished"] = "2030-01-02T11:00:00+00:00"
+    fifth.write_text(json.dumps(data))
+    assert readme.latest_throughput(results) == fifth
+
+
 def test_rewrite_then_no_op(tmp_path):
     results = tmp_path / "results"
     synthetic(results)
