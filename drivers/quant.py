@@ -172,7 +172,9 @@ class Int8Group(FusedGroup):
             return int8_matmul_packed(x, self.packed, self.scale, self.zeros, self.bias, self.smooth)
         return int8_matmul(x, self.weight_t, self.scale, self.bias, self.smooth)
 
-    def nbytes(self) -> int:
+    def nbytes(self) -> int:  # the weights in a layout of their own (weight_t, a buffer, counts itself)
+        if self.dot is not None:
+            return sum(t.numel() * t.element_size() for t in self.dot)
         return self.packed_bytes if self.weight_t is None else 0
 
 

@@ -104,7 +104,7 @@ def node_label(node_id: str) -> str:
 class NodeKernel:
     """The actor on one node: a DeviceServer, its posts in order, its news for the long poll."""
 
-    def __init__(self, label: str, base: str, threads: int, kcfg, store: str | None) -> None:
+    def __init__(self, label: str, base: str, threads: int, kcfg, store: str | None, compile: bool = False) -> None:
         from llmos.worker import DeviceServer, DeviceSpec
 
         self._cond = threading.Condition()
@@ -114,7 +114,8 @@ class NodeKernel:
         self._pending: dict[int, tuple[str, tuple]] = {}
         self.node = label
         device = f"{label}/{base if base != 'cpu' else 'cpu:0'}"
-        self.server = DeviceServer(DeviceSpec(device, base, threads, node=label), kcfg, store, self._send)
+        self.server = DeviceServer(DeviceSpec(device, base, threads, node=label, compile=compile), kcfg, store,
+                                   self._send)
 
     def _send(self, msg: tuple) -> None:
         if msg[0] == "pages" and msg[3] is not None:  # a migration's KV: into this node's object store,
@@ -237,8 +238,9 @@ class RayLink:
 class ClusterNodes:
     """The head's view of the Ray cluster: an actor and a device per other node, kept current."""
 
-    def __init__(self, ray, kcfg, store: str | None, model: dict | None, log) -> None:
+    def __init__(self, ray, kcfg, store: str | None, model: dict | None, log, compile: bool = False) -> None:
         self.ray, self.kcfg, self.store, self.model, self.log = ray, kcfg, store, model, log
+        self.compile = compile  # llmosd --compile: every node's decode steps too
         self.own = ray.get_runtime_context().get_node_id()
         self.links: dict[str, RayLink] = {}   # node id -> its link
         self._stop = threading.Event()
@@ -288,7 +290,7 @@ class ClusterNodes:
             num_cpus=0, num_gpus=1 if gpus else 0, max_concurrency=8,
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
         t0 = time.monotonic()
-        actor = cls.remote(node, base, threads, self.kcfg, self.store)
+        actor = cls.remote(node, base, threads, self.kcfg, self.store, self.compile)
         loaded = self.ray.get(actor.attach.remote(), timeout=600)
         link = RayLink(self.ray, actor, label)
         info = link.call("describe", timeout=60)

@@ -146,7 +146,8 @@ class Daemon:
 
         try:
             ray = cluster.connect(self.cfg.cluster)
-            self.nodes = cluster.ClusterNodes(ray, kcfg, str(self.cfg.store_path), model, self.log)
+            self.nodes = cluster.ClusterNodes(ray, kcfg, str(self.cfg.store_path), model, self.log,
+                                              compile=self.cfg.compile)
             self.nodes.attach_all(lambda *a: self._add_node(kernel, *a))
         except cluster.ClusterError as e:
             raise BootError(str(e)) from None

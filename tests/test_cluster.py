@@ -175,3 +175,16 @@ def test_a_restarted_head_reattaches(cluster, head, tiny_model_dir, ref, tokeniz
         assert {c.stat(q).device, c.stat(busy).device} == {"cpu:0", a}
         for x in (q, busy):
             c.wait(x)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_node_kernel_takes_the_heads_compile_setting(tmp_path, compile):
+    import torch
+
+    from llmos.cluster import NodeKernel
+    from llmos.kernel import KernelConfig
+    node = NodeKernel("node-test", "cpu", torch.get_num_threads(), KernelConfig(), str(tmp_path), compile)
+    try:  # llmosd --compile --cluster: the nodes' decode steps are compiled as the head's are
+        assert node.server.kernel.driver.compile is compile
+    finally:
+        node.stop()
