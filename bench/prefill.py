@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="keep what --json already holds for other prompt lengths (and its latency, unless measured now)")
     ap.add_argument("--plot", type=Path, help="draw time to first token against prompt length here (matplotlib)")
     args = ap.parse_args(argv)
+    report.check_plot(ap, args.plot)
     if args.quick:
         args.lengths, args.repeat, args.arrivals, args.long_prompt = "500", 1, 4, 600
     torch.set_num_threads(args.threads)

@@ -221,6 +221,15 @@ def results_path(root: Path, cpu: str, day: date | None = None) -> Path:
     return path
 
 
+def check_plot(ap, path: Path | None) -> None:
+    """Refuse --plot at once where matplotlib is missing, not after the run: it is a bench extra."""
+    if path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            ap.error(f"--plot {path} needs matplotlib, a bench extra: pip install -e '.[bench]'")
+
+
 def plot(path: Path, results: list[RunResult], roofs: list[dict] | None = None, title: str = "") -> None:
     """tok/s against concurrency, one line per system, with the roofline of each weight format dashed."""
     import matplotlib

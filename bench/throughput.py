@@ -283,6 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--via-daemon", action="store_true", help="add llmos_daemon rows: the same work through llmosd")
     ap.add_argument("--via-http", action="store_true", help="add llmos_http rows: the same work through llmosd's HTTP API")
     args = ap.parse_args(argv)
+    report.check_plot(ap, args.plot)
     if args.quick:
         args.concurrency, args.new_tokens, args.memory_new_tokens = "1,4", 16, 4
     args.concurrency = [int(c) for c in str(args.concurrency).split(",") if c]

@@ -165,3 +165,15 @@ def test_compile_block(tmp_path):
     (tmp_path / "compile_step.json").write_text(json.dumps(data))
     assert "| int8 | 1 | 65 | 30.0 / 25.0 | 20.0 / 20.0 | 1.50× / 1.25× | no | 3.8e-06 |" in \
         readme.render("compile", tmp_path)
+
+
+def test_a_plot_without_matplotlib_is_refused_before_the_run(monkeypatch, capsys):
+    import argparse
+
+    from bench import report
+    ap = argparse.ArgumentParser()
+    report.check_plot(ap, None)  # no --plot: nothing is needed
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    with pytest.raises(SystemExit) as e:
+        report.check_plot(ap, Path("tp.png"))
+    assert e.value.code == 2 and "needs matplotlib, a bench extra" in capsys.readouterr().err

@@ -5,9 +5,10 @@
 // four k at a time), and the float steps are oneDNN's, in its order, so the bits are those of
 // llmos::int8_linear; a row's bits never depend on its batch.
 //
-// Why: on the 2-core AMD EPYC this was written on, oneDNN's u8·s8 product took 13 ms for the
-// default model's 121 products at one row (a fifth of the bandwidth that streams their 134 MB
-// of weights) and 20 ms at 16 rows (a quarter of the VNNI peak). The kernel is linear_dot.cpp's
+// Why: on the 2-core AMD EPYC (Zen 5) this was written on, oneDNN's u8·s8 product took 6.7 ms
+// for the default model's 120 decoder products at one row, streaming their 106 MB of weights at a
+// quarter of the machine's read bandwidth, and 8.5 ms at 16 rows; this kernel 3.0 and 4.4 ms
+// (on a Zen 4 EPYC, oneDNN's took 13 and 20 ms in a decode step). The kernel is linear_dot.cpp's
 // shape: the weights packed once into tiles of kCols outputs that stream in order, and a register
 // tile of kRows rows by kVecs vectors of int32 sums sharing each load. drivers/choice.py times
 // it against oneDNN and _int_mm on each machine and serves whichever is fastest.
