@@ -4,8 +4,9 @@ The same products run at very different speeds on different CPUs of one kind (on
 prepacked fp32 weights won 3x over MKL on an AMD EPYC, nothing at one row on an Intel Xeon),
 so the forms are timed here rather than assumed. The forms of a group:
 
-    fp32         "packed" (oneDNN on prepacked weights; the default), "mkl" (the weights as stored),
-                 "dot" (llmos::linear_dot on weights packed for it, where the fused ops are built)
+    fp32         "dot" (llmos::linear_dot on weights packed for it; the default where the fused ops
+                 are built), "packed" (oneDNN on prepacked weights; the default without them),
+                 "mkl" (the weights as stored)
     bf16         "packed", "mkl"
     int8         "qlinear" (oneDNN on prepacked int8; the default), "int_mm" (torch._int_mm),
                  "dot" (llmos::int8_dot on weights packed for it, where the fused ops are built with VNNI)
@@ -45,7 +46,9 @@ from llmos.drivers.choice_cache import KernelCache, Machine
 from llmos.drivers.fuse import FusedGroup, FusedLinear
 from llmos.drivers.quant import Int8Group
 
-FORMS = {"fp32": ("packed", "mkl", "dot"), "bf16": ("packed", "mkl"), "int8": ("qlinear", "int_mm", "dot")}
+# The first form a mode offers is its default: another must beat it by MARGIN. fp32's is llmos's own
+# product: batch-invariant by construction, and at least as fast wherever it was measured (two EPYCs).
+FORMS = {"fp32": ("dot", "packed", "mkl"), "bf16": ("packed", "mkl"), "int8": ("qlinear", "int_mm", "dot")}
 SPLIT = ("int8",)  # modes whose forms may split by rows: identical by construction (exact integer products)
 BUCKETS = ((1, 1), (2, 4), (5, 16), (17, None))  # row counts (first, last); None: no end
 BUCKET_ROWS = (1, 4, 16, 64)  # the row count timed for each bucket
@@ -264,7 +267,7 @@ def decide(forms: tuple[str, ...], pads: dict[str, int | None], identical: bool,
         per = [f if ratios[f][i] <= (1 - SPLIT_MARGIN) * ratios[single][i] else single for i, f in enumerate(per)]
         if len(set(per)) > 1:
             table, why = _merge(per), f"identical results: each row bucket's fastest by {SPLIT_MARGIN:.0%}"
-    if base != default:
+    if base != default and default in pads:  # (a default not offered here, unbuilt, is not named)
         why += f"; {default} excluded: its rows change with the batch"
     return ShapeChoice(table, {f: pads[f] for f in eligible}, ratios, identical=identical, why=why)
 

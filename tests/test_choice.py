@@ -41,6 +41,7 @@ def int8_model():
 
 
 def test_the_fastest_form_on_the_given_timing_serves_fp32():
+    slow = {1: 3.0, 4: 3.0, 16: 3.0, 64: 3.0}
     fast_mkl = {"mkl": {1: 0.3, 4: 0.3, 16: 0.3, 64: 0.3}}
     model = tiny_model("llama")
     line = choice.serve(model, machine=HERE, timer=timer(fast_mkl))
@@ -48,8 +49,27 @@ def test_the_fastest_form_on_the_given_timing_serves_fp32():
     assert mkl_usable == line.startswith("mkl for 5 fp32 shapes"), line
     # oneDNN faster: every group prepacked (packed is always batch-invariant, padded if need be)
     model = tiny_model("llama")
-    line = choice.serve(model, machine=HERE, timer=timer({"mkl": {1: 3.0, 4: 3.0, 16: 3.0, 64: 3.0}}))
-    assert all(type(g) is PackedGroup for g in groups(model)) and line.startswith("packed for 5 fp32 shapes")
+    line = choice.serve(model, machine=HERE, timer=timer({"mkl": slow, "dot": slow}))
+    assert all(type(g) is PackedGroup for g in groups(model)) and line.startswith("packed for 5 fp32 shapes"), line
+
+
+@pytest.mark.parametrize("built", [True, False])
+def test_fp32_ties_go_to_llmos_own_product_where_it_is_built(tmp_path, monkeypatch, built):
+    from llmos.drivers import ext
+    from llmos.drivers.packed import DotGroup
+    if built and not ext.available():
+        pytest.skip("the fused ops are not built here")
+    if not built:
+        monkeypatch.setattr(ext, "available", lambda: False)
+    model = tiny_model("llama")
+    line = choice.serve(model, tmp_path, machine=HERE, timer=timer({"packed": {1: 0.95, 4: 0.95, 16: 0.95, 64: 0.95}}))
+    whys = [c["why"] for c in json.loads((tmp_path / FILE).read_text())["machines"][HERE.key()]["shapes"].values()]
+    assert len(whys) == 5 and not any("excluded" in w for w in whys)  # an unbuilt default is not "excluded"
+    if built:  # oneDNN 5% faster: under the margin, the default (dot) stays
+        assert all(type(g) is DotGroup for g in groups(model)) and line.startswith("dot for 5 fp32 shapes"), line
+        assert all(w.startswith("dot: packed was faster by only") for w in whys), whys
+    else:  # not built: oneDNN's is the default
+        assert all(type(g) is PackedGroup for g in groups(model)), line
 
 
 def test_a_small_gain_does_not_move_off_the_default():
