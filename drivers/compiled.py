@@ -21,6 +21,9 @@ change. Steps of decode rows only (verify rows included) run compiled: one graph
 one for any larger number of rows, each over any number of pages. Both are compiled when the
 model's KV pool is made, from inductor's cache in the model store after the first time. A step
 that would need another graph runs eagerly rather than stall on a compile.
+
+Where DecodeStack (drivers/stack.py) serves a step's row count, it runs the step instead: the
+same bits, without the graphs' calls (drivers/runner.py).
 """
 from __future__ import annotations
 
@@ -32,11 +35,11 @@ from pathlib import Path
 
 import torch
 
-from llmos.drivers import ext, lean_ops
+from llmos.drivers import lean_ops
 from llmos.drivers.attention import PagedBatch
 from llmos.drivers.choice import RowsGroup
 from llmos.drivers.int4 import Int4Group
-from llmos.drivers.lean import LeanDecoder
+from llmos.drivers.lean import LeanDecoder, fused_problem
 from llmos.drivers.packed import DotGroup, PackedGroup
 from llmos.drivers.quant import Int8Group
 
@@ -45,16 +48,10 @@ MIN_PAGES = 2  # page tables are padded to this width, so that one graph serves 
 
 def problem(lean: LeanDecoder | None) -> str | None:
     """Why the decode steps of the model behind `lean` cannot be compiled exactly; None if they can."""
-    if lean is None:
-        return "not a Llama-shaped model (no direct path)"
-    if not ext.available():
-        return "the fused ops are not built (make setup)"
-    d = lean.direct
-    if not d.fused_rope:
-        return "its RoPE is not the fused one"
-    for p in d.layers:
-        if not all(isinstance(n, lean_ops.RmsNorm) and n.fused for n in (p.norm1, p.norm2)):
-            return "a norm is not RMSNorm as llmos::rms_norm"
+    why = fused_problem(lean)
+    if why is not None:
+        return why
+    for p in lean.direct.layers:
         for fn in (p.qkv, p.o, p.gate_up, p.down):
             group = getattr(fn, "__self__", None)
             if not _exact(group):

@@ -6,7 +6,7 @@ import platform
 import psutil
 import torch
 
-from llmos.drivers import choice, compiled, ext
+from llmos.drivers import choice, compiled, ext, stack
 from llmos.drivers.driver import DeviceInfo
 from llmos.drivers.quant import Int8Group
 from llmos.drivers.runner import ModelRunner
@@ -26,15 +26,25 @@ class CPUDriver(TorchDriver):
         self.compile = compile
 
     def compile_decode(self, runner: ModelRunner, cache_dir: str | None = None) -> str:
-        """With `compile`, run the model's decode steps through torch.compile where that keeps
-        every bit (drivers/compiled.py); says which it is for the kernels line."""
+        """How the model's decode steps run, for the kernels line: each step as one C++ call where
+        DecodeStack serves it (drivers/stack.py; the same bits as the direct path), and with
+        `compile`, the steps it does not serve through torch.compile where that keeps every bit
+        (drivers/compiled.py)."""
+        parts = []
+        if stack.problem(runner.lean) is None:
+            runner.stack = stack.StackedDecode(runner.lean)
+            whole = runner.stack.serves_every_row_count()
+            parts.append("decode steps in one C++ call (llmos.DecodeStack" + ("" if whole else ", at some row counts")
+                         + "; the same bits as eager)")
+            if whole and self.compile:
+                return parts[0] + "; nothing left to compile"
         if not self.compile:
-            return ""
+            return "; ".join(parts)
         why = compiled.problem(runner.lean)
         if why is not None:
-            return f"decode steps eager: {why}"
+            return "; ".join(parts + [f"decode steps eager: {why}"])
         runner.compiled = compiled.CompiledDecode(runner.lean, cache_dir)
-        return "decode steps compiled (torch.compile; the same bits as eager)"
+        return "; ".join(parts + ["decode steps compiled (torch.compile; the same bits as eager)"])
 
     def prepare(self, model: torch.nn.Module, cache_dir: str | None = None) -> str:
         """Serve each Linear shape in the form measured fastest on this CPU (drivers/choice.py),

@@ -13,8 +13,9 @@ says which.
 The ops: the int8 activation quantization and oneDNN's product around it (quant_rows.cpp),
 RMSNorm and the packed fp32 product as ops torch.compile calls whole (opaque.cpp), llmos's own
 fp32 product (linear_dot.cpp), its own int8 product (int8_dot.cpp, AVX-512 VNNI; elsewhere plain
-integer code, not offered) and paged decode attention (paged_attention.cpp); vec.h is their
-vector arithmetic and quant_row.h the activation quantization of a row.
+integer code, not offered), paged decode attention (paged_attention.cpp) and a decode step's
+layers in one call (decode_stack.cpp, the class llmos.DecodeStack); vec.h is their vector
+arithmetic, quant_row.h the activation quantization of a row and ops.h the ops they call in C++.
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).resolve().parent / "csrc" / name
-           for name in ("quant_rows.cpp", "opaque.cpp", "linear_dot.cpp", "paged_attention.cpp", "int8_dot.cpp")]
-HEADERS = [SOURCES[0].parent / name for name in ("vec.h", "quant_row.h")]
+           for name in ("quant_rows.cpp", "opaque.cpp", "linear_dot.cpp", "paged_attention.cpp", "int8_dot.cpp",
+                         "decode_stack.cpp")]
+HEADERS = [SOURCES[0].parent / name for name in ("vec.h", "quant_row.h", "ops.h")]
 NAME = "llmos_fused"
 OPS = ("quantize_rows_u8", "int8_linear", "rms_norm", "linear_packed", "dot_pack", "linear_dot", "paged_decode",
        "dot8_pack", "int8_dot", "int8_dot_fast")
@@ -73,7 +75,7 @@ def _load() -> bool:
         torch.ops.load_library(str(path))
     except (OSError, RuntimeError):
         return False
-    if not all(hasattr(torch.ops.llmos, op) for op in OPS):
+    if not all(hasattr(torch.ops.llmos, op) for op in OPS) or not _has_class("DecodeStack"):
         return False
     torch.library.register_fake("llmos::quantize_rows_u8", _quantize_rows_u8_shapes)  # traceable by torch.compile
     torch.library.register_fake("llmos::rms_norm", _rms_norm_shapes)
@@ -82,6 +84,14 @@ def _load() -> bool:
     torch.library.register_fake("llmos::linear_dot", _linear_dot_shapes)
     torch.library.register_fake("llmos::paged_decode", _paged_decode_shapes)
     torch.library.register_fake("llmos::int8_dot", _int8_dot_shapes)
+    return True
+
+
+def _has_class(name: str) -> bool:
+    try:
+        getattr(torch.classes.llmos, name)
+    except (AttributeError, RuntimeError):
+        return False
     return True
 
 

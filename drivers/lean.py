@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from llmos.drivers import lean_ops
+from llmos.drivers import ext, lean_ops
 from llmos.drivers.attention import PagedBatch, paged_attention
 
 FAMILIES = ("llama", "qwen2", "mistral")
@@ -112,6 +112,22 @@ class LeanDecoder:
             h = h + p.o(o.reshape(shape))
             h = h + p.down(p.act(p.gate_up(p.norm2(h))))
         return h
+
+
+def fused_problem(lean: LeanDecoder | None) -> str | None:
+    """Why the direct path of `lean` is not built of llmos's fused pieces (the fused RoPE, both
+    norms llmos::rms_norm), which the compiled and the stacked decode steps keep as they are;
+    None where it is."""
+    if lean is None:
+        return "not a Llama-shaped model (no direct path)"
+    if not ext.available():
+        return "the fused ops are not built (make setup)"
+    if not lean.direct.fused_rope:
+        return "its RoPE is not the fused one"
+    for p in lean.direct.layers:
+        if not all(isinstance(n, lean_ops.RmsNorm) and n.fused for n in (p.norm1, p.norm2)):
+            return "a norm is not RMSNorm as llmos::rms_norm"
+    return None
 
 
 def _layer_ok(layer: nn.Module) -> bool:

@@ -140,11 +140,19 @@ def _norm(mod: nn.Module) -> Fn:
     return mod
 
 
+@dataclass
+class SiluMul:
+    """silu(gate) · up over the gate/up product [..., 2 · inter], the up half multiplied in place."""
+
+    inter: int
+
+    def __call__(self, gu: torch.Tensor) -> torch.Tensor:
+        return F.silu(gu[..., :self.inter]).mul_(gu[..., self.inter:])
+
+
 def _act(mlp: nn.Module, like: tuple[torch.dtype, torch.device]) -> Fn:
     inter, fn = mlp.gate_proj.out_features, mlp.act_fn
-
-    def fast(gu: torch.Tensor) -> torch.Tensor:
-        return F.silu(gu[..., :inter]).mul_(gu[..., inter:])
+    fast = SiluMul(inter)
 
     def slow(gu: torch.Tensor) -> torch.Tensor:
         return fn(gu[..., :inter]) * gu[..., inter:]

@@ -36,6 +36,7 @@ CUDA_INT_MM_MULTIPLE = 8  # cuBLASLt's int8 GEMM takes K and N in multiples of 8
 # every op, which at ~120 Linear groups a step costs more than the arithmetic at batch 1.
 _EPS, _QMAX, _SHIFT = torch.tensor(1e-12), torch.tensor(127.0), torch.tensor(128.0)
 _EPS_F, _QMAX_F = _EPS.item(), _QMAX.item()  # the same float32 values, for the fused op (drivers/ext.py)
+DOT_EPS, DOT_QMAX = _EPS_F, _QMAX_F
 
 
 def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -149,6 +150,11 @@ class Int8Group(FusedGroup):
         if self.weight_t is not None and self.weight_t.device.type == "cpu" and ext.available():
             self.dot = torch.ops.llmos.dot8_pack(self.weight_t.t().contiguous())
             self._packed_away()
+
+    def dot_operands(self) -> tuple[torch.Tensor, ...] | None:
+        """llmos::int8_dot's weight operands (tiles, zero-point sums, scale, bias, smooth), after
+        dot_pack; None before. Its eps and qmax are DOT_EPS and DOT_QMAX."""
+        return None if self.dot is None else (*self.dot, self.scale, self.bias, self.smooth)
 
     def _packed_away(self) -> None:
         self.packed_bytes = self.weight_t.numel()

@@ -13,6 +13,7 @@ from llmos.drivers.lora import LoraSet
 from llmos.drivers.lean import LeanDecoder
 from llmos.drivers.grammar_mask import mask_logits
 from llmos.drivers.sampler import accept, logprobs, sample
+from llmos.drivers.stack import StackedDecode
 
 
 class ModelRunner:
@@ -32,6 +33,7 @@ class ModelRunner:
         self.lora = LoraSet(model)  # adapters served over this model (drivers/lora.py)
         self.lean = LeanDecoder(model) if LeanDecoder.supports(model) else None
         self.compiled: CompiledDecode | None = None  # decode steps through torch.compile (drivers/compiled.py)
+        self.stack: StackedDecode | None = None  # decode steps as one C++ call (drivers/stack.py)
 
     def kv_bytes_per_page(self, page_size: int) -> int:
         """Bytes of one page of KV, keys and values of every layer."""
@@ -135,10 +137,21 @@ class ModelRunner:
         if self.lean is not None:  # adapters hook the projections, which the direct path skips
             hooked = bool(self.lora.adapters)
             decodes = meta.decode_rows is not None and not meta.prefills
-            layers = self.compiled if decodes and not hooked else None
-            return self.lean(ids_t, pos_t, meta, keep_t, hooked=hooked, layers=layers)
+            fast = decodes and not hooked and (self.stack is not None or self.compiled is not None)
+            return self.lean(ids_t, pos_t, meta, keep_t, hooked=hooked, layers=self._decode_layers if fast else None)
         return self.model(input_ids=ids_t, position_ids=pos_t, use_cache=False, logits_to_keep=keep_t,
                           llmos_batch=meta).logits[0]
+
+    def _decode_layers(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: PagedBatch) -> torch.Tensor:
+        """The decoder layers of a step of decode rows: one DecodeStack call where it serves this
+        row count, else the compiled graphs, else the direct path op by op (the same bits each way)."""
+        out = self.stack(h, cos, sin, batch) if self.stack is not None else None
+        if out is not None:
+            return out
+        if self.compiled is not None:
+            return self.compiled(h, cos, sin, batch)
+        d = self.lean.direct
+        return self.lean.run_layers(d.layers, h, cos, sin, d.turn(cos, sin), batch)
 
     def _prepare(self, batch: StepInput) -> tuple[PagedBatch, list[int], list[int], list[int]]:
         size, dev = self.page_size, self.device

@@ -45,6 +45,9 @@ def migrate(k: "Kernel", p: Process, to: str, by: str = "auto") -> tuple[str, st
         if m.name not in target.models:
             raise FailedPrecondition(f"{target.name} has no copy of {m.name}; load it there "
                                      f"(llmos load --devices {target.name})")
+    # Pages still on their way here from an earlier move follow p to its new place (arrived()
+    # forwards them), unless it is asked to move by tokens.
+    in_flight = p.incoming if by != "tokens" else ""
     source = None if p.incoming else devices.device_of(k, p)
     pages = by == "pages" or (by == "auto" and p.num_computed >= PAGES_MIN_TOKENS)
     kv = None
@@ -54,7 +57,7 @@ def migrate(k: "Kernel", p: Process, to: str, by: str = "auto") -> tuple[str, st
     elif source is not None and source.alive:
         source.link.post("export" if pages else "release", p.pid)
     _detach(p)
-    p.incoming = source.name if source is not None and source.alive and pages else ""
+    p.incoming = in_flight or (source.name if source is not None and source.alive and pages else "")
     p.device = "" if target is None else target.name
     if target is not None and not p.incoming:
         target.link.post("adopt", devices.record(p), kv)

@@ -191,7 +191,7 @@ def test_the_cpu_driver_reports_its_kernels(tmp_path, tokenizer):
     assert " fp32 shape" in info.kernels and "[measured in" in info.kernels
     assert (tmp_path / FILE).is_file()
     again = d.adopt("tiny2", tiny_model("llama"), cache_dir=str(tmp_path))
-    assert again.kernels.endswith("[cached]")
+    assert "[cached]" in again.kernels
     with torch.inference_mode():
         a = d.runners["tiny"].model(IDS).logits
         b = d.runners["tiny2"].model(IDS).logits

@@ -2,16 +2,22 @@
 logits bit for bit, at one row and at several, over one page and over many, with proposals
 verified in the step, so the tokens stay those of generate() (on the same int8 or 4-bit weights, or fp32's); a model
 whose steps cannot be compiled exactly stays eager and says why."""
-import random
-
 import pytest
 import torch
 
-from llmos.drivers import ext
+from llmos.drivers import ext, stack
 from llmos.drivers.choice import RowsGroup
 from llmos.kernel import ROOT, SpawnSpec, SpecConfig, StopRules
+from workload import assert_repeats_match_generate, run_mixed_batches
 
 pytestmark = pytest.mark.skipif(not ext.available(), reason="the fused ops are not built (make setup)")
+
+
+@pytest.fixture(autouse=True)
+def graphs_not_stack(monkeypatch):
+    """Steps as the compiled graphs run them: where DecodeStack serves every row count
+    (drivers/stack.py), nothing would be left to compile."""
+    monkeypatch.setattr(stack, "problem", lambda lean: "off: these tests are of the compiled graphs")
 
 
 def by_rows(k):
@@ -49,12 +55,7 @@ def test_compiled_steps_give_eager_logits_bit_for_bit(make_kernel, quantize):
             seen.append((len(ids), meta.decode_pages.shape[1], torch.equal(got, want)))
         return got
     runner.forward = both
-    rng = random.Random(0)
-    for lens, new in (((2,), (12,)), ((3, 9, 17, 5), (4, 12, 7, 10))):  # alone from one page, then shrinking batches
-        for n, m in zip(lens, new):
-            k.spawn(ROOT, SpawnSpec("tiny", tokens=[rng.randrange(3, 380) for _ in range(n)],
-                                    stop=StopRules(max_tokens=m, ignore_eos=True)))
-        k.run_until_idle()
+    run_mixed_batches(k)
     assert seen and all(eq for _, _, eq in seen), [s for s in seen if not s[2]]
     assert {r for r, _, _ in seen} >= {1, 2, 3, 4}
     assert any(p == 1 for _, p, _ in seen) and any(p > 2 for _, p, _ in seen)
@@ -66,12 +67,7 @@ def test_compiled_decoding_matches_generate_with_and_without_speculation(make_ke
     spec = SpecConfig(enabled=True, min_rate=0.0, row_cost=0.0, learn_cost=False)
     for speculate in (None, spec):
         k, ref = make_kernel(page_size=4, budget=32, quantize=quantize, compile=True, speculate=speculate)
-        phrase = [50, 51, 52, 53, 54, 55]
-        batch = [[7] + phrase * 3, [9, 10, 11], phrase * 2 + [60, 61]]  # repeats for prompt lookup to find
-        procs = spawn_all(k, batch, 14)
-        k.run_until_idle()
-        for t, p in zip(batch, procs):
-            assert p.out_tokens == ref.greedy(t, 14), f"speculate={speculate is not None}, prompt {t}"
+        assert_repeats_match_generate(k, ref, label=f"speculate={speculate is not None}")
         compiled = k.driver.runners["tiny"].compiled
         assert compiled is not None or quantize is None  # fp32: only where every shape is packed
         assert compiled is None or (compiled.steps > 0 and (compiled.eager_steps == 0 or by_rows(k)))

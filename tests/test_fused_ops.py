@@ -68,7 +68,7 @@ def test_the_cpu_driver_says_which_quantization_serves(fused, tmp_path, tokenize
     model = tiny_model("llama")
     quant.quantize_model(model, "int8", calibration=list(range(3, 200)))
     info = CPUDriver(threads=2).adopt("tiny", model, cache_dir=str(tmp_path))
-    assert info.kernels.endswith("; int8 activations: fused op")
+    assert "; int8 activations: fused op" in info.kernels
     assert "int8 activations" not in CPUDriver(threads=2).adopt("plain", tiny_model("llama"),
                                                                cache_dir=str(tmp_path)).kernels
 

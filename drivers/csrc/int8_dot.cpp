@@ -16,6 +16,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "ops.h"
+
 #include <algorithm>
 #include <cstring>
 #include <tuple>
@@ -127,6 +129,10 @@ inline void tile(const uint8_t* x, int64_t ldx, int64_t k4, const int8_t* w, con
 }
 #endif
 
+}  // namespace
+
+namespace llmos_ops {  // called by decode_stack.cpp too (ops.h)
+
 at::Tensor int8_dot(const at::Tensor& x, const at::Tensor& packed, const at::Tensor& comp, const at::Tensor& scale,
                     const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& smooth, double eps,
                     double qmax) {
@@ -195,16 +201,16 @@ at::Tensor int8_dot(const at::Tensor& x, const at::Tensor& packed, const at::Ten
 
 bool int8_dot_fast() { return LLMOS_VNNI == 1; }
 
-}  // namespace
+}  // namespace llmos_ops
 
 TORCH_LIBRARY_FRAGMENT(llmos, m) {
   m.def("dot8_pack(Tensor weight) -> (Tensor, Tensor)");
   m.def("int8_dot(Tensor x, Tensor packed, Tensor comp, Tensor scale, Tensor? bias, Tensor? smooth, float eps, "
         "float qmax) -> Tensor");
-  m.def("int8_dot_fast() -> bool", &int8_dot_fast);
+  m.def("int8_dot_fast() -> bool", &llmos_ops::int8_dot_fast);
 }
 
 TORCH_LIBRARY_IMPL(llmos, CPU, m) {
   m.impl("dot8_pack", &dot8_pack);
-  m.impl("int8_dot", &int8_dot);
+  m.impl("int8_dot", &llmos_ops::int8_dot);
 }

@@ -14,6 +14,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -91,6 +93,10 @@ void product(const float* x, int64_t m, const float* w, int64_t n, int64_t k, fl
   });
 }
 
+}  // namespace
+
+namespace llmos_ops {  // called by decode_stack.cpp too (ops.h)
+
 at::Tensor linear_dot(const at::Tensor& x, const at::Tensor& packed, int64_t n, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK(x.dim() >= 1 && x.scalar_type() == at::kFloat && x.device().is_cpu(),
               "linear_dot: x must be a float32 CPU tensor");
@@ -109,7 +115,7 @@ at::Tensor linear_dot(const at::Tensor& x, const at::Tensor& packed, int64_t n, 
   return y.view(sizes);
 }
 
-}  // namespace
+}  // namespace llmos_ops
 
 TORCH_LIBRARY_FRAGMENT(llmos, m) {
   m.def("dot_pack(Tensor weight) -> Tensor");
@@ -118,5 +124,5 @@ TORCH_LIBRARY_FRAGMENT(llmos, m) {
 
 TORCH_LIBRARY_IMPL(llmos, CPU, m) {
   m.impl("dot_pack", &dot_pack);
-  m.impl("linear_dot", &linear_dot);
+  m.impl("linear_dot", &llmos_ops::linear_dot);
 }

@@ -12,9 +12,11 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include "ops.h"
+
 #include <cmath>
 
-namespace {
+namespace llmos_ops {  // called by decode_stack.cpp too (ops.h)
 
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   const int64_t n = weight.size(0);
@@ -53,7 +55,7 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, const c1
   return linear.call(x.contiguous(), packed, bias, "none", c10::List<std::optional<at::Scalar>>(), "");
 }
 
-}  // namespace
+}  // namespace llmos_ops
 
 TORCH_LIBRARY_FRAGMENT(llmos, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
@@ -61,9 +63,9 @@ TORCH_LIBRARY_FRAGMENT(llmos, m) {
 }
 
 TORCH_LIBRARY_IMPL(llmos, CPU, m) {
-  m.impl("rms_norm", &rms_norm);
+  m.impl("rms_norm", &llmos_ops::rms_norm);
 }
 
 TORCH_LIBRARY_IMPL(llmos, MkldnnCPU, m) {  // oneDNN's packed weights dispatch to this key
-  m.impl("linear_packed", &linear_packed);
+  m.impl("linear_packed", &llmos_ops::linear_packed);
 }

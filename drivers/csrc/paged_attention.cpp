@@ -13,6 +13,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "ops.h"
+
 #include <algorithm>
 #include <vector>
 
@@ -132,6 +134,10 @@ void attend(const float* qh, int64_t group, const float* const* keys, const floa
   }
 }
 
+}  // namespace
+
+namespace llmos_ops {  // called by decode_stack.cpp too (ops.h)
+
 at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_pool, const at::Tensor& v_pool,
                         const at::Tensor& pages, const at::Tensor& lens, double scale, int64_t window) {
   TORCH_CHECK(q.dim() == 3 && k_pool.dim() == 4 && v_pool.sizes() == k_pool.sizes(),
@@ -192,12 +198,12 @@ at::Tensor paged_decode(const at::Tensor& q, const at::Tensor& k_pool, const at:
   return out;
 }
 
-}  // namespace
+}  // namespace llmos_ops
 
 TORCH_LIBRARY_FRAGMENT(llmos, m) {
   m.def("paged_decode(Tensor q, Tensor k_pool, Tensor v_pool, Tensor pages, Tensor lens, float scale, int window) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(llmos, CPU, m) {
-  m.impl("paged_decode", &paged_decode);
+  m.impl("paged_decode", &llmos_ops::paged_decode);
 }
