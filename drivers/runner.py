@@ -44,6 +44,8 @@ class ModelRunner:
 
     def free_kv(self) -> None:
         self.kv, self.swap = [], []
+        if self.stack is not None:
+            self.stack.reset()
 
     def alloc_kv(self, num_pages: int, page_size: int, swap_pages: int) -> int:
         """Allocate the pool; returns its size in bytes."""

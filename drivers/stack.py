@@ -74,6 +74,10 @@ class StackedDecode:
         self.steps += 1
         return stack.run(h, c, s, batch.slot_mapping, batch.decode_pages, batch.decode_lens)
 
+    def reset(self) -> None:
+        """Drop the stacks built (and their hold on the KV pool): the pool is freed or replaced."""
+        self._stacks, self._kv = {}, None
+
     def serves_every_row_count(self) -> bool:
         """Whether every product is llmos's own at every row count (so no step needs another path)."""
         return all(_bucket_ops(self.lean, rows) is not None for rows in (*self.bounds, (self.bounds or [0])[-1] + 1))

@@ -12,6 +12,8 @@
 // x·cos + roll(x)·sin', each product rounded as the op rounds it (-ffp-contract=off). So the
 // bits are the direct path's (tests/test_decode_stack.py); drivers/stack.py decides where it
 // serves. The products and attention keep their op names in torch.profiler's record.
+#include <Python.h>
+
 #include <ATen/ATen.h>
 #include <ATen/record_function.h>
 #include <torch/custom_class.h>
@@ -41,6 +43,19 @@ struct Product {
   int64_t kind = kFloatDot, n = 0;
   at::Tensor packed, comp, scale;
   c10::optional<at::Tensor> bias, smooth;
+};
+
+// Python's GIL, held through a call (torch releases it for a method of a custom class). Released,
+// the daemon's other Python threads (its event loop, streaming tokens to clients) run beside the
+// kernel's OpenMP team on the same cores for the whole step, and every product's barrier waits on
+// a worker they preempted: 16 fp32 processes through the daemon ran at 0.80x the in-process
+// kernel so, and at 0.92-0.95x with the GIL held, as it is through most of a step op by op.
+struct HoldGil {
+  PyGILState_STATE state;
+  HoldGil() : state(PyGILState_Ensure()) {}
+  ~HoldGil() { PyGILState_Release(state); }
+  HoldGil(const HoldGil&) = delete;
+  HoldGil& operator=(const HoldGil&) = delete;
 };
 
 struct Layer {
@@ -115,6 +130,7 @@ class DecodeStack : public torch::CustomClassHolder {
       TORCH_CHECK(sp[r] >= 0 && sp[r] < slots_, "DecodeStack.run: a slot is outside the pool of ", slots_);
     const float* cp = cc.data_ptr<float>();
     const float* snp = sc.data_ptr<float>();
+    const HoldGil gil;
     at::Tensor h = h_in.clone(at::MemoryFormat::Contiguous);
     for (const Layer& y : layers_) {
       const at::Tensor qkv = product(y.qkv, llmos_ops::rms_norm(h, y.norm1, y.eps1)).contiguous();
