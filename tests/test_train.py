@@ -130,6 +130,8 @@ def test_inference_keeps_streaming_and_base_output_is_unchanged(kernel, data):
         assert len(q.out_tokens) == before + 1 or q.state.done  # a token every step while training runs
     assert q.out_tokens == want  # the served base model is untouched by the LoRA twin
     assert t.state == State.READY and t.task.step > 0
+    while t.task.step < 2:  # to its first checkpoint (every 2 steps), however fast the decoding was
+        k.step()
     k.signal(ROOT, t.pid, "KILL")
     assert t.state == State.KILLED and "continue with --resume" in t.stdout
     q2 = k.spawn(ROOT, SpawnSpec("tiny", tokens=prompt, stop=train_stop(120)))
