@@ -87,12 +87,13 @@ class RowsGroup(FusedGroup):
         self.limits = [last for last, _ in table]
         self.forms = nn.ModuleList(form for _, form in table)
 
+    def form_at(self, rows: int) -> FusedGroup:
+        """The form that serves a call of `rows` rows."""
+        return next((form for last, form in zip(self.limits, self.forms) if last is None or rows <= last),
+                    self.forms[-1])
+
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        for last, form in zip(self.limits, self.forms):
-            if last is None or rows <= last:
-                return form.compute(x)
-        return self.forms[-1].compute(x)
+        return self.form_at(x.numel() // x.shape[-1]).compute(x)
 
 
 def shape_key(group: FusedGroup) -> str | None:

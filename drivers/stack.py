@@ -117,7 +117,7 @@ def _bucket_ops(lean: LeanDecoder, rows: int) -> list[tuple[int, int, list[torch
     for fn in _products(lean):
         form = _group(fn)
         if isinstance(form, RowsGroup):
-            form = next((f for last, f in zip(form.limits, form.forms) if last is None or rows <= last), form.forms[-1])
+            form = form.form_at(rows)
         op = _operands(form)
         if op is None:
             return None

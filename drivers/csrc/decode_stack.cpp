@@ -168,8 +168,6 @@ class DecodeStack : public torch::CustomClassHolder {
     return h;
   }
 
-  int64_t layers() const { return static_cast<int64_t>(layers_.size()); }
-
  private:
   at::Tensor product(const Product& p, const at::Tensor& x) const {
     if (p.kind == kFloatDot) {
@@ -195,6 +193,5 @@ class DecodeStack : public torch::CustomClassHolder {
 TORCH_LIBRARY_FRAGMENT(llmos, m) {
   m.class_<DecodeStack>("DecodeStack")
       .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<int64_t>, std::vector<double>>())
-      .def("run", &DecodeStack::run)
-      .def("layers", &DecodeStack::layers);
+      .def("run", &DecodeStack::run);
 }
