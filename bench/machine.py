@@ -168,11 +168,13 @@ class Roofline:
         return "memory" if self.memory_ms >= self.compute_ms else "compute"
 
 
-def roofline(m: Machine, params: int, bytes_per_weight: float, n: int) -> Roofline:
-    """The bound for n processes on weights of `bytes_per_weight` (4: fp32; 1: int8)."""
+def roofline(m: Machine, params: int, bytes_per_weight: float, n: int, integer: bool | None = None) -> Roofline:
+    """The bound for n processes on weights of `bytes_per_weight` (4: fp32; 1: int8), multiplied
+    in integers (int8's peak) or in floats (fp32's; by default where a weight has 4 bytes)."""
     weight_bytes = int(params * bytes_per_weight)
     memory_ms = weight_bytes / (m.read_gb_s * 1e9) * 1e3
-    peak = m.int8_2048_gops if bytes_per_weight <= 1 and m.int8_2048_gops else m.gemm_2048_gflops
+    integer = bytes_per_weight <= 1 if integer is None else integer
+    peak = m.int8_2048_gops if integer and m.int8_2048_gops else m.gemm_2048_gflops
     compute_ms = 2 * params * n / (peak * 1e9) * 1e3
     return Roofline(n, weight_bytes, round(memory_ms, 3), round(compute_ms, 3),
                     round(n / max(memory_ms, compute_ms) * 1e3, 1))

@@ -71,13 +71,17 @@ def weight_bytes(system: str) -> int:
     return 0.5 if "int4" in system else 1 if "int8" in system else 4
 
 
-def rooflines(results: list[RunResult], machine, params: int) -> list[dict]:
-    """Each run's tok/s as a fraction of the bound the machine's limits give its model at N."""
+def rooflines(results: list[RunResult], machine, params: int, served: dict[str, float] | None = None) -> list[dict]:
+    """Each run's tok/s as a fraction of the bound the machine's limits give its model at N;
+    `served`: bytes a weight of a system's model as it is served, where that is known (an fp32
+    model on its 4- or 8-bit blocks, still multiplied in floats)."""
     from bench.machine import roofline
 
     out = []
     for r in results:
-        roof = roofline(machine, params, weight_bytes(r.system), r.concurrency)
+        nbytes = (served or {}).get(r.system)
+        roof = roofline(machine, params, nbytes or weight_bytes(r.system), r.concurrency,
+                        integer=weight_bytes(r.system) <= 1)
         out.append({"system": r.system, "concurrency": r.concurrency, "weight_bytes": roof.weight_bytes,
                     "memory_ms": roof.memory_ms, "compute_ms": roof.compute_ms, "bound": roof.bound,
                     "bound_tok_s": roof.bound_tok_s, "fraction": ratio(r.tok_s, roof.bound_tok_s)})

@@ -32,7 +32,7 @@ from rich.table import Table  # noqa: E402
 from bench.common import MODEL, QUESTIONS, chat, default_store, end_all  # noqa: E402
 
 GEMM_OPS = ("aten::mm", "aten::addmm", "aten::_int_mm", "mkldnn::_linear_pointwise", "onednn::qlinear_pointwise",
-            "llmos::linear_dot", "llmos::int8_dot",
+            "llmos::linear_dot", "llmos::block_dot", "llmos::int8_dot",
             "aten::_weight_int4pack_mm_for_cpu", "aten::_weight_int8pack_mm")
 NON_GEMM_TARGET = 0.25
 STEPS, WARM, TOP = 8, 3, 12

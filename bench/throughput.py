@@ -100,6 +100,24 @@ class Bench:
 
 
 # --- llmos ------------------------------------------------------------------------------------
+def served_bytes(bench: Bench, systems: set[str], params: int) -> dict[str, float]:
+    """Bytes a Linear weight of each llmos system's model takes as the in-process kernel serves it."""
+    if bench._kernel is None:
+        return {}
+    from llmos.drivers.fuse import FusedGroup
+    out = {}
+    for system in systems:
+        if not system.startswith("llmos"):
+            continue
+        name = MODEL + next((f":{q}" for q in ("int8", "int4") if q in system), "")
+        runner = bench._kernel.driver.runners.get(name)
+        if runner is not None:
+            groups = {id(g): g for g in runner.model.modules() if isinstance(g, FusedGroup) and
+                      not any(isinstance(c, FusedGroup) for c in g.children())}
+            out[system] = sum(g.nbytes() for g in groups.values()) / params or None
+    return {s: b for s, b in out.items() if b}
+
+
 def run_kernel(k, bench: Bench, idx: list[int], new_tokens: int, tick: Tick, system: str = "llmos",
                model: str = MODEL) -> RunResult:
     """Spawn every request at once on kernel k, step it until idle, reap the processes."""
@@ -329,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(median_run(name, bench, n, args.new_tokens, tick, args.repeat))
     from transformers import AutoConfig
 
-    roofs = report.rooflines(results, bench.machine, machine.linear_params(AutoConfig.from_pretrained(str(bench.path))))
+    params = machine.linear_params(AutoConfig.from_pretrained(str(bench.path)))
+    roofs = report.rooflines(results, bench.machine, params, served_bytes(bench, {r.system for r in results}, params))
     report.print_results(console, results, roofs)
     kernels = {name: m.info.kernels for name, m in bench._kernel.models.items()} if bench._kernel else {}
     if bench._compiled:

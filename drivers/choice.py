@@ -5,8 +5,10 @@ prepacked fp32 weights won 3x over MKL on an AMD EPYC, nothing at one row on an 
 so the forms are timed here rather than assumed. The forms of a group:
 
     fp32         "dot" (llmos::linear_dot on weights packed for it; the default where the fused ops
-                 are built), "packed" (oneDNN on prepacked weights; the default without them),
-                 "mkl" (the weights as stored)
+                 are built), "blocks" (llmos::block_dot: the same bits from the 4- or 8-bit blocks
+                 the weights were dequantized from, where every weight of a shape is one:
+                 drivers/blocks.py), "packed" (oneDNN on prepacked weights; the default without
+                 the fused ops), "mkl" (the weights as stored)
     bf16         "packed", "mkl"
     int8         "qlinear" (oneDNN on prepacked int8; the default), "int_mm" (torch._int_mm),
                  "dot" (llmos::int8_dot on weights packed for it, where the fused ops are built with VNNI)
@@ -41,14 +43,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from llmos.drivers import ext, measure, packed
+from llmos.drivers import blocks, ext, measure, packed
 from llmos.drivers.choice_cache import KernelCache, Machine
 from llmos.drivers.fuse import FusedGroup, FusedLinear
 from llmos.drivers.quant import Int8Group
 
 # The first form a mode offers is its default: another must beat it by MARGIN. fp32's is llmos's own
 # product: batch-invariant by construction, and at least as fast wherever it was measured (two EPYCs).
-FORMS = {"fp32": ("dot", "packed", "mkl"), "bf16": ("packed", "mkl"), "int8": ("qlinear", "int_mm", "dot")}
+FORMS = {"fp32": ("dot", "blocks", "packed", "mkl"), "bf16": ("packed", "mkl"), "int8": ("qlinear", "int_mm", "dot")}
 SPLIT = ("int8",)  # modes whose forms may split by rows: identical by construction (exact integer products)
 BUCKETS = ((1, 1), (2, 4), (5, 16), (17, None))  # row counts (first, last); None: no end
 BUCKET_ROWS = (1, 4, 16, 64)  # the row count timed for each bucket
@@ -112,6 +114,9 @@ def candidates(group: FusedGroup) -> dict[str, FusedGroup]:
         forms = {"packed": packed.PackedGroup(group), "mkl": group}
         if group.dtype == torch.float32 and ext.available():
             forms["dot"] = packed.DotGroup(group)
+            found = blocks.BlockGroup.of(group)
+            if found is not None:
+                forms["blocks"] = found
         return forms
     forms = {"qlinear": _make(group, "qlinear", sole=False), "int_mm": group}
     if ext.available() and torch.ops.llmos.int8_dot_fast():
@@ -126,7 +131,7 @@ def serve(model: nn.Module, cache_dir: str | Path | None = None, machine: Machin
     t0 = time.perf_counter()
     cache = KernelCache(cache_dir, machine or Machine.here())
     known = {k: c for k, c in ((k, _parse(c)) for k, c in cache.known().items())
-             if c and (ext.available() or "dot" not in c.forms())}  # a form this process lacks: measure again
+             if c and (ext.available() or not {"dot", "blocks"} & set(c.forms()))}  # a form this process lacks: measure again
     final: set[int] = set()
 
     def at_once(g: packed.MklGroup) -> FusedGroup:  # a shape the cache knows: no fused copy kept
@@ -150,6 +155,10 @@ def serve(model: nn.Module, cache_dir: str | Path | None = None, machine: Machin
     cands: dict[int, dict[str, FusedGroup]] = {}
     if missing:
         cands = {id(g): candidates(g) for k in missing for g in classes[k]}
+        for k in missing:  # a form is offered to a shape only where each of its groups has it
+            shared = set.intersection(*(set(cands[id(g)]) for g in classes[k]))
+            for g in classes[k]:
+                cands[id(g)] = {f: c for f, c in cands[id(g)].items() if f in shared}
         chosen.update(_measure(served, {k: classes[k] for k in missing}, cands, timer))
         cache.put({k: asdict(chosen[k]) for k in missing})
     packed.swap_groups(model, lambda g: None if id(g) in final else _build(g, chosen, cands))
@@ -225,6 +234,8 @@ def _make(g: FusedGroup, form: str, sole: bool) -> FusedGroup:
         return packed.PackedGroup(g)
     if form == "dot" and isinstance(g, packed.MklGroup):
         return packed.DotGroup(g)
+    if form == "blocks":  # weights that are no longer block values (a changed model): dot's same bits
+        return blocks.BlockGroup.of(g) or packed.DotGroup(g)
     if form in ("qlinear", "dot"):  # int8: oneDNN's layout or llmos::int8_dot's
         twin = g if sole else copy.deepcopy(g)
         if form == "qlinear":

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 FILE = "kernels.json"
-VERSION = 4  # bump when the forms, the buckets or the rules change: older entries are not read
+VERSION = 5  # bump when the forms, the buckets or the rules change: older entries are not read
 
 
 @dataclass(frozen=True)

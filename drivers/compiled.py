@@ -38,6 +38,7 @@ import torch
 from llmos.drivers import lean_ops
 from llmos.drivers.attention import PagedBatch
 from llmos.drivers.choice import RowsGroup
+from llmos.drivers.blocks import BlockGroup
 from llmos.drivers.int4 import Int4Group
 from llmos.drivers.lean import LeanDecoder, fused_problem
 from llmos.drivers.packed import DotGroup, PackedGroup
@@ -64,7 +65,7 @@ def _exact(group: object) -> bool:
     step past the row counts its graph was traced for runs eagerly)."""
     if isinstance(group, RowsGroup):
         return all(_exact(form) for form in group.forms)
-    return (isinstance(group, Int4Group) and group.wide is None) or type(group) in (Int8Group, PackedGroup, DotGroup)
+    return (isinstance(group, Int4Group) and group.wide is None) or type(group) in (Int8Group, PackedGroup, DotGroup, BlockGroup)
 
 
 class CompiledDecode:

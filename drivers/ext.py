@@ -12,9 +12,11 @@ says which.
 
 The ops: the int8 activation quantization and oneDNN's product around it (quant_rows.cpp),
 RMSNorm and the packed fp32 product as ops torch.compile calls whole (opaque.cpp), llmos's own
-fp32 product (linear_dot.cpp), its own int8 product (int8_dot.cpp, AVX-512 VNNI; elsewhere plain
+fp32 product (linear_dot.cpp) and the same product on weights kept as 4- or 8-bit blocks
+(block_dot.cpp), its own int8 product (int8_dot.cpp, AVX-512 VNNI; elsewhere plain
 integer code, not offered), paged decode attention (paged_attention.cpp) and a decode step's
-layers in one call (decode_stack.cpp, the class llmos.DecodeStack); vec.h is their vector
+layers in one call (decode_stack.cpp, the class llmos.DecodeStack) and greedy sampling's argmax
+(argmax.cpp); vec.h is their vector
 arithmetic, quant_row.h the activation quantization of a row and ops.h the ops they call in C++.
 """
 from __future__ import annotations
@@ -27,12 +29,12 @@ from pathlib import Path
 import torch
 
 SOURCES = [Path(__file__).resolve().parent / "csrc" / name
-           for name in ("quant_rows.cpp", "opaque.cpp", "linear_dot.cpp", "paged_attention.cpp", "int8_dot.cpp",
-                         "decode_stack.cpp")]
+           for name in ("quant_rows.cpp", "opaque.cpp", "linear_dot.cpp", "block_dot.cpp", "paged_attention.cpp",
+                         "int8_dot.cpp", "decode_stack.cpp", "argmax.cpp")]
 HEADERS = [SOURCES[0].parent / name for name in ("vec.h", "quant_row.h", "ops.h")]
 NAME = "llmos_fused"
 OPS = ("quantize_rows_u8", "int8_linear", "rms_norm", "linear_packed", "dot_pack", "linear_dot", "paged_decode",
-       "dot8_pack", "int8_dot", "int8_dot_fast")
+       "dot8_pack", "int8_dot", "int8_dot_fast", "block_pack", "block_dot", "argmax_rows")
 
 
 def build_dir() -> Path:
@@ -84,6 +86,7 @@ def _load() -> bool:
     torch.library.register_fake("llmos::linear_dot", _linear_dot_shapes)
     torch.library.register_fake("llmos::paged_decode", _paged_decode_shapes)
     torch.library.register_fake("llmos::int8_dot", _int8_dot_shapes)
+    torch.library.register_fake("llmos::block_dot", _block_dot_shapes)
     return True
 
 
@@ -108,6 +111,11 @@ def _int8_linear_shapes(x: torch.Tensor, packed: torch.Tensor, scale: torch.Tens
 def _int8_dot_shapes(x: torch.Tensor, packed: torch.Tensor, comp: torch.Tensor, scale: torch.Tensor,
                      bias: torch.Tensor | None, smooth: torch.Tensor | None, eps: float, qmax: float) -> torch.Tensor:
     return x.new_empty((*x.shape[:-1], scale.shape[0]))
+
+
+def _block_dot_shapes(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor, n: int, bits: int,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], n))
 
 
 def _linear_packed_shapes(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

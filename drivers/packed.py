@@ -122,7 +122,8 @@ class DotGroup(MklGroup):
 
     def __init__(self, src: MklGroup) -> None:
         self._same_product(src)
-        self.register_buffer("packed", torch.ops.llmos.dot_pack(src.weight.detach().float().contiguous()))
+        # A plain attribute, as nbytes() counts it (a buffer would be counted twice, and cast by .to()).
+        self.packed = torch.ops.llmos.dot_pack(src.weight.detach().float().contiguous())
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:

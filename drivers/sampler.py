@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import torch
 
+from llmos.drivers import ext
 from llmos.drivers.driver import SamplingParams
 
 
 def sample(logits: torch.Tensor, params: list[SamplingParams], positions: list[int]) -> list[int]:
     """logits [B, V] → one token per row."""
-    out = logits.argmax(dim=-1).tolist()
+    out = argmax(logits).tolist()
     for i, p in enumerate(params):
         if not p.greedy:
             out[i] = _sample_row(logits[i].float(), p, positions[i])
     return out
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax of logits [B, V], as torch.argmax(dim=-1); by llmos::argmax_rows on the
+    CPU (torch's took 0.48 ms for 16 rows of the default model's vocabulary, that op 0.03)."""
+    if logits.dim() == 2 and logits.dtype == torch.float32 and logits.device.type == "cpu" and ext.available():
+        return torch.ops.llmos.argmax_rows(logits)
+    return logits.argmax(dim=-1)
 
 
 def accept(draft: list[int], drawn: list[int]) -> int:

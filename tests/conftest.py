@@ -41,8 +41,11 @@ def make_kernel(tokenizer):
 
     def make(family="llama", pages=64, page_size=4, budget=64, swap=None, preempt="swap", policy="fcfs",
              dtype=torch.float32, quantize=None, speculate: "SpecConfig | None" = None, prefill_budget=None,
-             compile=False, **over):
+             compile=False, blocks: int | None = None, **over):
         model = tiny_model(family, dtype=dtype, **over)
+        if blocks:  # weights that are GGUF block values (4 or 8 bits), as a model loaded from a GGUF file
+            from tiny import block_values
+            block_values(model, blocks)
         if quantize:  # the reference is then transformers' generate() on the same quantized model
             from llmos.drivers.quant import quantize_model
             quantize_model(model, quantize, calibration=list(range(3, 200)))

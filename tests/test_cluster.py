@@ -75,11 +75,12 @@ def test_every_node_runs_a_kernel_with_the_model(c):
 
 def test_placement_spreads_across_nodes_and_outputs_match(c, ref, tokenizer):
     prompts = [f"Node process {i}" for i in range(3)]
-    pids = [c.spawn(MODEL, p, max_tokens=16, ignore_eos=True) for p in prompts]
+    # long enough to be still running when the next one is placed (a tiny model's 16 tokens are not)
+    pids = [c.spawn(MODEL, p, max_tokens=160, ignore_eos=True) for p in prompts]
     assert sorted(c.stat(pid).device for pid in pids) == sorted(["cpu:0", *nodes(c)])
     for pid, prompt in zip(pids, prompts):
         r = c.wait(pid)
-        assert r.reason == "length" and r.output == expected(ref, tokenizer, prompt, 16)
+        assert r.reason == "length" and r.output == expected(ref, tokenizer, prompt, 160)
 
 
 def test_prefix_aware_routing_across_nodes(c, ref, tokenizer):

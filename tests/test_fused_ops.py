@@ -262,3 +262,23 @@ def test_paged_decode_refuses_tables_that_point_outside_the_pool(fused):
             torch.ops.llmos.paged_decode(q, k_pool, v_pool, pages, lens, 1.0, 0)
     with pytest.raises(RuntimeError, match="float32"):
         torch.ops.llmos.paged_decode(q.double(), k_pool, v_pool, torch.tensor([[0]]), torch.tensor([1]), 1.0, 0)
+
+
+@pytest.mark.skipif(not ext.available(), reason="the fused ops are not built (make setup)")
+def test_argmax_rows_is_torchs_argmax_ties_and_nans_included():
+    gen = torch.Generator().manual_seed(0)
+    for rows, vocab in ((1, 49152), (16, 49152), (3, 17), (5, 1), (7, 100)):
+        x = torch.randn(rows, vocab, generator=gen)
+        assert torch.equal(torch.ops.llmos.argmax_rows(x), x.argmax(-1)), (rows, vocab)
+    x = torch.zeros(6, 50)
+    x[0, [3, 9, 40]] = 2.0  # ties: the first
+    x[1, [10, 45]] = float("nan")  # a NaN wins, the first of them
+    x[2] = float("-inf")
+    x[3, 0], x[3, 49] = -0.0, 0.0  # signed zeros are equal
+    x[3, 1:49] = -1.0
+    x[4, 33] = float("inf")
+    x[5, [20, 30]] = float("nan")
+    x[5, 25] = float("inf")
+    assert torch.ops.llmos.argmax_rows(x).tolist() == x.argmax(-1).tolist() == [3, 10, 0, 0, 33, 20]
+    with pytest.raises(RuntimeError, match="argmax_rows"):
+        torch.ops.llmos.argmax_rows(torch.zeros(2, 3, 4))

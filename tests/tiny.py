@@ -53,3 +53,26 @@ def tiny_model(family: str = "llama", seed: int = 0, dtype=torch.float32, **over
             if p.dim() == 2:
                 p.normal_(0.0, 0.15)
     return model.eval()
+
+
+def block_values(model, bits: int = 4) -> None:
+    """Round every Linear weight of `model`, in place, to the values of GGUF blocks (Q4_1 for
+    bits=4, Q8_0 for 8) dequantized to fp32, as a model loaded from a GGUF file holds them."""
+    with torch.no_grad():
+        for mod in model.modules():
+            if type(mod) is torch.nn.Linear:
+                mod.weight.copy_(block_rounded(mod.weight, bits))
+
+
+def block_rounded(w: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """w [out, in] rounded to block values: fp16 scales (and minimums) per 32 inputs, dequantized
+    as the GGUF reader does it (a multiply, then an add)."""
+    g = w.detach().float().reshape(w.shape[0], -1, 32)
+    if bits == 4:
+        lo = g.amin(-1).half().float()
+        d = ((g.amax(-1) - lo) / 15).half().float()
+        q = ((g - lo[..., None]) / d[..., None]).round().clamp(0, 15)
+        return (q * d[..., None] + lo[..., None]).reshape(w.shape)
+    d = (g.abs().amax(-1) / 127).half().float()
+    q = (g / d[..., None]).round().clamp(-128, 127)
+    return (q * d[..., None]).reshape(w.shape)

@@ -7,7 +7,7 @@
 // Here each layer is the same sequence of the same ops, called in C++ on the same tensors:
 //   x = rms_norm(h); qkv = x·Wqkv; q, k = rope(q, k); k, v -> the pool at the rows' slots;
 //   a = paged_decode(q); h = h + a·Wo; x = rms_norm(h); g, u = x·Wgu; h = h + (silu(g)·u)·Wd
-// with llmos's own products (linear_dot.cpp, int8_dot.cpp) or torch's 4-bit one, its RMSNorm (opaque.cpp), its decode
+// with llmos's own products (linear_dot.cpp, block_dot.cpp, int8_dot.cpp) or torch's 4-bit one, its RMSNorm (opaque.cpp), its decode
 // attention (paged_attention.cpp) and ATen's silu, and RoPE as drivers/lean_ops.py's
 // x·cos + roll(x)·sin', each product rounded as the op rounds it (-ffp-contract=off). So the
 // bits are the direct path's (tests/test_decode_stack.py); drivers/stack.py decides where it
@@ -26,14 +26,15 @@
 
 namespace {
 
-constexpr int64_t kSlots = 5;  // tensors per product: packed, comp, scale, bias, smooth (empty: none)
+constexpr int64_t kSlots = 5;  // tensors per product: packed, comp (block_dot: scales), scale, bias, smooth (empty: none)
 constexpr int64_t kProducts = 4;  // q/k/v, o, gate/up, down
 constexpr int64_t kTensorsPerLayer = 2 + kProducts * kSlots;  // and the two norms' weights
 constexpr int64_t kIntsPerLayer = 1 + 2 * kProducts;  // window, then each product's kind and width
 constexpr int64_t kFloatsPerLayer = 3;  // the norms' eps, attention's scale
 constexpr int64_t kHeader = 6;  // ints before the layers'
-// linear_dot's packed fp32, int8_dot's tiles, torch's 4-bit packing (bf16 at its boundary, as drivers/int4.py)
-enum Kind : int64_t { kFloatDot = 0, kInt8Dot = 1, kInt4 = 2 };
+// linear_dot's packed fp32, int8_dot's tiles, torch's 4-bit packing (bf16 at its boundary, as drivers/int4.py),
+// block_dot's 4- and 8-bit blocks of fp32 weights (linear_dot's bits)
+enum Kind : int64_t { kFloatDot = 0, kInt8Dot = 1, kInt4 = 2, kBlocks4 = 3, kBlocks8 = 4 };
 
 c10::optional<at::Tensor> given(const at::Tensor& t) {
   return t.numel() ? c10::optional<at::Tensor>(t) : c10::nullopt;
@@ -103,7 +104,8 @@ class DecodeStack : public torch::CustomClassHolder {
         const at::Tensor* t = w + 2 + i * kSlots;
         p.kind = c[1 + 2 * i], p.n = c[2 + 2 * i];
         p.packed = t[0], p.comp = t[1], p.scale = t[2], p.bias = given(t[3]), p.smooth = given(t[4]);
-        TORCH_CHECK(p.n == widths[i] && (p.kind == kFloatDot || p.kind == kInt8Dot || (p.kind == kInt4 && group4_ > 0)),
+        TORCH_CHECK(p.n == widths[i] && (p.kind == kFloatDot || p.kind == kInt8Dot || p.kind == kBlocks4 ||
+                                         p.kind == kBlocks8 || (p.kind == kInt4 && group4_ > 0)),
                     "DecodeStack: layer ", l, "'s product ", i, " is not a known kind of ", widths[i], " outputs");
       }
       layers_.push_back(std::move(y));
@@ -173,6 +175,10 @@ class DecodeStack : public torch::CustomClassHolder {
     if (p.kind == kFloatDot) {
       RECORD_FUNCTION("llmos::linear_dot", std::vector<c10::IValue>());
       return llmos_ops::linear_dot(x, p.packed, p.n, p.bias);
+    }
+    if (p.kind == kBlocks4 || p.kind == kBlocks8) {
+      RECORD_FUNCTION("llmos::block_dot", std::vector<c10::IValue>());
+      return llmos_ops::block_dot(x, p.packed, p.comp, p.n, p.kind == kBlocks4 ? 4 : 8, p.bias);
     }
     if (p.kind == kInt8Dot) {
       RECORD_FUNCTION("llmos::int8_dot", std::vector<c10::IValue>());

@@ -1,0 +1,125 @@
+"""fp32 weights kept as the blocks they were dequantized from: llmos::block_dot (drivers/csrc/block_dot.cpp).
+
+A model loaded from a GGUF file is fp32 in memory, but its weights are dequantized blocks: in
+the default model every decoder weight is a Q4_1 value, w = (q·d) + m with q in 0..15 and fp16 d
+and m per 32 inputs, and its tied LM head is Q8_0, w = q·d with q in -128..127. transformers
+holds them as 538 MB of fp32, which a decode step at one row streams from memory in full.
+
+BlockGroup finds the blocks back from the fp32 weights (`blocks_of`), keeps only them (~4.5 or
+~8.5 bits a weight) and checks that they give every weight back bit for bit; block_dot
+dequantizes them in registers and runs llmos::linear_dot's chain of fused multiply-adds on the
+same values in the same order. So a product's bits are DotGroup's, and the model is the fp32
+model that generate() runs; only the bytes read per step change. Weights that are not such
+values (a model trained or stored in fp32 or bf16) have no blocks, and keep DotGroup's form.
+drivers/choice.py offers the form where it exists and serves it where it is measured faster.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from llmos.drivers.packed import MklGroup
+
+GROUP = 32  # weights per block along the input, as in GGUF's Q4_1 and Q8_0
+FP16_MAX = 65504.0
+
+
+class Blocks:
+    """Block-quantized values of fp32 weights [out, in]: bits 4 (q 0..15, w = q·d + m) or
+    8 (q -128..127, w = q·d), with fp16 d (and m) per GROUP inputs of each output."""
+
+    def __init__(self, bits: int, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor | None) -> None:
+        self.bits, self.q, self.d, self.m = bits, q, d, m
+
+    def dequantize(self) -> torch.Tensor:
+        """The fp32 weights, as the GGUF reader computes them: a multiply, then an add."""
+        out, inp = self.q.shape
+        w = self.q.reshape(out, -1, GROUP).float() * self.d.float()[..., None]
+        if self.m is not None:
+            w = w + self.m.float()[..., None]
+        return w.reshape(out, inp)
+
+
+def blocks_of(w: torch.Tensor) -> Blocks | None:
+    """The 4-bit, else the 8-bit, blocks that give every fp32 weight of w [out, in] back bit for
+    bit; None where there are none (or w is not fp32 with inputs in whole blocks)."""
+    if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % GROUP or not w.numel():
+        return None
+    w = w.detach()
+    g = w.reshape(w.shape[0], -1, GROUP)
+    for found in (_four(g), _eight(g)):
+        if found is not None and torch.equal(found.dequantize(), w):
+            return found
+    return None
+
+
+def _four(g: torch.Tensor) -> Blocks | None:
+    """Q4_1: every block holds its minimum m (q = 0) and, where it is not constant, m + 15·d."""
+    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
+    d, m = _fp16((hi - lo) / 15), _fp16(lo)
+    if d is None or m is None:
+        return None
+    df = d.float()[..., None]
+    q = torch.where(df > 0, (g - m.float()[..., None]) / torch.where(df > 0, df, 1), 0).round_()
+    if q.min() < 0 or q.max() > 15:
+        return None
+    return Blocks(4, q.to(torch.uint8).reshape(g.shape[0], -1), d, m)
+
+
+def _eight(g: torch.Tensor) -> Blocks | None:
+    """Q8_0: the largest magnitude of every block is 127·d."""
+    d = _fp16(g.abs().amax(dim=-1) / 127)
+    if d is None:
+        return None
+    df = d.float()[..., None]
+    q = torch.where(df > 0, g / torch.where(df > 0, df, 1), 0).round_()
+    if q.min() < -128 or q.max() > 127:
+        return None
+    return Blocks(8, q.to(torch.int8).reshape(g.shape[0], -1), d, None)
+
+
+def _fp16(x: torch.Tensor) -> torch.Tensor | None:
+    """x as fp16 where every value is one exactly; else None."""
+    if not torch.isfinite(x).all() or x.abs().max() > FP16_MAX:
+        return None
+    h = x.half()
+    return h if torch.equal(h.float(), x) else None
+
+
+class BlockGroup(MklGroup):
+    """An fp32 product on weights kept as their blocks (`llmos::block_dot`): DotGroup's bits,
+    from a quarter (8-bit) or an eighth (4-bit) of the bytes."""
+
+    form = "blocks"
+
+    def __init__(self, src: MklGroup, blocks: Blocks) -> None:
+        self._same_product(src)
+        self.bits = blocks.bits
+        m = blocks.m if blocks.m is not None else torch.empty(0, dtype=torch.float16)
+        # Plain attributes, counted by nbytes(): a dtype cast of the model must leave them alone.
+        self.packed, self.scales = torch.ops.llmos.block_pack(blocks.q, blocks.d, m, blocks.bits)
+
+    @classmethod
+    def of(cls, src: MklGroup) -> "BlockGroup | None":
+        """src's product on its blocks; None where its weights are not block values."""
+        if src.dtype != torch.float32:
+            return None
+        blocks = blocks_of(src.dense())
+        return cls(src, blocks) if blocks is not None else None
+
+    def product(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return F.linear(x, self.dense(), self.bias)
+        return torch.ops.llmos.block_dot(x, self.packed, self.scales, self.shape[0], self.bits, self.bias)
+
+    def dense(self) -> torch.Tensor:
+        # Each output of I·Wᵀ is one weight times 1 plus zeros: the weights, exactly.
+        eye = torch.eye(self.shape[1])
+        return torch.ops.llmos.block_dot(eye, self.packed, self.scales, self.shape[0], self.bits, None).T.contiguous()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    def nbytes(self) -> int:
+        return self.packed.numel() * self.packed.element_size() + self.scales.numel() * self.scales.element_size()
