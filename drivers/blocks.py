@@ -46,8 +46,11 @@ def blocks_of(w: torch.Tensor) -> Blocks | None:
     if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % GROUP or not w.numel():
         return None
     w = w.detach()
-    g = w.reshape(w.shape[0], -1, GROUP)
-    for found in (_four(g), _eight(g)):
+    for find in (_four, _eight):  # the first output alone first: most weights are no blocks, and cheaply told
+        one = find(w[:1].reshape(1, -1, GROUP))
+        if one is None or not torch.equal(one.dequantize(), w[:1]):
+            continue
+        found = find(w.reshape(w.shape[0], -1, GROUP))
         if found is not None and torch.equal(found.dequantize(), w):
             return found
     return None

@@ -223,17 +223,10 @@ at::Tensor block_dot(const at::Tensor& x, const at::Tensor& packed, const at::Te
                   scales.size(0) == packed.size(0) && scales.size(1) == k / kGroup && scales.size(2) == per_block &&
                   scales.size(3) == kCols,
               "block_dot: the scales must be block_pack's (bits ", bits, ") of the same weights");
-  const at::Tensor rows = x.reshape({-1, k}).contiguous();
-  const int64_t m = rows.size(0);
-  at::Tensor y = at::empty({m, n}, x.options());
-  if (m > 0 && n > 0) {
-    auto run = bits == 4 ? &product<4> : &product<8>;
-    run(rows.data_ptr<float>(), m, packed.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), n, k, y.data_ptr<float>());
-  }
-  if (bias.has_value() && bias->defined()) y.add_(*bias);
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = n;
-  return y.view(sizes);
+  auto run = bits == 4 ? &product<4> : &product<8>;
+  return over_rows(x, n, bias, [&](const float* rows, int64_t m, float* y) {
+    run(rows, m, packed.data_ptr<uint8_t>(), scales.data_ptr<at::Half>(), n, k, y);
+  });
 }
 
 }  // namespace llmos_ops

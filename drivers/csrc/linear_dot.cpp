@@ -105,14 +105,9 @@ at::Tensor linear_dot(const at::Tensor& x, const at::Tensor& packed, int64_t n, 
                   n > (packed.size(0) - 1) * kCols && n <= packed.size(0) * kCols,
               "linear_dot: the weights must be dot_pack's of x's width and ", n, " outputs");
   const int64_t k = x.size(-1);
-  const at::Tensor rows = x.reshape({-1, k}).contiguous();
-  const int64_t m = rows.size(0);
-  at::Tensor y = at::empty({m, n}, x.options());
-  if (m > 0 && n > 0) product(rows.data_ptr<float>(), m, packed.data_ptr<float>(), n, k, y.data_ptr<float>());
-  if (bias.has_value() && bias->defined()) y.add_(*bias);
-  std::vector<int64_t> sizes = x.sizes().vec();
-  sizes.back() = n;
-  return y.view(sizes);
+  return over_rows(x, n, bias, [&](const float* rows, int64_t m, float* y) {
+    product(rows, m, packed.data_ptr<float>(), n, k, y);
+  });
 }
 
 }  // namespace llmos_ops
