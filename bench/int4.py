@@ -4,14 +4,12 @@
     python bench/int4.py --quality --json bench/results/int4.json
 
 Linear layers (every group once per pass, as the model calls them; median of --repeat):
-- `fp32`: F.linear on the weights as stored (MKL). `packed`: what the CPU driver serves fp32
-  with (drivers/packed.py). `int8`: llmos int8, prepacked (drivers/quant.py).
-- `int4`: llmos int4 (drivers/int4.py): torch's int4pack kernel, bf16 activations, int8 head.
-- fp32 activations on the same 4-bit weights, to see whether keeping fp32 pays:
-  `int4_f32kernel` (torch's own int4pack kernel fed fp32), `deq_fp32` and `deq_bf16`
-  (the nibbles dequantized on the fly, then F.linear).
-Decode steps: the kernel with N processes decoding (N rows a step), per weight mode, and
-`int4+int8` (int4 up to --wide-rows rows a call, the int8 copy above).
+- `fp32`: F.linear on the weights as stored (MKL). `packed`: oneDNN's prepacked product
+  (drivers/packed.py). `int8`: llmos int8, prepacked (drivers/quant.py).
+- `int4`: llmos int4 (drivers/int4.py): Q4_1 blocks multiplied in fp32 by llmos::block_dot, the
+  LM head Q8_0. For the default model these are its own weights, which its fp32 model is served
+  from too wherever the measured choice picks the blocks (drivers/choice.py).
+Decode steps: the kernel with N processes decoding (N rows a step), per weight mode.
 --quality adds bench/quantizers.py's table (perplexity on bench/data/quality.txt, decode
 speed in transformers, batch drift) for fp32, llmos_int8 and llmos_int4.
 """
@@ -31,7 +29,6 @@ if __package__ in (None, ""):
 warnings.filterwarnings("ignore")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -40,61 +37,17 @@ from bench.common import MODEL, default_store  # noqa: E402
 ROWS = (1, 2, 4, 8, 16)
 
 
-def _quantized(mode: str, wide_rows: int | None = None):
+def _quantized(mode: str):
     def make(model: torch.nn.Module) -> torch.nn.Module:
-        from llmos.drivers import int4, packed, quant
+        from llmos.drivers import packed, quant
 
-        if wide_rows is None:
-            quant.quantize_model(model, mode)
-        else:
-            model.config.tie_word_embeddings = False
-            int4.quantize(model, quant.check_model(model, "int4"), None, wide_rows=wide_rows)
+        quant.quantize_model(model, mode)
         packed.pack_model(model)  # the CPU driver's prepacking (int8 groups, any Linear left)
         return model
     return make
 
 
-def _fp32_activations(kind: str):
-    """int4 weights with activations kept fp32: torch's kernel fed fp32, or the nibbles
-    dequantized on the fly (to fp32 or bf16) and multiplied by F.linear."""
-    def make(model: torch.nn.Module) -> torch.nn.Module:
-        from llmos.drivers import int4
-
-        _quantized("int4")(model)
-        for g in {id(m): m for m in model.modules() if isinstance(m, int4.Int4Group)}.values():
-            g.compute = _compute(g, kind)
-        return model
-    return make
-
-
-def _compute(g, kind: str):
-    from llmos.drivers.int4 import GROUP
-
-    sz = g.scales_zeros.float()
-    out, inp = g.shape
-    if kind == "f32kernel":
-        return lambda x: torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, inp), g.packed, GROUP, sz).view(
-            *x.shape[:-1], out)
-    # q back from the kernel's packing (scale 1, zero 8 make it return q itself), kept in a
-    # plain layout of two weights a byte and unpacked with torch ops on every call.
-    eye = torch.eye(inp, dtype=torch.bfloat16)
-    q = (torch.ops.aten._weight_int4pack_mm_for_cpu(eye, g.packed, GROUP, torch.stack(
-        [torch.ones_like(sz[..., 0]), torch.full_like(sz[..., 0], 8)], -1).bfloat16()).t().to(torch.uint8))
-    nib = (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
-    scale, zero = (t.t().contiguous()[..., None] for t in sz.unbind(-1))
-    dtype = torch.float32 if kind == "deq_fp32" else torch.bfloat16
-
-    def compute(x: torch.Tensor) -> torch.Tensor:
-        w = torch.stack([nib & 15, nib >> 4], dim=-1).view(out, inp // GROUP, GROUP).to(dtype)
-        w = ((w - 8) * scale.to(dtype) + zero.to(dtype)).view(out, inp)
-        return F.linear(x.to(dtype), w).to(x.dtype)
-    return compute
-
-
-WAYS = {"fp32": lambda m: m, "packed": _quantized("none"), "int8": _quantized("int8"), "int4": _quantized("int4"),
-        "int4_f32kernel": _fp32_activations("f32kernel"), "deq_fp32": _fp32_activations("deq_fp32"),
-        "deq_bf16": _fp32_activations("deq_bf16")}
-SLOW = {"int4_f32kernel": 2, "deq_fp32": 4, "deq_bf16": 4}  # rows up to which these are timed at all
+WAYS = {"fp32": lambda m: m, "packed": _quantized("none"), "int8": _quantized("int8"), "int4": _quantized("int4")}
 
 
 @torch.inference_mode()
@@ -110,7 +63,7 @@ def linear_ms(models: dict[str, torch.nn.Module], rows: list[int], repeat: int) 
     times: dict[tuple[str, int], list[float]] = {}
     for _ in range(repeat + 1):  # the first round warms up
         for way, layers in calls.items():
-            for r in [r for r in rows if r <= SLOW.get(way, r)]:
+            for r in rows:
                 t = time.perf_counter()
                 for layer, width in layers:
                     layer(inputs[r][width])
@@ -135,23 +88,16 @@ def step_ms(k, name: str, procs: int, steps: int) -> float:
     return 1e3 * statistics.median(times)
 
 
-def run_steps(store: Path, threads: int, rows: list[int], steps: int, wide_rows: int) -> list[dict]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def run_steps(store: Path, threads: int, rows: list[int], steps: int) -> list[dict]:
     from llmos.drivers.cpu import CPUDriver
     from llmos.drivers.quant import model_bytes
     from llmos.kernel import ROOT, Kernel, KernelConfig
     from llmos.kernel.models import ModelStore
 
     out = []
-    for mode in ("none", "int8", "int4", "int4+int8"):
+    for mode in ("none", "int8", "int4"):
         k = Kernel(CPUDriver(threads), KernelConfig(page_size=16, kv_pages=512), ModelStore(store))
-        if mode == "int4+int8":
-            path = ModelStore(store).resolve(MODEL)
-            model = _quantized("int4", wide_rows)(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32))
-            name = k.adopt_model("int4+int8", model, AutoTokenizer.from_pretrained(path)).name
-        else:
-            name = k.load_model(ROOT, MODEL, quantize=mode).name
+        name = k.load_model(ROOT, MODEL, quantize=mode).name
         nbytes = model_bytes(k.driver.runners[name].model)
         for n in rows:
             out.append({"mode": mode, "procs": n, "ms": step_ms(k, name, n, steps), "weight_bytes": nbytes})
@@ -167,7 +113,7 @@ def quality(store: Path, threads: int) -> list[dict]:
 
         quant.quantize_model(model, "int4", calibration=tok(probe.CALIBRATION_TEXT)["input_ids"])
         return model
-    quantizers.METHODS["llmos_int4"] = (int4, "llmos: Q4_1 groups (int4pack, bf16 activations), int8 LM head")
+    quantizers.METHODS["llmos_int4"] = (int4, "llmos: Q4_1 blocks in fp32 (llmos::block_dot), Q8_0 LM head")
     return quantizers.run(["fp32", "llmos_int8", "llmos_int4"], threads, store)
 
 
@@ -186,7 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ways", default=",".join(WAYS), help=f"subset of {','.join(WAYS)}")
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--steps", type=int, default=12, help="decode steps timed per process count (0: none)")
-    ap.add_argument("--wide-rows", type=int, default=4, help="the int4+int8 row threshold")
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--store", type=Path, default=default_store())
@@ -222,9 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         result["R"] = max((r for r in rows if all(w in wins for w in rows if w <= r)), default=0)
         console.print(f"int4 is the fastest Linear form up to R = {result['R']} rows on this CPU")
     if args.steps:
-        result["steps"] = run_steps(args.store, args.threads, rows, args.steps, args.wide_rows)
-        s = Table(title=f"decode step through the kernel, ms (median of {args.steps}); int4+int8: int8 above "
-                        f"{args.wide_rows} rows")
+        result["steps"] = run_steps(args.store, args.threads, rows, args.steps)
+        s = Table(title=f"decode step through the kernel, ms (median of {args.steps})")
         s.add_column("mode")
         for r in rows:
             s.add_column(f"{r} procs", justify="right")

@@ -93,26 +93,32 @@ def command(data: dict) -> str:
 
 
 def render_throughput(data: dict, source: str) -> str:
+    """A row per system and, per process count N, its tok/s, its ratio to the peer at N
+    (`hf_generate` at N = 1, `hf_static_batch` above) and, where known, its share of the roofline."""
     runs = {(r["system"], r["concurrency"]): r.get("tok_s") for r in data["runs"]}
     roof = {(r["system"], r["concurrency"]): r.get("fraction") for r in data.get("roofline", [])}
     systems = [s for s in data.get("config", {}).get("systems", []) if any(k[0] == s for k in runs)]
     systems += [s for s, _ in runs if s not in systems]
-    mine = [s for s in LLMOS if s in systems]
-    roofed = [s for s in mine if any(k[0] == s for k in roof)]
+    counts = sorted({k[1] for k in runs})
+    peers = {n: "hf_generate" if n == 1 else "hf_static_batch" for n in counts}
+    roofed = [n for n in counts if any(k[1] == n for k in roof)]
+    header = ["system"]
+    for n in counts:
+        header += [f"N={n} tok/s", f"× {peers[n]}"] + (["of roof"] if n in roofed else [])
     rows = []
-    for n in sorted({k[1] for k in runs}):
-        peer = "hf_generate" if n == 1 else "hf_static_batch"
-        base = runs.get((peer, n))
-        ratios = [fmt(runs[s, n] / base, 2, "×") if base and runs.get((s, n)) is not None else DASH for s in mine]
-        rows.append([str(n)] + [fmt(runs.get((s, n))) for s in systems] + [peer if base else DASH] + ratios
-                    + [fmt(roof.get((s, n)), 0, "%", 100) for s in roofed])
-    header = ["N"] + systems + ["vs"] + [f"{s} ×" for s in mine] + [f"{s} of roof" for s in roofed]
+    for s in systems:
+        row = [s]
+        for n in counts:
+            base, mine = runs.get((peers[n], n)), runs.get((s, n))
+            ratio = fmt(mine / base, 2, "×") if base and mine is not None and s.startswith("llmos") else DASH
+            row += [fmt(mine), ratio] + ([fmt(roof.get((s, n)), 0, "%", 100)] if n in roofed else [])
+        rows.append(row)
     return "\n\n".join([
         f"{machine_line(data['machine'])} From `{source}`: `{command(data)}`.",
         table(header, rows),
-        f"tok/s with N processes × {data.get('config', {}).get('new_tokens', '?')} new tokens each; `×` is each llmos "
-        "system's tok/s over the `vs` peer's (`hf_generate` one at a time at N = 1, `hf_static_batch` above); "
-        "`of roof` is tok/s over the roofline bound for its weights.",
+        f"tok/s with N processes × {data.get('config', {}).get('new_tokens', '?')} new tokens each; `×` is an llmos "
+        "system's tok/s over its peer's at that N (`hf_generate` one request at a time at N = 1, `hf_static_batch` "
+        "above); `of roof` is tok/s over the roofline bound for the bytes of its weights as served.",
         targets_table(data.get("targets", []))])
 
 

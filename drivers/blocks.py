@@ -11,13 +11,15 @@ dequantizes them in registers and runs llmos::linear_dot's chain of fused multip
 same values in the same order. So a product's bits are DotGroup's, and the model is the fp32
 model that generate() runs; only the bytes read per step change. Weights that are not such
 values (a model trained or stored in fp32 or bf16) have no blocks, and keep DotGroup's form.
-drivers/choice.py offers the form where it exists and serves it where it is measured faster.
+drivers/choice.py offers the form where it exists and serves it where it is measured faster;
+`--quantize int4` rounds any model's weights to such values and serves them so (drivers/int4.py).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
+from llmos.drivers.driver import QuantizeError
 from llmos.drivers.packed import MklGroup
 
 GROUP = 32  # weights per block along the input, as in GGUF's Q4_1 and Q8_0
@@ -112,7 +114,11 @@ class BlockGroup(MklGroup):
 
     def product(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
-            return F.linear(x, self.dense(), self.bias)
+            return F.linear(x, self.dense().to(x.dtype), self.bias)
+        if x.dtype != torch.float32:  # a bf16 model's int4 layers: the product in fp32, then back
+            bias = self.bias.float() if self.bias is not None else None
+            return torch.ops.llmos.block_dot(x.float(), self.packed, self.scales, self.shape[0], self.bits,
+                                             bias).to(x.dtype)
         return torch.ops.llmos.block_dot(x, self.packed, self.scales, self.shape[0], self.bits, self.bias)
 
     def dense(self) -> torch.Tensor:
@@ -123,6 +129,11 @@ class BlockGroup(MklGroup):
     @property
     def dtype(self) -> torch.dtype:
         return torch.float32
+
+    def _apply(self, fn, recurse=True):  # the blocks are plain attributes: a device move would leave them behind
+        if fn(torch.zeros(1)).device.type != "cpu":
+            raise QuantizeError("block weights run on the CPU only (llmos::block_dot); they cannot move to another device")
+        return super()._apply(fn, recurse)
 
     def nbytes(self) -> int:
         return self.packed.numel() * self.packed.element_size() + self.scales.numel() * self.scales.element_size()

@@ -46,6 +46,7 @@ from torch import nn
 from llmos.drivers import blocks, ext, measure, packed
 from llmos.drivers.choice_cache import KernelCache, Machine
 from llmos.drivers.fuse import FusedGroup, FusedLinear
+from llmos.drivers.int4 import Int4Group
 from llmos.drivers.quant import Int8Group
 
 # The first form a mode offers is its default: another must beat it by MARGIN. fp32's is llmos's own
@@ -99,8 +100,8 @@ class RowsGroup(FusedGroup):
 
 
 def shape_key(group: FusedGroup) -> str | None:
-    """'<mode> <out>x<in>' of a group whose form is chosen here; None for others (int4)."""
-    if isinstance(group, packed.MklGroup):
+    """'<mode> <out>x<in>' of a group whose form is chosen here; None for others (int4's blocks)."""
+    if isinstance(group, packed.MklGroup) and not isinstance(group, Int4Group):
         mode = {torch.float32: "fp32", torch.bfloat16: "bf16"}.get(group.dtype)
         return f"{mode} {group.shape[0]}x{group.shape[1]}" if mode else None
     if type(group) is Int8Group and group.weight_t is not None:
@@ -142,9 +143,6 @@ def serve(model: nn.Module, cache_dir: str | Path | None = None, machine: Machin
     if packed.supported(model):
         packed.fuse_model(model, at_once)
     served = _served_groups(model)
-    for g in model.modules():  # int8 groups inside other groups (int4's wide form): the default
-        if type(g) is Int8Group and g not in served:
-            g.prepack()
     classes: dict[str, list[FusedGroup]] = {}
     for g in served:
         key = shape_key(g)

@@ -2,19 +2,19 @@
 
 At one row, a step of a small model is mostly the cost of its ops, not their arithmetic
 (bench/step_profile.py). Inductor fuses the pointwise work between the products (RoPE, SiLU·mul,
-the residual adds, the 4-bit products' casts) and runs the layers from generated code. What it
-would compute another way stays as eager computes it:
+the residual adds) and runs the layers from generated code. What it would compute another way
+stays as eager computes it:
 - RMSNorm runs as llmos::rms_norm (drivers/csrc/opaque.cpp), an op inductor leaves whole:
   inductor's own norm sums in another order, an ulp away.
 - RoPE's cos and sin come from the rotary module, outside the compiled code: inductor's cos is
   not ATen's to the last bit.
-- Only products inductor calls as they are, or whose float work is elementwise: the 4-bit
-  groups (drivers/int4.py); the int8 ones, on oneDNN's packed weights one llmos op
-  (llmos::int8_linear), on `_int_mm`'s a row maximum, divisions, rounding and scaling around
-  the integer product; oneDNN's packed fp32 ones (llmos::linear_packed); and llmos's own fp32
-  ones (llmos::linear_dot). Decode attention is llmos::paged_decode, also whole. Inductor would
-  lower oneDNN's products itself only with the weights frozen into the graph, a minute of
-  compiling per load.
+- Only products inductor calls as they are, or whose float work is elementwise: the int8 ones,
+  on oneDNN's packed weights one llmos op (llmos::int8_linear), on `_int_mm`'s a row maximum,
+  divisions, rounding and scaling around the integer product; oneDNN's packed fp32 ones
+  (llmos::linear_packed); and llmos's own fp32 ones (llmos::linear_dot, and llmos::block_dot on
+  blocks: drivers/blocks.py, drivers/int4.py). Decode attention is llmos::paged_decode, also
+  whole. Inductor would lower oneDNN's products itself only with the weights frozen into the
+  graph, a minute of compiling per load.
 
 So a compiled step gives eager's logits bit for bit (tests/test_compiled.py) and tokens do not
 change. Steps of decode rows only (verify rows included) run compiled: one graph for one row and
@@ -39,7 +39,6 @@ from llmos.drivers import lean_ops
 from llmos.drivers.attention import PagedBatch
 from llmos.drivers.choice import RowsGroup
 from llmos.drivers.blocks import BlockGroup
-from llmos.drivers.int4 import Int4Group
 from llmos.drivers.lean import LeanDecoder, fused_problem
 from llmos.drivers.packed import DotGroup, PackedGroup
 from llmos.drivers.quant import Int8Group
@@ -65,7 +64,7 @@ def _exact(group: object) -> bool:
     step past the row counts its graph was traced for runs eagerly)."""
     if isinstance(group, RowsGroup):
         return all(_exact(form) for form in group.forms)
-    return (isinstance(group, Int4Group) and group.wide is None) or type(group) in (Int8Group, PackedGroup, DotGroup, BlockGroup)
+    return type(group) in (Int8Group, PackedGroup, DotGroup) or isinstance(group, BlockGroup)
 
 
 class CompiledDecode:

@@ -8,6 +8,7 @@ import torch
 
 from llmos.drivers import choice, compiled, ext, stack
 from llmos.drivers.driver import DeviceInfo
+from llmos.drivers.int4 import Int4Group
 from llmos.drivers.quant import Int8Group
 from llmos.drivers.runner import ModelRunner
 from llmos.drivers.torch_driver import TorchDriver
@@ -48,9 +49,14 @@ class CPUDriver(TorchDriver):
 
     def prepare(self, model: torch.nn.Module, cache_dir: str | None = None) -> str:
         """Serve each Linear shape in the form measured fastest on this CPU (drivers/choice.py),
-        the measurement cached in `cache_dir`; returns the one-line summary of the choice (and
-        how int8 activations are quantized: the fused op of drivers/ext.py, or torch ops)."""
+        the measurement cached in `cache_dir`; returns the one-line summary of the choice (with
+        int4's blocks, and how int8 activations are quantized: the fused op of drivers/ext.py, or
+        torch ops)."""
         line = choice.serve(model, cache_dir)
+        groups = len({id(m) for m in model.modules() if isinstance(m, Int4Group)})
+        if groups:
+            int4 = f"int4: {groups} groups of Q4_1 and Q8_0 blocks in fp32 (llmos::block_dot)"
+            line = "; ".join(part for part in (line, int4) if part)
         if any(isinstance(m, Int8Group) for m in model.modules()):
             line += "; int8 activations: " + ("fused op" if ext.available() else "torch ops (fused op not built)")
         return line

@@ -203,7 +203,7 @@ def check_model(model: nn.Module, mode: str) -> list[nn.Module]:
     if others or not parents:
         raise QuantizeError(f"{type(model).__name__} cannot be quantized to {mode}: it uses "
                             f"{', '.join(others) or 'no Linear'} layers; {mode} supports torch.nn.Linear only")
-    if mode == "int4":  # the int4 kernel's shape limits (drivers/int4.py)
+    if mode == "int4":  # the blocks' shape limits (drivers/int4.py)
         from llmos.drivers import int4
         int4.check_model(model)
     return parents
@@ -236,10 +236,10 @@ def quantize_model(model: nn.Module, mode: str, calibration: list[int] | None = 
         return QuantReport(mode, 0, 0, before, before)
     parents = check_model(model, mode)
     if getattr(getattr(model, "config", None), "tie_word_embeddings", False):
-        model.config.tie_word_embeddings = False  # the LM head gets its own int8 copy
-    if mode == "int4":  # 4-bit groups, the LM head int8 (drivers/int4.py)
+        model.config.tie_word_embeddings = False  # the LM head gets its own quantized copy
+    if mode == "int4":  # Q4_1 blocks, the LM head Q8_0 (drivers/int4.py)
         from llmos.drivers import int4
-        layers, groups = int4.quantize(model, parents, calibration)
+        layers, groups = int4.quantize(model, parents)
         return QuantReport(mode, layers, groups, before, model_bytes(model))
     ranges = activation_ranges(model, calibration) if calibration else {}
     layers, groups = replace_linears(parents, lambda linears: Int8Group(linears, ranges.get(linears[0])))

@@ -10,7 +10,7 @@ and tokens never change.
 It serves steps of decode rows (verify rows included) on the CPU where every piece of every
 layer is one it knows: both norms llmos::rms_norm, the fused RoPE, SiLU·mul, fp32 activations and
 KV, and each product at the step's row count llmos's own (a DotGroup's llmos::linear_dot, a
-BlockGroup's llmos::block_dot or an Int8Group's llmos::int8_dot) or torch's 4-bit one (an Int4Group, as drivers/int4.py calls it). drivers/choice.py may serve a product in another form at some row
+BlockGroup's llmos::block_dot or an Int8Group's llmos::int8_dot). drivers/choice.py may serve a product in another form at some row
 counts; steps of those row counts keep the compiled or eager path. `problem` says why a model
 is not served at all.
 """
@@ -24,12 +24,11 @@ from llmos.drivers import lean_ops
 from llmos.drivers.attention import PagedBatch
 from llmos.drivers.blocks import BlockGroup
 from llmos.drivers.choice import RowsGroup
-from llmos.drivers.int4 import GROUP, Int4Group
 from llmos.drivers.lean import LeanDecoder, fused_problem
 from llmos.drivers.packed import DotGroup
 from llmos.drivers.quant import DOT_EPS, DOT_QMAX, Int8Group
 
-FLOAT_DOT, INT8_DOT, INT4, BLOCKS4, BLOCKS8 = 0, 1, 2, 3, 4  # decode_stack.cpp's kinds of product
+FLOAT_DOT, INT8_DOT, BLOCKS4, BLOCKS8 = 0, 1, 2, 3  # decode_stack.cpp's kinds of product
 _NONE = torch.empty(0)
 
 
@@ -89,7 +88,7 @@ class StackedDecode:
             return None
         plans, lean = self.lean.direct.layers, self.lean
         p0 = plans[0]
-        ints = [lean.embed.weight.shape[1], p0.q_heads, p0.qk_heads - p0.q_heads, p0.head_dim, p0.act.inter, GROUP]
+        ints = [lean.embed.weight.shape[1], p0.q_heads, p0.qk_heads - p0.q_heads, p0.head_dim, p0.act.inter]
         floats = [DOT_EPS, DOT_QMAX]
         weights: list[torch.Tensor] = []
         for i, (p, window) in enumerate(zip(plans, lean.windows)):
@@ -130,14 +129,12 @@ def _operands(form: object) -> tuple[int, int, list[torch.Tensor]] | None:
     if type(form) is DotGroup and form.min_rows == 1 and form.packed.dtype == torch.float32:
         bias = form.bias if form.bias is not None else _NONE
         return FLOAT_DOT, form.shape[0], [form.packed, _NONE, _NONE, bias, _NONE]
-    if type(form) is BlockGroup and form.min_rows == 1:
+    if isinstance(form, BlockGroup) and form.min_rows == 1:  # int4's Int4Group too
         bias = form.bias if form.bias is not None else _NONE
         return BLOCKS4 if form.bits == 4 else BLOCKS8, form.shape[0], [form.packed, form.scales, _NONE, bias, _NONE]
     if type(form) is Int8Group and form.dot_operands() is not None:
         tiles, comp, scale, bias, smooth = form.dot_operands()
         return INT8_DOT, scale.shape[0], [tiles, comp, scale, _none(bias), _none(smooth)]
-    if type(form) is Int4Group and form.wide is None:
-        return INT4, form.shape[0], [form.packed, form.scales_zeros, _NONE, _none(form.bias), _NONE]
     return None
 
 

@@ -75,7 +75,7 @@ def test_compiled_decoding_matches_generate_with_and_without_speculation(make_ke
 
 def test_without_the_fused_ops_decode_steps_stay_eager_and_say_why(make_kernel, monkeypatch):
     monkeypatch.setattr(ext, "available", lambda: False)  # as where `make setup` could not build them
-    k, ref = make_kernel(quantize="int4", compile=True)
+    k, ref = make_kernel(quantize="int8", compile=True)
     assert k.driver.runners["tiny"].compiled is None
     assert "decode steps eager: the fused ops are not built" in k.models["tiny"].info.kernels
     p = spawn_all(k, [[5, 6, 7]], 6)[0]

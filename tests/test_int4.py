@@ -1,9 +1,10 @@
-"""int4 weights: exact against transformers' generate() on the same 4-bit model in mixed
-batches; a row's result never depends on its batch; the layers really hold packed nibbles;
-Q4_1 values are recovered as they were; shapes the kernel cannot take are refused by name.
+"""int4 weights (drivers/int4.py): every Linear weight rounded to its Q4_1 value (the LM head to
+Q8_0) and held as those blocks (drivers/blocks.py); a row's result never depends on its batch;
+Q4_1 values are recovered as they were, so the default model's weights come back bit for bit;
+shapes that are not whole blocks are refused by name.
 
-The tiny models of tests/tiny.py already fit the kernel (every in_features a multiple of 32,
-every out_features of 16); the refusal tests build ones that do not."""
+Exactness through the kernel against generate() on the same rounded model (batches, forks,
+prefix hits, preemption): tests/test_quant.py, tests/test_decode_stack.py, tests/test_compiled.py."""
 import copy
 import importlib.util
 import re
@@ -13,59 +14,74 @@ import pytest
 import torch
 from torch import nn
 
-from llmos.drivers import int4
-from llmos.drivers.int4 import GROUP, Int4Group, dequantize_groups, kernel_weight, quantize_groups
-from llmos.drivers.quant import Int8Group, QuantizeError, model_bytes, quantize_model
-from llmos.kernel import InvalidArgument, ROOT
+from llmos.drivers import ext, int4
+from llmos.drivers.blocks import GROUP
+from llmos.drivers.int4 import Int4Group, dequantize_groups, quantize_groups
+from llmos.drivers.quant import QuantizeError, model_bytes, quantize_model
+from llmos.kernel import InvalidArgument, ROOT, SpawnSpec, StopRules
 
-from tiny import tiny_model
+from tiny import block_rounded, tiny_model
+
+pytestmark = pytest.mark.skipif(not ext.available(), reason="the fused ops are not built (make setup)")
 
 
-# Exactness through the kernel (batches, forks, prefix hits, preemption): tests/test_quant.py.
+def groups_of(model) -> list[Int4Group]:
+    return list({id(m.group): m.group for m in model.modules() if hasattr(m, "group")}.values())
 
 
 def test_a_row_never_depends_on_its_batch():
-    torch.manual_seed(0)
-    lin = nn.Linear(128, 96)
-    group = Int4Group([lin])
-    x = torch.randn(40, 128) * torch.logspace(-2, 2, 40)[:, None]  # rows of very different scale
+    model = tiny_model()
+    want = copy.deepcopy(model.model.layers[0].mlp.down_proj)
+    quantize_model(model, "int4")
+    group = model.model.layers[0].mlp.down_proj.group
+    x = torch.randn(40, group.shape[1]) * torch.logspace(-2, 2, 40)[:, None]  # rows of very different scale
     with torch.inference_mode():
         together = group.compute(x)
-        for m in (1, 2, 3, 5, 8, 17, 33):  # every block shape of the kernel's row tiling
+        for m in (1, 2, 3, 5, 8, 9, 17, 33):  # every register tile of the kernel's row tiling
             assert torch.equal(group.compute(x[:m].clone()), together[:m])
         for i in range(40):
             assert torch.equal(group.compute(x[i:i + 1].clone()), together[i:i + 1])
-        want = lin(x)
-    assert (together - want).abs().max() < 0.1 * want.abs().max()
+        exact = want(x)
+    assert (together - exact).abs().max() < 0.1 * exact.abs().max()
 
 
-def test_layers_hold_packed_4bit_weights_and_the_kernel_multiplies_by_them():
+def test_layers_hold_4bit_blocks_of_the_rounded_weights():
     model = tiny_model()
+    weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if type(m) is nn.Linear}
     before = model_bytes(model)
     report = quantize_model(model, "int4", calibration=list(range(3, 200)))
-    groups = {id(m): m for m in model.modules() if isinstance(m, Int4Group)}.values()
-    assert len(groups) == 2 * 4 and isinstance(model.lm_head.group, Int8Group)  # qkv, o, gate/up, down; int8 head
-    assert report.layers == 15 and report.groups == 9
-    four_bit = 0
+    groups = groups_of(model)
+    assert all(type(g) is Int4Group for g in groups) and not any(type(m) is nn.Linear for m in model.modules())
+    assert report.layers == 15 and report.groups == 9  # per layer q/k/v, o, gate/up, down; the head
+    assert model.lm_head.group.bits == 8 and {g.bits for g in groups if g is not model.lm_head.group} == {4}
+    assert report.bytes_after == model_bytes(model) < before
     for g in groups:
         out, inp = g.shape
-        assert g.packed.dtype == torch.uint8 and g.packed.numel() * g.packed.element_size() == out * inp // 2
-        assert g.scales_zeros.dtype == torch.bfloat16 and tuple(g.scales_zeros.shape) == (inp // GROUP, out, 2)
-        assert g.nbytes() == out * inp // 2 + (inp // GROUP) * out * 2 * 2
-        four_bit += out * inp
-    assert not any(type(m) is nn.Linear for m in model.modules())
-    assert report.bytes_after == model_bytes(model) < before
-    # the decoder Linears went from 4 bytes a weight to 1/2 byte plus 1/8 for their scales
-    assert sum(g.nbytes() for g in groups) == four_bit * 5 // 8
-    g = model.model.layers[0].mlp.down_proj.group
-    lin = nn.Linear(128, 64, bias=False)
-    torch.manual_seed(1)
-    ref = Int4Group([lin])
-    eye = torch.eye(128)
-    with torch.inference_mode():
-        got = ref.compute(eye)  # row k: column k of the weights the kernel used, in bf16
-    assert torch.equal(got, kernel_weight(*quantize_groups(lin.weight)).t().bfloat16().float())
-    assert g.shape == (64, 128)
+        padded = -(-out // 96) * 96 * inp  # whole tiles of 96 outputs
+        # half a byte (or one) a weight, and an fp16 step and minimum (or step) per block
+        assert g.nbytes() == (padded // 2 + padded // GROUP * 4 if g.bits == 4 else padded + padded // GROUP * 2)
+    # what the kernel multiplies by: each weight rounded to its Q4_1 value (fp16 step and minimum)
+    w = weights["model.layers.0.mlp.down_proj"]
+    assert torch.equal(model.model.layers[0].mlp.down_proj.group.dense(), dequantize_groups(*quantize_groups(w)))
+    err = (model.model.layers[0].mlp.down_proj.group.dense() - w).abs().view(w.shape[0], -1, GROUP).amax(-1)
+    _, d, _ = quantize_groups(w)
+    assert (err <= d * 0.5 + 1e-6).all()  # within half a step of the Q4_1 grid
+
+
+def test_weights_that_are_q4_1_values_already_are_kept_bit_for_bit():
+    """The default model's case: rounding block values gives them back, so int4 is its fp32 model."""
+    model = tiny_model()
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if type(mod) is nn.Linear:
+                mod.weight.copy_(block_rounded(mod.weight, 8 if name == "lm_head" else 4))
+    weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if type(m) is nn.Linear}
+    quantize_model(model, "int4")
+    assert torch.equal(model.lm_head.group.dense(), weights["lm_head"])
+    down = model.model.layers[1].mlp.down_proj
+    assert torch.equal(down.group.dense()[down.start:down.stop], weights["model.layers.1.mlp.down_proj"])
+    qkv = model.model.layers[0].self_attn.q_proj.group
+    assert torch.equal(qkv.dense(), torch.cat([weights[f"model.layers.0.self_attn.{p}_proj"] for p in "qkv"]))
 
 
 def test_requantizing_q4_1_values_recovers_them_exactly():
@@ -80,8 +96,6 @@ def test_requantizing_q4_1_values_recovers_them_exactly():
     q2, d2, m2 = quantize_groups(w)
     assert torch.equal(q2, q) and torch.equal(d2, d) and torch.equal(m2, m)
     assert torch.equal(dequantize_groups(q2, d2, m2), w)
-    # the kernel keeps d and m + 8d in bf16: within a small part of a step of the Q4_1 values
-    assert ((kernel_weight(q2, d2, m2) - w).abs().view(out, -1, GROUP).amax(-1) / d).max() < 0.1
 
 
 def _gguf_path():
@@ -126,18 +140,19 @@ def test_fused_projections_equal_separate_ones(monkeypatch):
         assert torch.equal(fused(torch.tensor([ids])).logits, apart(torch.tensor([ids])).logits)
 
 
-@pytest.mark.parametrize("over, problem", [
-    ({"intermediate_size": 80}, "model.layers.0.mlp.down_proj has in_features 80, not a multiple of 32 (the group size)"),
-    ({"intermediate_size": 72}, ("model.layers.0.mlp.gate_proj has out_features 72, not a multiple of 16 "
-                                 "(torch's int4 CPU packing)")),
-])
-def test_shapes_the_kernel_cannot_take_are_refused_by_name(over, problem):
-    model = tiny_model(**over)
+def test_shapes_that_are_not_whole_blocks_are_refused_by_name():
+    model = tiny_model(intermediate_size=80)
     saved = copy.deepcopy(model.state_dict())
+    problem = "model.layers.0.mlp.down_proj has in_features 80, not a multiple of 32 (the block size)"
     with pytest.raises(QuantizeError, match=re.escape(f"LlamaForCausalLM cannot be quantized to int4: {problem}")):
         quantize_model(model, "int4")
     assert all(type(m) is nn.Linear for m in [model.lm_head, model.model.layers[0].mlp.down_proj])
     assert all(torch.equal(saved[n], t) for n, t in model.state_dict().items())  # untouched
+    from llmos.drivers.quant import check_model
+    odd = tiny_model(vocab_size=390)  # outputs need not be a multiple of anything
+    odd.config.tie_word_embeddings = False
+    int4.quantize(odd, check_model(odd, "int4"), head="int4")
+    assert odd.lm_head.group.shape == (390, 64) and odd.lm_head.group.bits == 4
 
 
 def test_a_refused_int4_load_names_the_layer(tmp_path, tokenizer):
@@ -159,34 +174,35 @@ def test_a_refused_int4_load_names_the_layer(tmp_path, tokenizer):
 def test_int4_weights_stay_on_the_cpu():
     model = tiny_model()
     quantize_model(model, "int4")
-    with pytest.raises(QuantizeError, match="int4 weights run on the CPU only"):
+    with pytest.raises(QuantizeError, match="block weights run on the CPU only"):
         model.to("meta")
-    model.to(torch.float32)  # a cast on the CPU leaves the kernel's bf16 scales alone
-    assert model.model.layers[0].mlp.down_proj.group.scales_zeros.dtype == torch.bfloat16
+    model.to(torch.float32)  # a cast on the CPU leaves the blocks' fp16 scales alone
+    assert model.model.layers[0].mlp.down_proj.group.scales.dtype == torch.float16
 
 
-def test_wide_rows_dispatch_to_an_int8_copy_and_what_it_costs():
-    """With wide_rows=R, calls of more than R rows use int8: a second form of the weights,
-    so a row's result then depends on how many rows share the call (why the mode leaves it off)."""
-    torch.manual_seed(0)
-    lins = [nn.Linear(64, 96), nn.Linear(64, 32, bias=False)]
-    plain, wide, eight = Int4Group(lins), Int4Group(lins, wide_rows=2), Int8Group(lins)
-    x = torch.randn(5, 64)
-    with torch.inference_mode():
-        assert torch.equal(wide.compute(x[:2]), plain.compute(x[:2]))
-        assert torch.equal(wide.compute(x), eight.compute(x))
-        assert not torch.equal(wide.compute(x)[:2], wide.compute(x[:2]))
-    assert wide.nbytes() == plain.nbytes()  # the int8 copy is the child's, counted by model_bytes
-    extra = sum(b.numel() * b.element_size() for b in wide.wide.buffers())
-    assert extra == 128 * 64 + 128 * 4 + 128 * 4  # int8 weights, per-channel scales, biases
+def test_int4_needs_the_fused_ops(monkeypatch):
+    monkeypatch.setattr(ext, "available", lambda: False)  # as where `make setup` could not build them
+    with pytest.raises(QuantizeError, match="int4 needs llmos's fused ops.*make setup"):
+        quantize_model(tiny_model(), "int4")
 
 
-def test_the_lm_head_can_be_int4_when_its_shape_fits():
-    model = tiny_model()
-    model.config.tie_word_embeddings = False
+def test_the_lm_head_can_be_q8_int4_or_left_fp32():
     from llmos.drivers.quant import check_model
-    int4.quantize(model, check_model(model, "int4"), head="int4")
-    assert isinstance(model.lm_head.group, Int4Group)
+    for head, bits in (("q8", 8), ("int4", 4), ("fp32", None)):
+        model = tiny_model()
+        model.config.tie_word_embeddings = False
+        int4.quantize(model, check_model(model, "int4"), head=head)
+        assert (type(model.lm_head) is nn.Linear) if bits is None else model.lm_head.group.bits == bits
     other = tiny_model()
     with pytest.raises(QuantizeError, match="unknown int4 LM head 'int2'"):
         int4.quantize(other, check_model(other, "int4"), head="int2")
+
+
+def test_the_kernel_serves_int4_as_its_blocks_and_says_so(make_kernel):
+    k, ref = make_kernel(page_size=4, budget=32, quantize="int4")
+    line = k.models["tiny"].info.kernels
+    assert "int4: 9 groups of Q4_1 and Q8_0 blocks in fp32 (llmos::block_dot)" in line, line
+    assert all(type(g) is Int4Group for g in groups_of(k.driver.runners["tiny"].model))
+    p = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=8, ignore_eos=True)))
+    k.run_until_idle()
+    assert p.out_tokens == ref.greedy([5, 6, 7], 8)

@@ -153,7 +153,7 @@ def crashed(tmp_path_factory, tiny_model_dir):
             if len(before) >= 40:
                 break
         info["before"] = before
-        time.sleep(0.3)  # past a commit or two
+        time.sleep(0.12)  # past a commit or two (every 50 ms), and well before 440 tokens
         info["live_at_kill"] = [p.pid for p in c.ps(live_only=True)]
     d.stop(signal.SIGKILL)
     d2 = start_daemon(state, *args)
@@ -170,7 +170,7 @@ def test_after_kill_9_every_process_is_back_under_its_pid(crashed):
         assert procs[info["done"]].state == "exited" and procs[info["chat"]].state == "blocked"
         assert procs[info["stopped"]].state == "stopped"
         assert set(info["live_at_kill"]) <= set(procs)
-        assert any(procs[pid].state != "exited" for pid in info["long"])  # it was killed mid-generation
+        assert set(info["long"]) <= set(info["live_at_kill"])  # killed mid-generation (they may be done by now)
         assert c.spawn(MODEL, "Hello", max_tokens=2) > max(procs)
         assert any("journal: restored" in ln.msg for ln in c.dmesg())
 

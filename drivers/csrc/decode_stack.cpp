@@ -7,7 +7,7 @@
 // Here each layer is the same sequence of the same ops, called in C++ on the same tensors:
 //   x = rms_norm(h); qkv = x·Wqkv; q, k = rope(q, k); k, v -> the pool at the rows' slots;
 //   a = paged_decode(q); h = h + a·Wo; x = rms_norm(h); g, u = x·Wgu; h = h + (silu(g)·u)·Wd
-// with llmos's own products (linear_dot.cpp, block_dot.cpp, int8_dot.cpp) or torch's 4-bit one, its RMSNorm (opaque.cpp), its decode
+// with llmos's own products (linear_dot.cpp, block_dot.cpp, int8_dot.cpp), its RMSNorm (opaque.cpp), its decode
 // attention (paged_attention.cpp) and ATen's silu, and RoPE as drivers/lean_ops.py's
 // x·cos + roll(x)·sin', each product rounded as the op rounds it (-ffp-contract=off). So the
 // bits are the direct path's (tests/test_decode_stack.py); drivers/stack.py decides where it
@@ -33,11 +33,10 @@ constexpr int64_t kProducts = 4;  // q/k/v, o, gate/up, down
 constexpr int64_t kTensorsPerLayer = 2 + kProducts * kSlots;  // and the two norms' weights
 constexpr int64_t kIntsPerLayer = 1 + 2 * kProducts;  // window, then each product's kind and width
 constexpr int64_t kFloatsPerLayer = 3;  // the norms' eps, attention's scale
-constexpr int64_t kHeader = 6;  // ints before the layers'
+constexpr int64_t kHeader = 5;  // ints before the layers'
 constexpr int64_t kSplitRows = 4;  // rows from which SiLU·mul is shared among the threads
-// linear_dot's packed fp32, int8_dot's tiles, torch's 4-bit packing (bf16 at its boundary, as drivers/int4.py),
-// block_dot's 4- and 8-bit blocks of fp32 weights (linear_dot's bits)
-enum Kind : int64_t { kFloatDot = 0, kInt8Dot = 1, kInt4 = 2, kBlocks4 = 3, kBlocks8 = 4 };
+// linear_dot's packed fp32, int8_dot's tiles, block_dot's 4- and 8-bit blocks of fp32 weights (linear_dot's bits)
+enum Kind : int64_t { kFloatDot = 0, kInt8Dot = 1, kBlocks4 = 2, kBlocks8 = 3 };
 
 c10::optional<at::Tensor> given(const at::Tensor& t) {
   return t.numel() ? c10::optional<at::Tensor>(t) : c10::nullopt;
@@ -74,7 +73,7 @@ struct Layer {
 class DecodeStack : public torch::CustomClassHolder {
  public:
   // weights: per layer its two norms' weights, then kSlots tensors per product; kv: per layer its
-  // key and value pools; ints: hidden, heads, KV heads, head dim, intermediate, 4-bit group, then per layer
+  // key and value pools; ints: hidden, heads, KV heads, head dim, intermediate, then per layer
   // kIntsPerLayer; floats: int8 eps, qmax, then per layer kFloatsPerLayer.
   DecodeStack(std::vector<at::Tensor> weights, std::vector<at::Tensor> kv, std::vector<int64_t> ints,
               std::vector<double> floats) {
@@ -85,7 +84,7 @@ class DecodeStack : public torch::CustomClassHolder {
                     static_cast<int64_t>(floats.size()) == 2 + layers * kFloatsPerLayer,
                 "DecodeStack: ", weights.size(), " weights, ", kv.size(), " pools, ", ints.size(), " ints and ",
                 floats.size(), " floats do not describe whole layers");
-    hidden_ = ints[0], heads_ = ints[1], kv_heads_ = ints[2], d_ = ints[3], inter_ = ints[4], group4_ = ints[5];
+    hidden_ = ints[0], heads_ = ints[1], kv_heads_ = ints[2], d_ = ints[3], inter_ = ints[4];
     TORCH_CHECK(hidden_ > 0 && kv_heads_ > 0 && heads_ % kv_heads_ == 0 && d_ > 0 && d_ % 2 == 0 && inter_ > 0,
                 "DecodeStack: bad head shapes");
     eps8_ = floats[0], qmax_ = floats[1];
@@ -108,7 +107,7 @@ class DecodeStack : public torch::CustomClassHolder {
         p.kind = c[1 + 2 * i], p.n = c[2 + 2 * i];
         p.packed = t[0], p.comp = t[1], p.scale = t[2], p.bias = given(t[3]), p.smooth = given(t[4]);
         TORCH_CHECK(p.n == widths[i] && (p.kind == kFloatDot || p.kind == kInt8Dot || p.kind == kBlocks4 ||
-                                         p.kind == kBlocks8 || (p.kind == kInt4 && group4_ > 0)),
+                                         p.kind == kBlocks8),
                     "DecodeStack: layer ", l, "'s product ", i, " is not a known kind of ", widths[i], " outputs");
       }
       layers_.push_back(std::move(y));
@@ -202,19 +201,12 @@ class DecodeStack : public torch::CustomClassHolder {
       RECORD_FUNCTION("llmos::block_dot", std::vector<c10::IValue>());
       return llmos_ops::block_dot(x, p.packed, p.comp, p.n, p.kind == kBlocks4 ? 4 : 8, p.bias);
     }
-    if (p.kind == kInt8Dot) {
-      RECORD_FUNCTION("llmos::int8_dot", std::vector<c10::IValue>());
-      return llmos_ops::int8_dot(x, p.packed, p.comp, p.scale, p.bias, p.smooth, eps8_, qmax_);
-    }
-    // Int4Group.compute's ops (comp holds its scales and zeros), which the profiler records itself.
-    const at::Tensor rows = x.reshape({-1, x.size(-1)}).to(at::kBFloat16).contiguous();
-    at::Tensor y = at::_weight_int4pack_mm_for_cpu(rows, p.packed, group4_, p.comp).to(at::kFloat);
-    if (p.bias.has_value()) y = y + p.bias->to(at::kFloat);
-    return y.view({x.size(0), x.size(1), p.n});
+    RECORD_FUNCTION("llmos::int8_dot", std::vector<c10::IValue>());
+    return llmos_ops::int8_dot(x, p.packed, p.comp, p.scale, p.bias, p.smooth, eps8_, qmax_);
   }
 
   std::vector<Layer> layers_;
-  int64_t hidden_ = 0, heads_ = 0, kv_heads_ = 0, d_ = 0, inter_ = 0, group4_ = 0, slots_ = 0;
+  int64_t hidden_ = 0, heads_ = 0, kv_heads_ = 0, d_ = 0, inter_ = 0, slots_ = 0;
   double eps8_ = 0, qmax_ = 0;
 };
 
