@@ -81,7 +81,7 @@ def rooflines(results: list[RunResult], machine, params: int, served: dict[str, 
     for r in results:
         nbytes = (served or {}).get(r.system)
         roof = roofline(machine, params, nbytes or weight_bytes(r.system), r.concurrency,
-                        integer=weight_bytes(r.system) <= 1)
+                        integer="int8" in r.system)  # int4's blocks are multiplied in floats
         out.append({"system": r.system, "concurrency": r.concurrency, "weight_bytes": roof.weight_bytes,
                     "memory_ms": roof.memory_ms, "compute_ms": roof.compute_ms, "bound": roof.bound,
                     "bound_tok_s": roof.bound_tok_s, "fraction": ratio(r.tok_s, roof.bound_tok_s)})
