@@ -5,7 +5,7 @@ the default model every decoder weight is a Q4_1 value, w = (q·d) + m with q in
 and m per 32 inputs, and its tied LM head is Q8_0, w = q·d with q in -128..127. transformers
 holds them as 538 MB of fp32, which a decode step at one row streams from memory in full.
 
-BlockGroup finds the blocks back from the fp32 weights (`blocks_of`), keeps only them (~4.5 or
+BlockGroup finds the blocks back from the fp32 weights (`blocks_of`), keeps only them (~5 or
 ~8.5 bits a weight) and checks that they give every weight back bit for bit; block_dot
 dequantizes them in registers and runs llmos::linear_dot's chain of fused multiply-adds on the
 same values in the same order. So a product's bits are DotGroup's, and the model is the fp32
@@ -93,7 +93,7 @@ def _fp16(x: torch.Tensor) -> torch.Tensor | None:
 
 class BlockGroup(MklGroup):
     """An fp32 product on weights kept as their blocks (`llmos::block_dot`): DotGroup's bits,
-    from a quarter (8-bit) or an eighth (4-bit) of the bytes."""
+    from about a quarter (8-bit) or a sixth (4-bit) of the bytes, scales included."""
 
     form = "blocks"
 

@@ -94,7 +94,7 @@ def test_weights_without_blocks_keep_dots_form(make_kernel, blocks_only):
 
 def test_the_default_models_weights_are_all_blocks():
     """Every decoder weight of the default model is a Q4_1 value and its tied LM head Q8_0 (from
-    its GGUF file), so the fp32 model keeps 4.5 bits a decoder weight."""
+    its GGUF file), so the fp32 model keeps 5 bits a decoder weight, scales included."""
     from test_int4 import _gguf_path
     path = _gguf_path()
     if path is None:
