@@ -55,7 +55,7 @@ class CPUDriver(TorchDriver):
         line = choice.serve(model, cache_dir)
         groups = len({id(m) for m in model.modules() if isinstance(m, Int4Group)})
         if groups:
-            int4 = f"int4: {groups} groups of Q4_1 and Q8_0 blocks in fp32 (llmos::block_dot)"
+            int4 = f"{groups} groups of Q4_1 and Q8_0 blocks in fp32 (llmos::block_dot)"
             line = "; ".join(part for part in (line, int4) if part)
         if any(isinstance(m, Int8Group) for m in model.modules()):
             line += "; int8 activations: " + ("fused op" if ext.available() else "torch ops (fused op not built)")

@@ -201,7 +201,7 @@ def test_the_lm_head_can_be_q8_int4_or_left_fp32():
 def test_the_kernel_serves_int4_as_its_blocks_and_says_so(make_kernel):
     k, ref = make_kernel(page_size=4, budget=32, quantize="int4")
     line = k.models["tiny"].info.kernels
-    assert "int4: 9 groups of Q4_1 and Q8_0 blocks in fp32 (llmos::block_dot)" in line, line
+    assert "9 groups of Q4_1 and Q8_0 blocks in fp32 (llmos::block_dot)" in line, line
     assert all(type(g) is Int4Group for g in groups_of(k.driver.runners["tiny"].model))
     p = k.spawn(ROOT, SpawnSpec("tiny", tokens=[5, 6, 7], stop=StopRules(max_tokens=8, ignore_eos=True)))
     k.run_until_idle()
