@@ -23,7 +23,6 @@ from llmos.drivers.driver import QuantizeError
 from llmos.drivers.packed import MklGroup
 
 GROUP = 32  # weights per block along the input, as in GGUF's Q4_1 and Q8_0
-FP16_MAX = 65504.0
 
 
 class Blocks:
@@ -44,51 +43,47 @@ class Blocks:
 
 def blocks_of(w: torch.Tensor) -> Blocks | None:
     """The 4-bit, else the 8-bit, blocks that give every fp32 weight of w [out, in] back bit for
-    bit; None where there are none (or w is not fp32 with inputs in whole blocks)."""
+    bit; None where there are none (or w is not fp32 with inputs in whole blocks). Block values
+    quantize back to themselves, so each quantizer is run and its result checked."""
     if w.dtype != torch.float32 or w.dim() != 2 or w.shape[1] % GROUP or not w.numel():
         return None
     w = w.detach()
-    for find in (_four, _eight):  # the first output alone first: most weights are no blocks, and cheaply told
-        one = find(w[:1].reshape(1, -1, GROUP))
-        if one is None or not torch.equal(one.dequantize(), w[:1]):
-            continue
-        found = find(w.reshape(w.shape[0], -1, GROUP))
-        if found is not None and torch.equal(found.dequantize(), w):
-            return found
+    for quantize in (q4_blocks, q8_blocks):  # the first output alone first: most weights are no blocks, and cheaply told
+        if torch.equal(quantize(w[:1]).dequantize(), w[:1]):
+            found = quantize(w)
+            if torch.equal(found.dequantize(), w):
+                return found
     return None
 
 
-def _four(g: torch.Tensor) -> Blocks | None:
-    """Q4_1: every block holds its minimum m (q = 0) and, where it is not constant, m + 15·d."""
-    lo, hi = g.amin(dim=-1), g.amax(dim=-1)
-    d, m = _fp16((hi - lo) / 15), _fp16(lo)
-    if d is None or m is None:
-        return None
-    df = d.float()[..., None]
-    q = torch.where(df > 0, (g - m.float()[..., None]) / torch.where(df > 0, df, 1), 0).round_()
-    if q.min() < 0 or q.max() > 15:
-        return None
-    return Blocks(4, q.to(torch.uint8).reshape(g.shape[0], -1), d, m)
+def quantize_groups(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w [out, in] as Q4_1 does it: q [out, in] (uint8, 0..15), step d and minimum m [out, in/32]
+    (fp16 values, as fp32), with w ~= q * d + m; ggml's rounding (x + 0.5, truncated), here on the
+    fp16 step and minimum that are stored rather than on their fp32 values. A block of Q4_1 values
+    holds q = 0 and q = 15, so they come back as they were."""
+    out, inp = w.shape
+    g = w.detach().float().reshape(out, inp // GROUP, GROUP)
+    lo = g.amin(dim=-1).half().float()
+    d = ((g.amax(dim=-1) - lo) / 15).half().float()
+    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
+    q = ((g - lo[..., None]) * inv[..., None] + 0.5).floor_().clamp_(0, 15).to(torch.uint8)
+    return q.reshape(out, inp), d, lo
 
 
-def _eight(g: torch.Tensor) -> Blocks | None:
-    """Q8_0: the largest magnitude of every block is 127·d."""
-    d = _fp16(g.abs().amax(dim=-1) / 127)
-    if d is None:
-        return None
-    df = d.float()[..., None]
-    q = torch.where(df > 0, g / torch.where(df > 0, df, 1), 0).round_()
-    if q.min() < -128 or q.max() > 127:
-        return None
-    return Blocks(8, q.to(torch.int8).reshape(g.shape[0], -1), d, None)
+def q4_blocks(w: torch.Tensor) -> Blocks:
+    """w [out, in] as Q4_1 blocks (quantize_groups)."""
+    q, d, m = quantize_groups(w)
+    return Blocks(4, q, d.half(), m.half())
 
 
-def _fp16(x: torch.Tensor) -> torch.Tensor | None:
-    """x as fp16 where every value is one exactly; else None."""
-    if not torch.isfinite(x).all() or x.abs().max() > FP16_MAX:
-        return None
-    h = x.half()
-    return h if torch.equal(h.float(), x) else None
+def q8_blocks(w: torch.Tensor) -> Blocks:
+    """w [out, in] as Q8_0 does it: d = max |w| / 127 per 32 inputs (fp16), q = round(w / d)."""
+    out, inp = w.shape
+    g = w.detach().float().reshape(out, inp // GROUP, GROUP)
+    d = (g.abs().amax(dim=-1) / 127).half()
+    inv = torch.where(d.float() > 0, 1 / d.float(), torch.zeros_like(d, dtype=torch.float32))
+    q = (g * inv[..., None]).round_().clamp_(-128, 127).to(torch.int8)
+    return Blocks(8, q.reshape(out, inp), d, None)
 
 
 class BlockGroup(MklGroup):

@@ -13,11 +13,11 @@ says which.
 The ops: the int8 activation quantization and oneDNN's product around it (quant_rows.cpp),
 RMSNorm and the packed fp32 product as ops torch.compile calls whole (opaque.cpp), llmos's own
 fp32 product (linear_dot.cpp) and the same product on weights kept as 4- or 8-bit blocks
-(block_dot.cpp), its own int8 product (int8_dot.cpp, AVX-512 VNNI; elsewhere plain
-integer code, not offered), paged decode attention (paged_attention.cpp) and a decode step's
-layers in one call (decode_stack.cpp, the class llmos.DecodeStack) and greedy sampling's argmax
-(argmax.cpp); vec.h is their vector
-arithmetic, quant_row.h the activation quantization of a row and ops.h the ops they call in C++.
+(block_dot.cpp), its own int8 product (int8_dot.cpp, AVX-512 VNNI; elsewhere plain integer
+code, not offered), paged decode attention (paged_attention.cpp), a decode step's layers in one
+call (decode_stack.cpp, the class llmos.DecodeStack) and greedy sampling's argmax (argmax.cpp);
+vec.h is their vector arithmetic, quant_row.h the activation quantization of a row and ops.h
+the ops they call in C++.
 """
 from __future__ import annotations
 

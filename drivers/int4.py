@@ -20,11 +20,10 @@ default model at 208.6 tok/s at one process and 737.7 at 16, torch's kernel at 1
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from llmos.drivers import ext
-from llmos.drivers.blocks import GROUP, BlockGroup, Blocks
+from llmos.drivers.blocks import GROUP, BlockGroup, q4_blocks, q8_blocks
 from llmos.drivers.driver import QuantizeError
 from llmos.drivers.fuse import FusedGroup, replace_linears
 from llmos.drivers.packed import MklGroup, PackedLinear
@@ -38,35 +37,6 @@ class Int4Group(BlockGroup):
     their bytes)."""
 
     form = "int4"
-
-
-def quantize_groups(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """w [out, in] as Q4_1 does it: q [out, in] (uint8, 0..15), step d and minimum m [out, in/32]
-    (fp16 values, as fp32), with w ~= q * d + m; ggml's rounding (x + 0.5, truncated), here on the
-    fp16 step and minimum that are stored rather than on their fp32 values."""
-    out, inp = w.shape
-    g = w.detach().float().reshape(out, inp // GROUP, GROUP)
-    lo = g.amin(dim=-1).half().float()
-    d = ((g.amax(dim=-1) - lo) / 15).half().float()
-    inv = torch.where(d > 0, 1 / d, torch.zeros_like(d))
-    q = ((g - lo[..., None]) * inv[..., None] + 0.5).floor_().clamp_(0, 15).to(torch.uint8)
-    return q.reshape(out, inp), d, lo
-
-
-def dequantize_groups(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """q * d + m per group, fp32 [out, in]."""
-    out, inp = q.shape
-    return (q.reshape(out, -1, GROUP).float() * d[..., None] + m[..., None]).reshape(out, inp)
-
-
-def q8_blocks(w: torch.Tensor) -> Blocks:
-    """w [out, in] as Q8_0 does it: d = max |w| / 127 per 32 inputs (fp16), q = round(w / d)."""
-    out, inp = w.shape
-    g = w.detach().float().reshape(out, inp // GROUP, GROUP)
-    d = (g.abs().amax(dim=-1) / 127).half()
-    inv = torch.where(d.float() > 0, 1 / d.float(), torch.zeros_like(d, dtype=torch.float32))
-    q = (g * inv[..., None]).round_().clamp_(-128, 127).to(torch.int8)
-    return Blocks(8, q.reshape(out, inp), d, None)
 
 
 def shape_problem(name: str, lin: nn.Linear) -> str | None:
@@ -104,8 +74,7 @@ def quantize(model: nn.Module, parents: list[nn.Module], head: str = HEADS[0]) -
         src = MklGroup(linears, set())
         if linears[0] is lm_head and head == "q8":
             return Int4Group(src, q8_blocks(src.weight))
-        q, d, m = quantize_groups(src.weight)
-        return Int4Group(src, Blocks(4, q, d.half(), m.half()))
+        return Int4Group(src, q4_blocks(src.weight))
 
     return replace_linears(parents, make, member=PackedLinear)
 

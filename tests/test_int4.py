@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from llmos.drivers import ext, int4
-from llmos.drivers.blocks import GROUP
-from llmos.drivers.int4 import Int4Group, dequantize_groups, quantize_groups
+from llmos.drivers.blocks import GROUP, Blocks, q4_blocks, quantize_groups
+from llmos.drivers.int4 import Int4Group
 from llmos.drivers.quant import QuantizeError, model_bytes, quantize_model
 from llmos.kernel import InvalidArgument, ROOT, SpawnSpec, StopRules
 
@@ -62,7 +62,7 @@ def test_layers_hold_4bit_blocks_of_the_rounded_weights():
         assert g.nbytes() == (padded // 2 + padded // GROUP * 4 if g.bits == 4 else padded + padded // GROUP * 2)
     # what the kernel multiplies by: each weight rounded to its Q4_1 value (fp16 step and minimum)
     w = weights["model.layers.0.mlp.down_proj"]
-    assert torch.equal(model.model.layers[0].mlp.down_proj.group.dense(), dequantize_groups(*quantize_groups(w)))
+    assert torch.equal(model.model.layers[0].mlp.down_proj.group.dense(), q4_blocks(w).dequantize())
     err = (model.model.layers[0].mlp.down_proj.group.dense() - w).abs().view(w.shape[0], -1, GROUP).amax(-1)
     _, d, _ = quantize_groups(w)
     assert (err <= d * 0.5 + 1e-6).all()  # within half a step of the Q4_1 grid
@@ -92,10 +92,10 @@ def test_requantizing_q4_1_values_recovers_them_exactly():
     q.view(out, -1, GROUP)[..., 0], q.view(out, -1, GROUP)[..., 1] = 0, 15
     d = (torch.rand(out, inp // GROUP) * 0.02 + 0.001).half().float()
     m = (-d * (6 + 4 * torch.rand_like(d))).half().float()  # groups around zero, as trained weights are
-    w = dequantize_groups(q, d, m)
+    w = Blocks(4, q, d.half(), m.half()).dequantize()
     q2, d2, m2 = quantize_groups(w)
     assert torch.equal(q2, q) and torch.equal(d2, d) and torch.equal(m2, m)
-    assert torch.equal(dequantize_groups(q2, d2, m2), w)
+    assert torch.equal(Blocks(4, q2, d2.half(), m2.half()).dequantize(), w)
 
 
 def _gguf_path():
