@@ -14,9 +14,9 @@ default model's weights are Q4_1 values already (and its head Q8_0): rounding gi
 bit for bit, and its fp32 model is served from the same blocks without asking (drivers/choice.py).
 
 This replaced torch's 4-bit kernel (`_weight_int4pack_mm_for_cpu`), which took bf16 activations
-and whose time grew with the rows: on the 2-core Zen 5 EPYC, fp32 on the same Q4_1 blocks ran the
-default model at 208.6 tok/s at one process and 737.7 at 16, torch's kernel at 169.3 and 573.0
-(bench/results/, run 8 of 2026-12-02).
+and whose time grew with the rows: on the 2-core AMD EPYC (family 26 model 2, Zen 5), fp32 on
+the same Q4_1 blocks ran the default model at 208.6 tok/s at one process and 737.7 at 16,
+torch's kernel at 169.3 and 573.0 (bench/results/, run 8 of 2026-12-02).
 """
 from __future__ import annotations
 
